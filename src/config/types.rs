@@ -1,0 +1,200 @@
+//! The validated configuration: what the rest of nfslurm sees after loading.
+//!
+//! Everything here is already checked: paths are absolute, regexes compiled,
+//! durations and memory parsed, the pipeline DAG acyclic and in topological
+//! order. Code that holds a `Config` never re-validates.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use regex::Regex;
+
+use crate::model::Level;
+
+/// Which backend runs the units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    Slurm,
+    Local,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file, absolute.
+    pub file: PathBuf,
+    /// Its folder: relative paths in the config are relative to it.
+    pub dir: PathBuf,
+    pub version: u32,
+    pub executor: ExecutorKind,
+    pub site: SiteConfig,
+    pub paths: Paths,
+    pub discovery: Discovery,
+    /// In topological order (every pipeline after the ones it depends on),
+    /// ties broken by the order of the config file.
+    pub pipelines: Vec<Pipeline>,
+    pub retry: RetryPolicy,
+    /// Local executor limits (`local:` block); defaults to this machine.
+    pub local: LocalLimits,
+}
+
+impl Config {
+    pub fn pipeline(&self, name: &str) -> Option<&Pipeline> {
+        self.pipelines.iter().find(|p| p.name == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub dicom_root: PathBuf,
+    pub bids_root: PathBuf,
+    pub derivatives: PathBuf,
+    pub work_dir: PathBuf,
+    /// Default `.nfslurm` beside the config file.
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    /// Over session folder names; must have a `scan_id` named group, or the
+    /// whole match is the scan ID.
+    pub pattern: Regex,
+    pub mapping: MappingConfig,
+    pub validation: Validation,
+    /// Folders modified more recently than this are skipped (still copying).
+    pub settle_s: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct MappingConfig {
+    pub file: PathBuf,
+    pub scan_id_column: String,
+    pub subject_column: String,
+    /// When absent, the session label is the scan ID's capture `session`
+    /// from the pattern if there is one, else the session's ordinal (1, 2, …)
+    /// within the subject, ordered by scan ID.
+    pub session_column: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Validation {
+    pub min_files: u64,
+    pub required_series: Vec<SeriesRule>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SeriesRule {
+    pub name: String,
+    pub pattern: Regex,
+    pub min_files: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resources {
+    pub cpus: u32,
+    pub mem_mb: u64,
+    pub time_s: u64,
+    pub gpus: u32,
+}
+
+/// Scheduler settings: the site's, possibly overridden per pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scheduler {
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    /// `sbatch -M`: a named cluster (SPEC §8).
+    pub cluster: Option<String>,
+    pub extra_directives: Vec<String>,
+    pub max_submitted: u32,
+    pub poll_interval_s: u64,
+    /// Slurm's own requeue; off by default (nfslurm owns retries).
+    pub requeue: bool,
+    /// sacct IDs per call.
+    pub sacct_chunk: usize,
+    /// `jobs` or `arrays` (Scale issue); only `jobs` for now.
+    pub submission: SubmissionMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmissionMode {
+    Jobs,
+    Arrays,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerRuntime {
+    Apptainer,
+    Singularity,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSettings {
+    pub runtime: ContainerRuntime,
+    pub options: Vec<String>,
+    pub binds: Vec<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SiteConfig {
+    pub name: String,
+    /// Where it came from: `bundled:generic` or a path.
+    pub source: String,
+    pub scheduler: Scheduler,
+    pub container: ContainerSettings,
+    pub modules: Vec<String>,
+    /// The template's name (for messages) and its text.
+    pub template_name: String,
+    pub template: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub level: Level,
+    pub depends_on: Vec<String>,
+    /// Image path or URI; `None` runs the command on the host.
+    pub container: Option<String>,
+    /// Tera source of the command.
+    pub command: String,
+    /// Site binds plus the pipeline's own.
+    pub binds: Vec<String>,
+    /// Site env plus the pipeline's own.
+    pub env: BTreeMap<String, String>,
+    pub resources: Resources,
+    pub max_concurrent: Option<u32>,
+    /// The site's scheduler keys with this pipeline's overrides applied.
+    pub scheduler: Scheduler,
+    pub modules: Vec<String>,
+    pub max_attempts: u32,
+    /// Template text for this pipeline (the site's unless overridden).
+    pub template_name: String,
+    pub template: String,
+    /// Hash of command, container and template: a change makes done units stale.
+    pub config_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial_delay_s: u64,
+    pub max_delay_s: u64,
+    pub factor: f64,
+    /// Fraction of the delay added or removed at random (0.1 = ±10%).
+    pub jitter: f64,
+    pub mem_factor: f64,
+    pub max_mem_mb: u64,
+    pub time_factor: f64,
+    pub max_time_s: u64,
+    pub infra_max: u32,
+    /// A run in neither squeue nor sacct for this long is `lost`.
+    pub lost_after_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalLimits {
+    pub cpus: u32,
+    pub mem_mb: u64,
+}

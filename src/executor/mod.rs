@@ -1,0 +1,3 @@
+//! Executors: Slurm (default) and local.
+
+pub mod slurm;

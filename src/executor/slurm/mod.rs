@@ -1,0 +1,1 @@
+//! The Slurm executor: `run_*` functions do I/O, `parse_*` functions are pure.

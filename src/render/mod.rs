@@ -1,0 +1,1 @@
+//! Rendering sbatch scripts from Tera templates.

@@ -1,0 +1,1 @@
+//! Discovery: scan `dicom_root`, map scan IDs through the CSV, validate sessions.
