@@ -1,7 +1,17 @@
 //! nfslurm: keeps a neuroimaging study processed on a Slurm cluster, unattended.
+//!
+//! The heart is [`plan`]: a pure function of (config, state snapshot, now)
+//! that says what runs and why. [`state`] remembers, [`executor`] acts,
+//! [`engine`] ties them together, and [`commands`] are the thin CLI layer.
 
+pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod engine;
 pub mod executor;
 pub mod model;
+pub mod output;
+pub mod plan;
 pub mod render;
+pub mod state;
 pub mod study;

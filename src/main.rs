@@ -1,1 +1,116 @@
-fn main() {}
+//! nfslurm's entry point: parse, set up logging, run, map the error to an exit code.
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use nfslurm::cli::{Cli, Command, ExecutorArg, StatusView, WorkerAction};
+use nfslurm::commands::{self, Failure, SelectionSpec, Settings};
+use nfslurm::config::ExecutorKind;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.global.verbose, cli.global.quiet);
+    nfslurm::output::init_color(cli.global.no_color);
+    match run(cli) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(err) => report(&err),
+    }
+}
+
+fn init_tracing(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("nfslurm={default}")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Prints the error chain and a hint; picks the exit code (SPEC §4).
+fn report(err: &anyhow::Error) -> ExitCode {
+    // A closed pipe (`nfslurm status | head`) is not an error worth a message.
+    if let Some(io) = err.downcast_ref::<std::io::Error>()
+        && io.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("error: {err:#}");
+    match err.downcast_ref::<Failure>() {
+        Some(f) => {
+            if let Some(hint) = &f.hint {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::from(f.code as u8)
+        }
+        None => ExitCode::from(1),
+    }
+}
+
+fn selection(args: &nfslurm::cli::SelectionArgs) -> SelectionSpec {
+    SelectionSpec {
+        pipelines: args.pipelines.clone(),
+        participants: args.participants.clone(),
+        sessions: args.sessions.clone(),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    let g = &cli.global;
+    let settings = Settings {
+        config: g.config.clone(),
+        executor: g.executor.map(|e| match e {
+            ExecutorArg::Slurm => ExecutorKind::Slurm,
+            ExecutorArg::Local => ExecutorKind::Local,
+        }),
+        json: g.json,
+        quiet: g.quiet,
+        verbose: g.verbose,
+    };
+    match cli.command {
+        Command::Demo { dir } => commands::demo::run(&settings, dir.as_deref()),
+        Command::Init { dir, site, force } => {
+            commands::init::run(&settings, dir.as_deref().unwrap_or(std::path::Path::new(".")), &site, force)
+        }
+        Command::Discover => commands::discover::run(&settings),
+        Command::Plan { selection: s, force } => commands::submit::run_plan(&settings, &selection(&s), force),
+        Command::Submit { selection: s, force, dry_run, wait } => {
+            commands::submit::run_submit(&settings, &selection(&s), force, dry_run, wait)
+        }
+        Command::Sync => commands::submit::run_sync(&settings),
+        Command::Status { view, selection: s, states, watch } => {
+            let view = match view.unwrap_or(StatusView::Summary) {
+                StatusView::Summary => commands::status::View::Summary,
+                StatusView::Runs => commands::status::View::Runs,
+                StatusView::Matrix => commands::status::View::Matrix,
+            };
+            commands::status::run(&settings, view, &selection(&s), &states, watch)
+        }
+        Command::Show { target } => commands::inspect::show(&settings, &target),
+        Command::Logs { target, follow } => commands::inspect::logs(&settings, &target, follow),
+        Command::Render { pipeline, participant, session } => {
+            commands::inspect::render(&settings, &pipeline, &participant, session.as_deref())
+        }
+        Command::Cancel { runs, selection: s } => commands::manage::cancel(&settings, &runs, &selection(&s), s.all),
+        Command::Retry { runs, selection: s, failed } => {
+            commands::manage::retry(&settings, &runs, &selection(&s), failed)
+        }
+        Command::Worker { action } => match action {
+            WorkerAction::Start => commands::worker::start(&settings),
+            WorkerAction::Stop { now } => commands::worker::stop(&settings, now),
+            WorkerAction::Status => commands::worker::status(&settings),
+            WorkerAction::Run => commands::worker::run(&settings),
+        },
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "nfslurm", &mut std::io::stdout());
+            Ok(0)
+        }
+    }
+}

@@ -1,3 +1,66 @@
-//! Executors: Slurm (default) and local.
+//! Executors: Slurm (the default) and local. Both take the same prepared runs
+//! (scripts already rendered and written, intents already recorded) and report
+//! what happened as [`RunUpdate`]s; the failure policy and the store are theirs
+//! to share, not to reimplement.
 
+pub mod local;
 pub mod slurm;
+
+use std::path::PathBuf;
+
+use crate::model::UnitKey;
+use crate::state::{RunRow, RunUpdate, Store};
+
+/// A run ready to hand to an executor: its intent is already in the store.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub run_id: i64,
+    pub key: UnitKey,
+    pub token: String,
+    pub script_path: PathBuf,
+    pub log_path: PathBuf,
+    pub cpus: u32,
+    pub mem_mb: u64,
+    pub time_limit_s: u64,
+    /// Runs it waits for: earlier in this batch, or already in flight.
+    pub depends_on: Vec<i64>,
+}
+
+/// What a submission achieved.
+#[derive(Debug, Default)]
+pub struct SubmitOutcome {
+    /// Run ID and the job ID the executor gave it.
+    pub submitted: Vec<(i64, String)>,
+    /// Runs the executor refused for good (bad request): already marked failed.
+    pub rejected: Vec<(i64, String)>,
+    /// Runs never handed over (an upstream run could not be submitted, or a
+    /// submit limit was hit): their intents are withdrawn.
+    pub withdrawn: Vec<i64>,
+    /// Set when the cluster could not be reached: the command exits 2.
+    pub unreachable: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The cluster or a tool could not be reached (exit code 2).
+    #[error("{0}")]
+    Unreachable(String),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub trait Executor {
+    fn name(&self) -> &'static str;
+
+    /// Looks at every open run of this executor and says what changed.
+    fn reconcile(&mut self, store: &Store, open: &[RunRow], now: i64) -> Result<Vec<RunUpdate>, ExecError>;
+
+    /// Hands the runs over, in order (each after the runs it depends on).
+    /// Records job IDs in the store as it goes.
+    fn submit(&mut self, store: &mut Store, batch: &[Prepared], now: i64) -> Result<SubmitOutcome, ExecError>;
+
+    /// Stops the given runs; returns the updates that mark them cancelled.
+    fn cancel(&mut self, store: &Store, runs: &[RunRow], now: i64) -> Result<Vec<RunUpdate>, ExecError>;
+}

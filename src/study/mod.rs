@@ -1,1 +1,680 @@
 //! Discovery: scan `dicom_root`, map scan IDs through the CSV, validate sessions.
+//!
+//! [`discover`] is what `nfslurm discover` and every `sync` run first. It
+//! reads the file system and the mapping CSV and returns a
+//! [`DiscoveryReport`]; it writes nothing, so registering the sessions (and
+//! deciding which are new) is the caller's business.
+//!
+//! The order of the checks is chosen for a cron job over a big, slow tree:
+//!
+//! 1. list the direct children of `dicom_root` whose name matches the
+//!    pattern (one `read_dir`, one regex match per name);
+//! 2. map each scan ID through the CSV: an unmapped folder is reported as
+//!    unmapped at once, without walking it, so the mapping can be fixed while
+//!    the data are still being copied, and an unmapped phantom scan costs
+//!    nothing on every sync;
+//! 3. walk each mapped folder once (a few threads), stopping as soon as an
+//!    entry modified within `settle` shows that it is still being copied;
+//! 4. validate file counts and required series;
+//! 5. give each session its label and reject duplicate labels.
+//!
+//! A scan ID identifies one session (SPEC §1): two folders giving the same
+//! scan ID (through a pattern capture) are both reported invalid, as are two
+//! sessions ending up with the same (subject, session) labels.
+//!
+//! Session labels, in order of precedence: the mapping's session column (when
+//! configured and the cell is not empty); the pattern's `session` capture;
+//! else the folder's ordinal within its subject, counting every mapped folder
+//! of that subject (settling and invalid ones too, so that labels do not shift
+//! while a folder is being copied), ordered by scan ID as plain strings.
+
+mod mapping;
+mod scan;
+mod validate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::config::Discovery;
+use crate::model::Label;
+
+pub use mapping::{Mapping, MappingProblem, MappingRow, load_mapping, parse_mapping};
+
+use scan::Walk;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StudyError {
+    #[error("cannot read the mapping file `{}`", file.display())]
+    MappingRead {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot parse the mapping file `{}` as CSV", file.display())]
+    MappingCsv {
+        file: PathBuf,
+        #[source]
+        source: csv::Error,
+    },
+    #[error(
+        "the mapping file `{}` has no column `{column}` ({})",
+        file.display(),
+        describe_columns(found)
+    )]
+    MissingColumn {
+        file: PathBuf,
+        column: String,
+        found: Vec<String>,
+    },
+    #[error("cannot list the DICOM folder `{}`", path.display())]
+    ReadDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn describe_columns(found: &[String]) -> String {
+    if found.iter().all(|c| c.is_empty()) {
+        "the file has no header row".to_string()
+    } else {
+        let names: Vec<String> = found.iter().map(|c| format!("`{c}`")).collect();
+        format!("columns found: {}", names.join(", "))
+    }
+}
+
+/// A mapped session folder that was walked: valid when `problem` is `None`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoundSession {
+    pub scan_id: String,
+    pub folder: PathBuf,
+    pub subject: Label,
+    pub session: Label,
+    /// Regular files, recursively, dot-files excluded.
+    pub n_files: u64,
+    /// Immediate subfolders and their recursive file counts, by name.
+    pub series: Vec<(String, u64)>,
+    /// `None` = valid; else what is wrong, as a sentence
+    /// (`12 files, fewer than min_files 60`).
+    pub problem: Option<String>,
+    /// Newest mtime of the folder and everything in it.
+    pub mtime: SystemTime,
+}
+
+impl FoundSession {
+    pub fn is_valid(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+/// A session folder whose scan ID is not in the mapping CSV (or only in rows
+/// with a problem, see [`DiscoveryReport::problems`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unmapped {
+    pub scan_id: String,
+    pub folder: PathBuf,
+}
+
+/// A folder left alone this time, and why: still being copied, name not
+/// matching the pattern, vanished during the scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub folder: PathBuf,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DiscoveryReport {
+    /// Valid and invalid sessions, sorted by (subject, session).
+    pub sessions: Vec<FoundSession>,
+    /// Sorted by scan ID.
+    pub unmapped: Vec<Unmapped>,
+    /// Sorted by folder.
+    pub skipped: Vec<Skipped>,
+    /// Rows of the mapping CSV that could not be used, by line.
+    pub problems: Vec<MappingProblem>,
+}
+
+impl DiscoveryReport {
+    pub fn valid(&self) -> impl Iterator<Item = &FoundSession> {
+        self.sessions.iter().filter(|s| s.is_valid())
+    }
+
+    pub fn invalid(&self) -> impl Iterator<Item = &FoundSession> {
+        self.sessions.iter().filter(|s| !s.is_valid())
+    }
+}
+
+/// Scans `dicom_root`, maps and validates its session folders (see the module
+/// documentation for the rules). `now` is a parameter so that the settle rule
+/// can be tested.
+pub fn discover(
+    discovery: &Discovery,
+    dicom_root: &Path,
+    now: SystemTime,
+) -> Result<DiscoveryReport, StudyError> {
+    let (mapping, problems) = load_mapping(&discovery.mapping)?;
+    discover_with_mapping(discovery, &mapping, problems, dicom_root, now)
+}
+
+/// [`discover`] with a mapping already loaded; `problems` are passed through
+/// to the report.
+pub fn discover_with_mapping(
+    discovery: &Discovery,
+    mapping: &Mapping,
+    problems: Vec<MappingProblem>,
+    dicom_root: &Path,
+    now: SystemTime,
+) -> Result<DiscoveryReport, StudyError> {
+    let (candidates, mut skipped) = scan::list_candidates(dicom_root, &discovery.pattern)?;
+
+    let mut unmapped = Vec::new();
+    let mut mapped = Vec::new();
+    for candidate in candidates {
+        match mapping.get(&candidate.scan_id) {
+            Some(row) => mapped.push((candidate, row)),
+            None => unmapped.push(Unmapped {
+                scan_id: candidate.scan_id,
+                folder: candidate.folder,
+            }),
+        }
+    }
+
+    let ordinals = ordinals(&mapped);
+
+    let cutoff = now
+        .checked_sub(Duration::from_secs(discovery.settle_s))
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let folders: Vec<&Path> = mapped.iter().map(|(c, _)| c.folder.as_path()).collect();
+    let walks = scan::walk_all(&folders, cutoff);
+
+    let mut sessions = Vec::new();
+    for (((candidate, row), walk), ordinal) in mapped.into_iter().zip(walks).zip(ordinals) {
+        let (stats, mut problems) = match walk {
+            Walk::Settling { modified } => {
+                skipped.push(Skipped {
+                    folder: candidate.folder,
+                    why: settling_reason(modified, now, discovery.settle_s),
+                });
+                continue;
+            }
+            Walk::Vanished => {
+                skipped.push(Skipped {
+                    folder: candidate.folder,
+                    why: "folder disappeared during the scan".to_string(),
+                });
+                continue;
+            }
+            Walk::Unreadable(why) => (None, vec![why]),
+            Walk::Done(stats) => {
+                let problem = validate::validate(&stats, &discovery.validation);
+                (Some(stats), problem.into_iter().collect())
+            }
+        };
+
+        let session = match (&row.session, &candidate.session) {
+            (Some(label), _) => label.clone(),
+            (None, Some(text)) => match Label::session(text) {
+                Ok(label) => label,
+                Err(_) => {
+                    problems.push(format!(
+                        "session `{text}` from the folder name is not a valid BIDS label: \
+                         use letters and digits only"
+                    ));
+                    ordinal_label(ordinal)
+                }
+            },
+            (None, None) => ordinal_label(ordinal),
+        };
+
+        let (n_files, series, mtime) = match stats {
+            Some(s) => (s.n_files, s.series, s.newest),
+            None => (0, Vec::new(), SystemTime::UNIX_EPOCH),
+        };
+        sessions.push(FoundSession {
+            scan_id: candidate.scan_id,
+            folder: candidate.folder,
+            subject: row.subject.clone(),
+            session,
+            n_files,
+            series,
+            problem: (!problems.is_empty()).then(|| problems.join("; ")),
+            mtime,
+        });
+    }
+
+    reject_duplicates(&mut sessions);
+
+    sessions.sort_by(|a, b| {
+        (&a.subject, &a.session, &a.scan_id, &a.folder).cmp(&(
+            &b.subject,
+            &b.session,
+            &b.scan_id,
+            &b.folder,
+        ))
+    });
+    unmapped.sort_by(|a, b| (&a.scan_id, &a.folder).cmp(&(&b.scan_id, &b.folder)));
+    skipped.sort_by(|a, b| a.folder.cmp(&b.folder));
+    Ok(DiscoveryReport {
+        sessions,
+        unmapped,
+        skipped,
+        problems,
+    })
+}
+
+/// Each mapped folder's 1-based ordinal among the mapped folders of its
+/// subject, ordered by scan ID (then folder), in the order of `mapped`.
+fn ordinals(mapped: &[(scan::Candidate, &MappingRow)]) -> Vec<usize> {
+    let mut by_subject: HashMap<&Label, Vec<usize>> = HashMap::new();
+    for (i, (_, row)) in mapped.iter().enumerate() {
+        by_subject.entry(&row.subject).or_default().push(i);
+    }
+    let mut ordinals = vec![0; mapped.len()];
+    for indices in by_subject.values_mut() {
+        indices.sort_by(|&a, &b| {
+            let (ca, cb) = (&mapped[a].0, &mapped[b].0);
+            (&ca.scan_id, &ca.folder).cmp(&(&cb.scan_id, &cb.folder))
+        });
+        for (n, &i) in indices.iter().enumerate() {
+            ordinals[i] = n + 1;
+        }
+    }
+    ordinals
+}
+
+fn ordinal_label(ordinal: usize) -> Label {
+    Label::new(&ordinal.to_string()).expect("a positive integer is a valid BIDS label")
+}
+
+/// Two folders with the same scan ID, or two sessions with the same (subject,
+/// session) labels: a problem for each of them, so neither is registered until
+/// the mapping or the folders are fixed.
+fn reject_duplicates(sessions: &mut [FoundSession]) {
+    let mut by_scan: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    let mut by_label: BTreeMap<(&Label, &Label), Vec<usize>> = BTreeMap::new();
+    for (i, s) in sessions.iter().enumerate() {
+        by_scan.entry(&s.scan_id).or_default().push(i);
+        by_label.entry((&s.subject, &s.session)).or_default().push(i);
+    }
+    let mut extra: Vec<(usize, String)> = Vec::new();
+    for indices in by_scan.values().filter(|v| v.len() > 1) {
+        for &i in indices {
+            let others = other_folders(sessions, indices, i);
+            extra.push((
+                i,
+                format!(
+                    "scan ID `{}` is also the scan ID of {others}",
+                    sessions[i].scan_id
+                ),
+            ));
+        }
+    }
+    for ((subject, session), indices) in by_label.iter().filter(|(_, v)| v.len() > 1) {
+        for &i in indices {
+            let others = other_folders(sessions, indices, i);
+            extra.push((
+                i,
+                format!("sub-{subject} ses-{session} is also the label of {others}"),
+            ));
+        }
+    }
+    for (i, message) in extra {
+        let problem = &mut sessions[i].problem;
+        *problem = Some(match problem.take() {
+            Some(previous) => format!("{previous}; {message}"),
+            None => message,
+        });
+    }
+}
+
+fn other_folders(sessions: &[FoundSession], indices: &[usize], me: usize) -> String {
+    let names: Vec<String> = indices
+        .iter()
+        .filter(|&&j| j != me)
+        .map(|&j| format!("`{}`", sessions[j].folder.display()))
+        .collect();
+    names.join(", ")
+}
+
+fn settling_reason(modified: Option<SystemTime>, now: SystemTime, settle_s: u64) -> String {
+    let settle = human_duration(settle_s);
+    match modified {
+        Some(t) => match now.duration_since(t) {
+            Ok(ago) => format!(
+                "settling (modified {} ago, settle {settle})",
+                human_duration(ago.as_secs())
+            ),
+            Err(_) => format!("settling (modified in the future: clock skew?, settle {settle})"),
+        },
+        None => format!("settling (files changed during the scan, settle {settle})"),
+    }
+}
+
+/// `45s`, `3m`, `2h5m`, `1d3h`: the two largest units, rounded down.
+pub(crate) fn human_duration(secs: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    if secs == 0 {
+        return "0s".to_string();
+    }
+    let mut out = String::new();
+    let mut rest = secs;
+    let mut shown = 0;
+    for (size, unit) in UNITS {
+        if rest >= size {
+            out.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+            shown += 1;
+        } else if shown > 0 {
+            shown += 1;
+        }
+        if shown == 2 {
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::path::Path;
+
+    use regex::Regex;
+
+    use super::*;
+    use crate::config::{MappingConfig, SeriesRule, Validation};
+
+    struct Study {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+        discovery: Discovery,
+    }
+
+    /// A study in a temp dir with a mapping CSV and the given pattern.
+    fn study(pattern: &str, csv: &str, session_column: bool) -> Study {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("dicom");
+        fs::create_dir_all(&root).unwrap();
+        let file = dir.path().join("mapping.csv");
+        fs::write(&file, csv).unwrap();
+        let discovery = Discovery {
+            pattern: Regex::new(pattern).unwrap(),
+            mapping: MappingConfig {
+                file,
+                scan_id_column: "ScanID".to_string(),
+                subject_column: "SubjectCode".to_string(),
+                session_column: session_column.then(|| "SessionID".to_string()),
+            },
+            validation: Validation {
+                min_files: 2,
+                required_series: vec![],
+            },
+            settle_s: 1800,
+        };
+        Study {
+            _dir: dir,
+            root,
+            discovery,
+        }
+    }
+
+    fn add_session(root: &Path, name: &str, series: &[(&str, usize)]) -> PathBuf {
+        let folder = root.join(name);
+        fs::create_dir_all(&folder).unwrap();
+        for (s, n) in series {
+            fs::create_dir_all(folder.join(s)).unwrap();
+            for i in 0..*n {
+                fs::write(folder.join(s).join(format!("IM{i:04}.dcm")), b"dicom").unwrap();
+            }
+        }
+        folder
+    }
+
+    /// Long after every file was written: nothing is settling.
+    fn later() -> SystemTime {
+        SystemTime::now() + Duration::from_secs(86_400)
+    }
+
+    fn labels(report: &DiscoveryReport) -> Vec<(String, String, String)> {
+        report
+            .sessions
+            .iter()
+            .map(|s| {
+                (
+                    s.scan_id.clone(),
+                    s.subject.to_string(),
+                    s.session.to_string(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ordinal_sessions_follow_scan_id_order_within_a_subject() {
+        let s = study(
+            "^(?P<scan_id>[A-Za-z0-9_]+)$",
+            "ScanID,SubjectCode\nS200,01\nS100,01\nS300,02\n",
+            false,
+        );
+        for name in ["S200", "S100", "S300"] {
+            add_session(&s.root, name, &[("T1", 3)]);
+        }
+        let report = discover(&s.discovery, &s.root, later()).unwrap();
+        assert_eq!(
+            labels(&report),
+            vec![
+                ("S100".into(), "01".into(), "1".into()),
+                ("S200".into(), "01".into(), "2".into()),
+                ("S300".into(), "02".into(), "1".into()),
+            ]
+        );
+        assert!(report.sessions.iter().all(|s| s.is_valid()));
+        assert_eq!(report.sessions[0].n_files, 3);
+        assert_eq!(report.sessions[0].series, vec![("T1".to_string(), 3)]);
+    }
+
+    #[test]
+    fn session_column_wins_over_ordinals() {
+        let s = study(
+            "^(?P<scan_id>[A-Za-z0-9_]+)$",
+            "ScanID,SubjectCode,SessionID\nS1,sub-01,ses-pre\nS2,01,post\nS3,02,\n",
+            true,
+        );
+        for name in ["S1", "S2", "S3"] {
+            add_session(&s.root, name, &[("T1", 3)]);
+        }
+        let report = discover(&s.discovery, &s.root, later()).unwrap();
+        assert_eq!(
+            labels(&report),
+            vec![
+                ("S2".into(), "01".into(), "post".into()),
+                ("S1".into(), "01".into(), "pre".into()),
+                ("S3".into(), "02".into(), "1".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn pattern_groups_give_scan_id_and_session() {
+        let s = study(
+            r"^(?P<scan_id>P\d+_V(?P<session>\d+))(_.*)?$",
+            "ScanID,SubjectCode\nP7_V1,07\nP7_V2,07\nP8_V1,08\n",
+            false,
+        );
+        add_session(&s.root, "P7_V1", &[("T1", 3)]);
+        add_session(&s.root, "P7_V2", &[("T1", 3)]);
+        add_session(&s.root, "P8_V1", &[("T1", 3)]);
+        add_session(&s.root, "P8_V1_redo", &[("T1", 3)]);
+        add_session(&s.root, "notes", &[]);
+        let report = discover(&s.discovery, &s.root, later()).unwrap();
+        assert_eq!(
+            labels(&report),
+            vec![
+                ("P7_V1".into(), "07".into(), "1".into()),
+                ("P7_V2".into(), "07".into(), "2".into()),
+                ("P8_V1".into(), "08".into(), "1".into()),
+                ("P8_V1".into(), "08".into(), "1".into()),
+            ]
+        );
+        assert!(report.sessions[0].is_valid() && report.sessions[1].is_valid());
+        // A scan ID identifies one session: two folders giving `P8_V1` are
+        // both rejected.
+        let problem = report.sessions[2].problem.as_deref().unwrap();
+        assert!(
+            problem.starts_with("scan ID `P8_V1` is also the scan ID of `")
+                && problem.contains("P8_V1_redo"),
+            "{problem}"
+        );
+        assert!(!report.sessions[3].is_valid());
+        assert_eq!(report.skipped.len(), 1);
+        assert!(report.skipped[0].why.contains("does not match the pattern"));
+    }
+
+    #[test]
+    fn whole_match_is_the_scan_id_without_a_named_group() {
+        let s = study(r"\d+", "ScanID,SubjectCode\n123,01\n", false);
+        add_session(&s.root, "scan123", &[("T1", 3)]);
+        let report = discover(&s.discovery, &s.root, later()).unwrap();
+        assert_eq!(report.sessions[0].scan_id, "123");
+    }
+
+    #[test]
+    fn unmapped_folders_are_listed_and_not_registered() {
+        let s = study("^S\\d+$", "ScanID,SubjectCode\nS1,01\nS2,\"01; rm -rf ~\"\n", false);
+        add_session(&s.root, "S1", &[("T1", 3)]);
+        add_session(&s.root, "S2", &[("T1", 3)]);
+        add_session(&s.root, "S3", &[("T1", 3)]);
+        let report = discover(&s.discovery, &s.root, later()).unwrap();
+        assert_eq!(report.sessions.len(), 1);
+        let unmapped: Vec<&str> = report.unmapped.iter().map(|u| u.scan_id.as_str()).collect();
+        assert_eq!(unmapped, vec!["S2", "S3"]);
+        assert_eq!(report.problems.len(), 1);
+        assert!(report.problems[0].to_string().starts_with("mapping.csv:3: subject"));
+    }
+
+    #[test]
+    fn recent_folders_are_skipped_while_settling() {
+        let s = study("^S\\d+$", "ScanID,SubjectCode\nS1,01\nS2,02\n", false);
+        let old = add_session(&s.root, "S1", &[("T1", 3)]);
+        add_session(&s.root, "S2", &[("T1", 3)]);
+        // S1 was copied two hours ago; S2 just now.
+        let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
+        for path in [
+            old.join("T1/IM0000.dcm"),
+            old.join("T1/IM0001.dcm"),
+            old.join("T1/IM0002.dcm"),
+            old.join("T1"),
+            old.clone(),
+        ] {
+            fs::File::open(&path)
+                .unwrap()
+                .set_modified(two_hours_ago)
+                .unwrap();
+        }
+        let report = discover(&s.discovery, &s.root, SystemTime::now()).unwrap();
+        assert_eq!(labels(&report), vec![("S1".into(), "01".into(), "1".into())]);
+        assert_eq!(report.skipped.len(), 1);
+        assert!(report.skipped[0].folder.ends_with("S2"));
+        assert!(
+            report.skipped[0].why.starts_with("settling (modified ")
+                && report.skipped[0].why.ends_with(" ago, settle 30m)"),
+            "{}",
+            report.skipped[0].why
+        );
+    }
+
+    #[test]
+    fn min_files_and_required_series_make_a_session_invalid() {
+        let mut s = study("^S\\d+$", "ScanID,SubjectCode\nS1,01\nS2,02\nS3,03\n", false);
+        s.discovery.validation = Validation {
+            min_files: 10,
+            required_series: vec![SeriesRule {
+                name: "dwi".to_string(),
+                pattern: Regex::new("(?i)dmri|dwi").unwrap(),
+                min_files: 60,
+            }],
+        };
+        add_session(&s.root, "S1", &[("DWI_64dir", 64), ("T1", 5)]);
+        add_session(&s.root, "S2", &[("DTI_64dir", 12)]);
+        add_session(&s.root, "S3", &[("dwi", 12), ("T1", 1)]);
+        let report = discover(&s.discovery, &s.root, later()).unwrap();
+        let problems: Vec<Option<&str>> = report
+            .sessions
+            .iter()
+            .map(|s| s.problem.as_deref())
+            .collect();
+        assert_eq!(
+            problems,
+            vec![
+                None,
+                Some("series `dwi` missing: no subfolder matches `(?i)dmri|dwi`"),
+                Some("series `dwi`: 12 files in `dwi`, fewer than 60"),
+            ]
+        );
+        assert_eq!(report.valid().count(), 1);
+        assert_eq!(report.invalid().count(), 2);
+
+        s.discovery.validation.min_files = 100;
+        let report = discover(&s.discovery, &s.root, later()).unwrap();
+        assert_eq!(
+            report.sessions[0].problem.as_deref(),
+            Some("69 files, fewer than min_files 100")
+        );
+    }
+
+    #[test]
+    fn two_sessions_with_the_same_labels_are_both_rejected() {
+        let s = study(
+            "^S\\d+$",
+            "ScanID,SubjectCode,SessionID\nS1,01,1\nS2,01,1\nS3,01,2\n",
+            true,
+        );
+        for name in ["S1", "S2", "S3"] {
+            add_session(&s.root, name, &[("T1", 3)]);
+        }
+        let report = discover(&s.discovery, &s.root, later()).unwrap();
+        let invalid: Vec<&str> = report.invalid().map(|s| s.scan_id.as_str()).collect();
+        assert_eq!(invalid, vec!["S1", "S2"]);
+        assert!(
+            report.sessions[0]
+                .problem
+                .as_deref()
+                .unwrap()
+                .starts_with("sub-01 ses-1 is also the label of `")
+        );
+        assert!(report.sessions[2].is_valid());
+    }
+
+    #[test]
+    fn a_missing_mapping_column_fails_the_whole_discovery() {
+        let s = study("^S\\d+$", "Scan,Subject\nS1,01\n", false);
+        let err = discover(&s.discovery, &s.root, later()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the mapping file `{}` has no column `ScanID` (columns found: `Scan`, `Subject`)",
+                s.discovery.mapping.file.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_missing_dicom_root_is_an_error() {
+        let s = study("^S\\d+$", "ScanID,SubjectCode\n", false);
+        let err = discover(&s.discovery, &s.root.join("nope"), later()).unwrap_err();
+        assert!(matches!(err, StudyError::ReadDir { .. }));
+    }
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human_duration(0), "0s");
+        assert_eq!(human_duration(45), "45s");
+        assert_eq!(human_duration(180), "3m");
+        assert_eq!(human_duration(1800), "30m");
+        assert_eq!(human_duration(3600 + 300 + 7), "1h5m");
+        assert_eq!(human_duration(86_400 + 7), "1d");
+        assert_eq!(human_duration(90_000), "1d1h");
+    }
+}

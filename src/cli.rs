@@ -1,0 +1,210 @@
+//! Command-line types (clap only). Commands receive resolved settings, never these.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nfslurm",
+    version,
+    about = "Keeps a neuroimaging study processed on a Slurm cluster, unattended",
+    after_help = "Examples:\n  nfslurm demo                  run a small study end to end on this machine\n  nfslurm init mystudy          write a starter nfslurm.yaml and mapping.csv\n  nfslurm sync                  what cron runs: discover, reconcile, retry, submit\n  nfslurm status matrix         sessions x pipelines at a glance"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The study's config file [default: $NFSLURM_CONFIG, else nfslurm.yaml searched upward]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Where units run [default: the config's `executor`, else slurm]
+    #[arg(long, global = true, value_enum)]
+    pub executor: Option<ExecutorArg>,
+    /// More logging (-v info, -vv debug); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Print only errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Machine-readable output, where the output is data
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No colour (also: NO_COLOR)
+    #[arg(long, global = true)]
+    pub no_color: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ExecutorArg {
+    Slurm,
+    Local,
+}
+
+/// The selection flags shared by plan, submit, status, cancel and retry.
+#[derive(Debug, Args, Default, Clone)]
+pub struct SelectionArgs {
+    /// Only this pipeline (repeatable)
+    #[arg(long = "pipeline", value_name = "P")]
+    pub pipelines: Vec<String>,
+    /// Every unit (the default when nothing else is selected)
+    #[arg(long)]
+    pub all: bool,
+    /// Only this participant: `01` or `sub-01` (repeatable)
+    #[arg(long = "participant", value_name = "L")]
+    pub participants: Vec<String>,
+    /// Only this session: `1` or `ses-1` (repeatable)
+    #[arg(long = "session", value_name = "L")]
+    pub sessions: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a small demo study and run it end to end on this machine
+    #[command(after_help = "Examples:\n  nfslurm demo\n  nfslurm demo /tmp/nfslurm-demo")]
+    Demo {
+        /// Where to create it [default: ./nfslurm-demo]
+        dir: Option<PathBuf>,
+    },
+    /// Write a commented starter nfslurm.yaml and mapping.csv
+    #[command(after_help = "Examples:\n  nfslurm init\n  nfslurm init /data/study --site generic")]
+    Init {
+        /// Study folder [default: .]
+        dir: Option<PathBuf>,
+        /// Bundled site config to start from (generic, local) or a path
+        #[arg(long, default_value = "generic")]
+        site: String,
+        /// Overwrite existing files
+        #[arg(long)]
+        force: bool,
+    },
+    /// Scan, map and validate sessions; register new ones
+    #[command(after_help = "Examples:\n  nfslurm discover\n  nfslurm discover --json")]
+    Discover,
+    /// Show what submit would do and why; submits nothing
+    #[command(after_help = "Examples:\n  nfslurm plan\n  nfslurm plan --pipeline qsiprep --participant 01\n  nfslurm plan --json")]
+    Plan {
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Rerun the selected units even when done
+        #[arg(long)]
+        force: bool,
+    },
+    /// Submit the selected units and the upstream units they need, as one chain
+    #[command(after_help = "Examples:\n  nfslurm submit --all\n  nfslurm submit --pipeline qsiprep --participant sub-01 --force\n  nfslurm submit --all --dry-run\n  nfslurm submit --all --wait --executor local")]
+    Submit {
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Rerun the selected units even when done
+        #[arg(long)]
+        force: bool,
+        /// Print the plan and the scripts' paths; submit nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Follow the runs until they all finish
+        #[arg(long, alias = "sync")]
+        wait: bool,
+    },
+    /// What cron runs: discover, reconcile, apply retries, submit what is due
+    #[command(after_help = "Examples:\n  nfslurm sync\n  nfslurm sync -q    # cron: silent unless something changed")]
+    Sync,
+    /// Per-pipeline counts, runs, or the sessions x pipelines matrix
+    #[command(after_help = "Examples:\n  nfslurm status\n  nfslurm status runs --state failed\n  nfslurm status matrix\n  nfslurm status --json")]
+    Status {
+        #[arg(value_enum)]
+        view: Option<StatusView>,
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Only units (or runs) in this state
+        #[arg(long = "state", value_name = "S")]
+        states: Vec<String>,
+        /// Redraw every SECS seconds
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "5")]
+        watch: Option<u64>,
+    },
+    /// The history of a unit (`qsiprep/sub-01`) or of a run (its job ID or `run:N`)
+    #[command(after_help = "Examples:\n  nfslurm show qsiprep/sub-01\n  nfslurm show bids/sub-01/ses-1\n  nfslurm show 12345")]
+    Show {
+        /// A unit key or a run
+        target: String,
+    },
+    /// Print a run's output file
+    #[command(after_help = "Examples:\n  nfslurm logs 12345\n  nfslurm logs qsiprep/sub-01 --follow")]
+    Logs {
+        /// A job ID, `run:N`, or a unit key (its last run)
+        target: String,
+        /// Keep printing as the file grows, until the run ends
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Print the sbatch script that would be submitted for one unit
+    #[command(after_help = "Examples:\n  nfslurm render --pipeline qsiprep --participant 01\n  nfslurm render --pipeline bids --participant 01 --session 1")]
+    Render {
+        #[arg(long)]
+        pipeline: String,
+        #[arg(long)]
+        participant: String,
+        #[arg(long)]
+        session: Option<String>,
+    },
+    /// Cancel runs (scancel) and mark their units cancelled until `retry`
+    #[command(after_help = "Examples:\n  nfslurm cancel 12345\n  nfslurm cancel --pipeline qsiprep --participant 01")]
+    Cancel {
+        /// Job IDs or `run:N`
+        runs: Vec<String>,
+        #[command(flatten)]
+        selection: SelectionArgs,
+    },
+    /// Reset the retry budget of failed or cancelled units and submit them
+    #[command(after_help = "Examples:\n  nfslurm retry --failed\n  nfslurm retry --pipeline qsiprep --participant 01")]
+    Retry {
+        /// Job IDs or `run:N`
+        runs: Vec<String>,
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Every failed unit
+        #[arg(long)]
+        failed: bool,
+    },
+    /// The local executor's background worker
+    #[command(after_help = "Examples:\n  nfslurm worker status\n  nfslurm worker stop")]
+    Worker {
+        #[command(subcommand)]
+        action: WorkerAction,
+    },
+    /// Print a shell completion script
+    #[command(after_help = "Examples:\n  nfslurm completions bash > ~/.local/share/bash-completion/completions/nfslurm")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum StatusView {
+    Summary,
+    Runs,
+    Matrix,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkerAction {
+    /// Start the worker if runs are waiting and none is running
+    Start,
+    /// Stop it: running jobs finish, nothing new starts (twice: kill them)
+    Stop {
+        /// Kill running jobs now (they are recorded as infrastructure failures and retried)
+        #[arg(long)]
+        now: bool,
+    },
+    /// PID, uptime and queue depth
+    Status,
+    /// Run the worker in the foreground (what `start` launches)
+    #[command(hide = true)]
+    Run,
+}

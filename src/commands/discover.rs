@@ -1,0 +1,101 @@
+//! `nfslurm discover`: scan, map, validate, register.
+
+use std::time::SystemTime;
+
+use serde_json::json;
+
+use super::{Failure, Settings, display_path};
+use crate::config::Config;
+use crate::output;
+use crate::state::{SessionChanges, SessionRow, Store};
+use crate::study::{self, DiscoveryReport};
+
+/// Runs discovery and registers what it found. Shared with `sync`.
+pub fn discover_and_register(
+    config: &Config,
+    store: &mut Store,
+    now: i64,
+) -> anyhow::Result<(DiscoveryReport, SessionChanges)> {
+    let report = study::discover(&config.discovery, &config.paths.dicom_root, SystemTime::now())
+        .map_err(|e| Failure::user(e.to_string(), None))?;
+    let rows: Vec<SessionRow> = report
+        .sessions
+        .iter()
+        .map(|s| SessionRow {
+            scan_id: s.scan_id.clone(),
+            subject: s.subject.clone(),
+            session: s.session.clone(),
+            dicom_dir: s.folder.clone(),
+            valid: s.problem.is_none(),
+            problem: s.problem.clone(),
+            n_files: s.n_files,
+        })
+        .collect();
+    let changes = store.register_sessions(&rows, now)?;
+    Ok((report, changes))
+}
+
+pub fn run(settings: &Settings) -> anyhow::Result<i32> {
+    let config = super::load_config(settings)?;
+    let _lock = super::submit::plan_lock(&config, true)?;
+    let mut store = super::open_store(&config)?;
+    let (report, changes) = discover_and_register(&config, &mut store, crate::engine::now())?;
+    if settings.json {
+        let session = |s: &SessionRow| {
+            json!({"scan_id": s.scan_id, "subject": s.subject, "session": s.session,
+                   "dicom_dir": s.dicom_dir, "valid": s.valid, "problem": s.problem})
+        };
+        output::print_json(&json!({
+            "new": changes.new.iter().map(session).collect::<Vec<_>>(),
+            "changed": changes.changed.iter().map(session).collect::<Vec<_>>(),
+            "sessions": report.sessions.len(),
+            "unmapped": report.unmapped.iter().map(|u| json!({"scan_id": u.scan_id, "folder": u.folder})).collect::<Vec<_>>(),
+            "invalid": report.sessions.iter().filter(|s| s.problem.is_some())
+                .map(|s| json!({"scan_id": s.scan_id, "subject": s.subject, "session": s.session, "problem": s.problem})).collect::<Vec<_>>(),
+            "skipped": report.skipped.iter().map(|s| json!({"folder": s.folder, "why": s.why})).collect::<Vec<_>>(),
+            "mapping_problems": report.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        }));
+        return Ok(0);
+    }
+    print_report(&report, &changes);
+    Ok(0)
+}
+
+pub fn print_report(report: &DiscoveryReport, changes: &SessionChanges) {
+    let valid = report.sessions.iter().filter(|s| s.problem.is_none()).count();
+    println!(
+        "{} sessions found ({} valid), {} new, {} unmapped, {} invalid, {} skipped",
+        report.sessions.len(),
+        valid,
+        changes.new.len(),
+        report.unmapped.len(),
+        report.sessions.len() - valid,
+        report.skipped.len()
+    );
+    for s in &changes.new {
+        let mark = if s.valid { "new" } else { "new, invalid" };
+        println!("  {mark}: `{}` -> sub-{} ses-{}", s.scan_id, s.subject, s.session);
+    }
+    for u in &report.unmapped {
+        println!(
+            "  unmapped: `{}` ({}): add a row to the mapping CSV",
+            u.scan_id,
+            display_path(&u.folder)
+        );
+    }
+    for s in report.sessions.iter().filter(|s| s.problem.is_some()) {
+        println!(
+            "  invalid: `{}` (sub-{} ses-{}): {}",
+            s.scan_id,
+            s.subject,
+            s.session,
+            s.problem.as_deref().unwrap_or_default()
+        );
+    }
+    for s in &report.skipped {
+        println!("  skipped: {}: {}", display_path(&s.folder), s.why);
+    }
+    for p in &report.problems {
+        println!("  mapping: {p}");
+    }
+}

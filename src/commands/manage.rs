@@ -1,0 +1,143 @@
+//! `cancel` and `retry`: the user's hand on the failure policy.
+
+use std::collections::HashSet;
+
+use super::{Failure, SelectionSpec, Settings};
+use crate::engine;
+use crate::model::UnitState;
+use crate::plan::{self, Request};
+use crate::state::{RunRow, UnitUpdate};
+
+/// Runs named on the command line plus open runs matching the selection.
+fn selected_runs(
+    store: &crate::state::Store,
+    runs: &[String],
+    selection: Option<&crate::plan::Selection>,
+) -> anyhow::Result<Vec<RunRow>> {
+    let mut out: Vec<RunRow> = Vec::new();
+    for r in runs {
+        out.push(super::inspect::find_run(store, r)?);
+    }
+    if let Some(sel) = selection {
+        out.extend(store.open_runs()?.into_iter().filter(|r| sel.matches(&r.key)));
+    }
+    let mut seen = HashSet::new();
+    out.retain(|r| seen.insert(r.id));
+    Ok(out)
+}
+
+pub fn cancel(settings: &Settings, runs: &[String], spec: &SelectionSpec, all: bool) -> anyhow::Result<i32> {
+    let config = super::load_config(settings)?;
+    let selection = super::resolve_selection(&config, spec)?;
+    if runs.is_empty() && selection.is_all() && !all {
+        return Err(Failure::user(
+            "say what to cancel: job IDs, or selection flags",
+            Some("`nfslurm cancel --all` cancels every open run of the study"),
+        ));
+    }
+    let _lock = super::submit::plan_lock(&config, true)?;
+    let mut store = super::open_store(&config)?;
+    let sel = (!selection.is_all() || all).then_some(&selection);
+    let targets = selected_runs(&store, runs, sel)?;
+    let open: Vec<RunRow> = targets.iter().filter(|r| r.state.in_flight()).cloned().collect();
+    let now = engine::now();
+    let mut updates = Vec::new();
+    let mut by_exec: std::collections::BTreeMap<String, Vec<RunRow>> = Default::default();
+    for r in open {
+        by_exec.entry(r.executor.clone()).or_default().push(r);
+    }
+    for (name, list) in by_exec {
+        let mut exec = super::executor_named(&config, &name);
+        updates.extend(exec.cancel(&store, &list, now).map_err(|e| match e {
+            crate::executor::ExecError::Unreachable(m) => Failure::unreachable(m, Some("nothing was marked cancelled; try again")),
+            other => other.into(),
+        })?);
+    }
+    // Units stay cancelled until `retry`, whatever state their last run had.
+    let mut units: Vec<UnitUpdate> = Vec::new();
+    let mut seen = HashSet::new();
+    for r in &targets {
+        if seen.insert(r.unit_id) {
+            units.push(UnitUpdate {
+                unit_id: r.unit_id,
+                cancelled: Some(true),
+                audit: Some(("-".into(), "cancelled".into(), "nfslurm cancel".into())),
+                ..Default::default()
+            });
+        }
+    }
+    store.apply(&updates, &units, now)?;
+    if !settings.quiet {
+        for r in &targets {
+            println!("cancelled {} (job {})", r.key, r.job_id.as_deref().unwrap_or("-"));
+        }
+        if targets.is_empty() {
+            println!("nothing to cancel");
+        }
+    }
+    Ok(0)
+}
+
+pub fn retry(settings: &Settings, runs: &[String], spec: &SelectionSpec, failed: bool) -> anyhow::Result<i32> {
+    let config = super::load_config(settings)?;
+    let selection = super::resolve_selection(&config, spec)?;
+    if runs.is_empty() && selection.is_all() && !failed {
+        return Err(Failure::user(
+            "say what to retry: job IDs, selection flags, or `--failed`",
+            None,
+        ));
+    }
+    let lock = super::submit::plan_lock(&config, true)?;
+    let mut store = super::open_store(&config)?;
+    super::submit::reconcile_all(&config, &mut store)?;
+    let snapshot = store.snapshot()?;
+    let plan = plan::plan(&config, &snapshot, engine::now(), &Request::default());
+    let named: HashSet<i64> = runs
+        .iter()
+        .map(|r| super::inspect::find_run(&store, r).map(|r| r.unit_id))
+        .collect::<anyhow::Result<_>>()?;
+    let mut units = Vec::new();
+    let mut chosen = Vec::new();
+    for u in &plan.units {
+        let Some(rec) = snapshot.units.get(&u.key) else { continue };
+        let pick = named.contains(&rec.id)
+            || (matches!(u.state, UnitState::Failed | UnitState::Cancelled | UnitState::Retrying)
+                && (!selection.is_all() || failed)
+                && selection.matches(&u.key)
+                && (!failed || u.state == UnitState::Failed));
+        if pick {
+            units.push(UnitUpdate {
+                unit_id: rec.id,
+                attempts: Some(0),
+                infra_attempts: Some(0),
+                next_attempt_at: Some(None),
+                cancelled: Some(false),
+                audit: Some((u.state.as_str().into(), "waiting".into(), "nfslurm retry: budget reset".into())),
+                ..Default::default()
+            });
+            chosen.push(u.key.clone());
+        }
+    }
+    let now = engine::now();
+    store.apply(&[], &units, now)?;
+    if chosen.is_empty() {
+        println!("nothing to retry");
+        return Ok(0);
+    }
+    // Submit them and their downstream chain.
+    let snapshot = store.snapshot()?;
+    let mut request = Request::default();
+    request.selection.pipelines.clear();
+    let plan = plan::plan(&config, &snapshot, engine::now(), &request);
+    let renderer = crate::render::Renderer::new(&config).map_err(|e| Failure::user(e.to_string(), None))?;
+    let mut exec = super::make_executor(&config);
+    let (rows, _) = engine::submit_actions(&config, &mut store, exec.as_mut(), &plan, &snapshot, &renderer, now)?;
+    drop(lock);
+    if !settings.quiet {
+        for k in &chosen {
+            println!("retrying {k}");
+        }
+        println!("{} runs submitted", rows.len());
+    }
+    Ok(0)
+}

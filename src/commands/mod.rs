@@ -1,0 +1,155 @@
+//! One module per subcommand. Each takes resolved [`Settings`], never clap types.
+
+pub mod demo;
+pub mod discover;
+pub mod init;
+pub mod inspect;
+pub mod manage;
+pub mod status;
+pub mod submit;
+pub mod worker;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use crate::config::{self, Config, ExecutorKind};
+use crate::executor::Executor;
+use crate::executor::local::LocalExecutor;
+use crate::executor::slurm::SlurmExecutor;
+use crate::model::Label;
+use crate::plan::Selection;
+use crate::state::{Snapshot, Store};
+
+/// Global settings, resolved from flags and environment before any command runs.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub config: Option<PathBuf>,
+    pub executor: Option<ExecutorKind>,
+    pub json: bool,
+    pub quiet: bool,
+    pub verbose: u8,
+}
+
+/// An error that carries its exit code (SPEC §4) and an optional hint.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Failure {
+    pub fn user(message: impl Into<String>, hint: Option<&str>) -> anyhow::Error {
+        Failure {
+            code: 1,
+            message: message.into(),
+            hint: hint.map(str::to_string),
+        }
+        .into()
+    }
+
+    pub fn unreachable(message: impl Into<String>, hint: Option<&str>) -> anyhow::Error {
+        Failure {
+            code: 2,
+            message: message.into(),
+            hint: hint.map(str::to_string),
+        }
+        .into()
+    }
+}
+
+/// The selection flags after validation against the config.
+#[derive(Debug, Clone, Default)]
+pub struct SelectionSpec {
+    pub pipelines: Vec<String>,
+    pub participants: Vec<String>,
+    pub sessions: Vec<String>,
+}
+
+pub fn resolve_selection(config: &Config, spec: &SelectionSpec) -> anyhow::Result<Selection> {
+    for p in &spec.pipelines {
+        if config.pipeline(p).is_none() {
+            let names: Vec<&str> = config.pipelines.iter().map(|p| p.name.as_str()).collect();
+            return Err(Failure::user(
+                format!("`--pipeline {p}`: no such pipeline in `{}`", config.file.display()),
+                Some(&format!("pipelines: {}", names.join(", "))),
+            ));
+        }
+    }
+    let subjects = spec
+        .participants
+        .iter()
+        .map(|s| Label::subject(s).map_err(|e| Failure::user(format!("`--participant`: {e}"), None)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let sessions = spec
+        .sessions
+        .iter()
+        .map(|s| Label::session(s).map_err(|e| Failure::user(format!("`--session`: {e}"), None)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Selection {
+        pipelines: spec.pipelines.clone(),
+        subjects,
+        sessions,
+    })
+}
+
+/// Finds and loads the config; errors are user errors (exit 1).
+pub fn load_config(settings: &Settings) -> anyhow::Result<Config> {
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    let path = config::find_config(settings.config.as_deref(), &cwd).map_err(config_failure)?;
+    let mut config = config::load(&path).map_err(config_failure)?;
+    if let Some(kind) = settings.executor {
+        config.executor = kind;
+    }
+    Ok(config)
+}
+
+fn config_failure(err: config::ConfigError) -> anyhow::Error {
+    let hint = err.hint();
+    Failure {
+        code: 1,
+        message: err.to_string(),
+        hint: hint.map(str::to_string),
+    }
+    .into()
+}
+
+pub fn open_store(config: &Config) -> anyhow::Result<Store> {
+    Store::open(&config.paths.state_dir)
+        .with_context(|| format!("cannot open the state in `{}`", config.paths.state_dir.display()))
+}
+
+/// A snapshot of the state, or an empty one when the study never ran.
+pub fn read_snapshot(config: &Config) -> anyhow::Result<(Option<Store>, Snapshot)> {
+    match Store::open_existing(&config.paths.state_dir)? {
+        Some(store) => {
+            let snap = store.snapshot()?;
+            Ok((Some(store), snap))
+        }
+        None => Ok((None, Snapshot::default())),
+    }
+}
+
+pub fn make_executor(config: &Config) -> Box<dyn Executor> {
+    match config.executor {
+        ExecutorKind::Local => Box::new(LocalExecutor::new(config)),
+        ExecutorKind::Slurm => Box::new(SlurmExecutor::new(config)),
+    }
+}
+
+/// The executor that owns open runs of `name` (for reconciliation).
+pub fn executor_named(config: &Config, name: &str) -> Box<dyn Executor> {
+    match name {
+        "local" => Box::new(LocalExecutor::new(config)),
+        _ => Box::new(SlurmExecutor::new(config)),
+    }
+}
+
+pub fn display_path(path: &Path) -> String {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    path.strip_prefix(&cwd)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| path.display().to_string())
+}

@@ -1,0 +1,362 @@
+//! The shell around the planner: reconcile open runs, apply the failure
+//! policy, prepare and submit the planned actions. Shared by `submit`, `sync`,
+//! `retry` and the local worker, so every path records state the same way.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, ExecutorKind, Resources};
+use crate::executor::{ExecError, Executor, Prepared, SubmitOutcome};
+use crate::model::{Label, RunState, UnitKey};
+use crate::plan::{Dependency, Plan, policy};
+use crate::render::{Renderer, ScriptInput, SessionInfo};
+use crate::state::{NewRun, RunUpdate, Snapshot, StateError, Store};
+
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A random value in -1..=1 for backoff jitter.
+fn jitter() -> f64 {
+    rand::random_range(-1.0..=1.0)
+}
+
+/// Applies run updates and, for runs that just ended, the failure policy.
+pub fn apply_updates(
+    config: &Config,
+    store: &mut Store,
+    updates: &[RunUpdate],
+    now: i64,
+) -> Result<(), StateError> {
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = updates.iter().map(|u| u.run_id).collect();
+    let before: HashMap<i64, _> = store
+        .runs_by_ids(&ids)?
+        .into_iter()
+        .map(|r| (r.id, r))
+        .collect();
+    let mut unit_updates = Vec::new();
+    for update in updates {
+        let (Some(run), Some(new_state)) = (before.get(&update.run_id), update.state) else {
+            continue;
+        };
+        if run.state == new_state || new_state.in_flight() {
+            continue;
+        }
+        let Some(pipeline) = config.pipeline(&run.key.pipeline) else {
+            continue;
+        };
+        let mut ended = run.clone();
+        ended.state = new_state;
+        ended.ended_at = update.ended_at.or(run.ended_at);
+        ended.max_rss_mb = update.max_rss_mb.or(run.max_rss_mb);
+        let unit = store.unit_row(run.unit_id)?;
+        let u = policy::on_run_end(&config.retry, pipeline, &unit, &ended, now, jitter());
+        if u != (crate::state::UnitUpdate {
+            unit_id: unit.id,
+            ..Default::default()
+        }) {
+            unit_updates.push(u);
+        }
+    }
+    store.apply(updates, &unit_updates, now)
+}
+
+/// Reconciles every open run of `executor` with what it reports.
+pub fn reconcile(
+    config: &Config,
+    store: &mut Store,
+    executor: &mut dyn Executor,
+    now: i64,
+) -> Result<Vec<RunUpdate>, ExecError> {
+    let open: Vec<_> = store
+        .open_runs()?
+        .into_iter()
+        .filter(|r| r.executor == executor.name())
+        .collect();
+    if open.is_empty() {
+        return Ok(Vec::new());
+    }
+    let updates = executor.reconcile(store, &open, now)?;
+    apply_updates(config, store, &updates, now)?;
+    Ok(updates)
+}
+
+/// Effective resources of a unit: the pipeline's, with escalations after OOM/TIMEOUT.
+pub fn effective_resources(config: &Config, snapshot: &Snapshot, key: &UnitKey) -> Resources {
+    let mut res = config
+        .pipeline(&key.pipeline)
+        .map(|p| p.resources.clone())
+        .unwrap_or(Resources {
+            cpus: 1,
+            mem_mb: 1024,
+            time_s: 3600,
+            gpus: 0,
+        });
+    if let Some(unit) = snapshot.units.get(key) {
+        if let Some(mem) = unit.mem_mb {
+            res.mem_mb = res.mem_mb.max(mem);
+        }
+        if let Some(time) = unit.time_s {
+            res.time_s = res.time_s.max(time);
+        }
+    }
+    res
+}
+
+pub fn scripts_dir(config: &Config, key: &UnitKey) -> PathBuf {
+    config
+        .paths
+        .state_dir
+        .join("scripts")
+        .join(&key.pipeline)
+        .join(key.dir_name())
+}
+
+pub fn logs_dir(config: &Config, key: &UnitKey) -> PathBuf {
+    config
+        .paths
+        .state_dir
+        .join("logs")
+        .join(&key.pipeline)
+        .join(key.dir_name())
+}
+
+/// A fresh run token: unique across studies and time, safe in `--comment`.
+pub fn new_token() -> String {
+    let bytes: [u8; 8] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("nfslurm-{hex}")
+}
+
+/// Sessions of the study for the script context, by subject.
+pub fn session_infos(snapshot: &Snapshot) -> HashMap<Label, Vec<SessionInfo>> {
+    let mut out: HashMap<Label, Vec<SessionInfo>> = HashMap::new();
+    for s in snapshot.sessions.iter().filter(|s| s.valid) {
+        out.entry(s.subject.clone()).or_default().push(SessionInfo {
+            label: s.session.clone(),
+            scan_id: s.scan_id.clone(),
+            dicom_dir: s.dicom_dir.clone(),
+        });
+    }
+    out
+}
+
+/// Next attempt number per unit (1 for a unit that never ran).
+fn next_attempts(store: &Store, keys: &[&UnitKey]) -> Result<HashMap<UnitKey, u32>, StateError> {
+    let mut out = HashMap::new();
+    let mut stmt = store.conn().prepare_cached(
+        "SELECT COALESCE(MAX(r.attempt), 0) + 1 FROM runs r JOIN units u ON u.id = r.unit_id \
+         WHERE u.pipeline = ?1 AND u.subject = ?2 AND u.session = ?3",
+    )?;
+    for key in keys {
+        let session = key.session.as_ref().map(Label::as_str).unwrap_or("");
+        let n: u32 = stmt.query_row(
+            rusqlite::params![key.pipeline, key.subject.as_str(), session],
+            |r| r.get(0),
+        )?;
+        out.insert((*key).clone(), n);
+    }
+    Ok(out)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error("cannot render the script for `{unit}`")]
+    Render {
+        unit: UnitKey,
+        #[source]
+        source: crate::render::RenderError,
+    },
+    #[error("cannot write `{path}`")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A run as submitted, for the table `submit` prints.
+#[derive(Debug, Clone)]
+pub struct SubmittedRun {
+    pub run_id: i64,
+    pub key: UnitKey,
+    pub reason: String,
+    pub job_id: Option<String>,
+    pub depends_on: Vec<String>,
+    pub mem_mb: u64,
+    pub time_s: u64,
+}
+
+/// Renders, records and submits the plan's actions (all of them, in order).
+///
+/// Every intent is written (`submitting`, with its token) in one transaction
+/// before the executor is called, so a crash at any point leaves runs the
+/// next sync can adopt or resubmit, never a job nobody knows about.
+pub fn submit_actions(
+    config: &Config,
+    store: &mut Store,
+    executor: &mut dyn Executor,
+    plan: &Plan,
+    snapshot: &Snapshot,
+    renderer: &Renderer,
+    now: i64,
+) -> Result<(Vec<SubmittedRun>, SubmitOutcome), SubmitError> {
+    if plan.actions.is_empty() {
+        return Ok((Vec::new(), SubmitOutcome::default()));
+    }
+    let kind = match executor.name() {
+        "local" => ExecutorKind::Local,
+        _ => ExecutorKind::Slurm,
+    };
+    let keys: Vec<&UnitKey> = plan.actions.iter().map(|a| &a.key).collect();
+    let attempts = next_attempts(store, &keys)?;
+    let sessions = session_infos(snapshot);
+    let no_sessions = Vec::new();
+
+    let mut new_runs = Vec::with_capacity(plan.actions.len());
+    let mut scripts = Vec::with_capacity(plan.actions.len());
+    for action in &plan.actions {
+        let key = &action.key;
+        let pipeline = config.pipeline(&key.pipeline).expect("planned pipelines exist");
+        let resources = effective_resources(config, snapshot, key);
+        let attempt = attempts.get(key).copied().unwrap_or(1);
+        let token = new_token();
+        let script_path = scripts_dir(config, key).join(format!("attempt-{attempt}.sbatch"));
+        let log_path = logs_dir(config, key).join(format!("attempt-{attempt}.out"));
+        let subject_sessions = sessions.get(&key.subject).unwrap_or(&no_sessions);
+        let session = key
+            .session
+            .as_ref()
+            .and_then(|label| subject_sessions.iter().find(|s| &s.label == label));
+        let work_dir = crate::render::work_dir_for(config, key);
+        let input = ScriptInput {
+            config,
+            pipeline,
+            unit: key,
+            session,
+            subject_sessions,
+            resources: &resources,
+            attempt,
+            token: &token,
+            output_path: &log_path,
+            work_dir: &work_dir,
+            executor: kind,
+        };
+        let script = renderer
+            .render_script(&input)
+            .map_err(|source| SubmitError::Render {
+                unit: key.clone(),
+                source,
+            })?;
+        let to_ref = |d: &Dependency| match d {
+            Dependency::Planned(i) => -1 - *i as i64,
+            Dependency::InFlight { run_id, .. } => *run_id,
+        };
+        new_runs.push(NewRun {
+            key: key.clone(),
+            token,
+            executor: executor.name().to_string(),
+            state: RunState::Submitting,
+            plan_reason: action.reason.to_string(),
+            cpus: resources.cpus,
+            mem_mb: resources.mem_mb,
+            time_limit_s: resources.time_s,
+            gpus: resources.gpus,
+            config_hash: pipeline.config_hash.clone(),
+            inputs: action.inputs.iter().map(to_ref).collect(),
+            depends_on: action.depends_on.iter().map(to_ref).collect(),
+            script_path: script_path.clone(),
+            log_path: log_path.clone(),
+        });
+        scripts.push((script_path, log_path, script));
+    }
+
+    // Scripts first (kept, named by attempt), then the intents, then the executor.
+    for (script_path, log_path, text) in &scripts {
+        write_file(script_path, text)?;
+        if let Some(dir) = log_path.parent() {
+            fs::create_dir_all(dir).map_err(|source| SubmitError::Write {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+    }
+    let ids = store.create_runs(&new_runs, now)?;
+    let prepared: Vec<Prepared> = new_runs
+        .iter()
+        .zip(&ids)
+        .map(|(run, &run_id)| Prepared {
+            run_id,
+            key: run.key.clone(),
+            token: run.token.clone(),
+            script_path: run.script_path.clone(),
+            log_path: run.log_path.clone(),
+            cpus: run.cpus,
+            mem_mb: run.mem_mb,
+            time_limit_s: run.time_limit_s,
+            depends_on: run
+                .depends_on
+                .iter()
+                .map(|&d| if d < 0 { ids[(-1 - d) as usize] } else { d })
+                .collect(),
+        })
+        .collect();
+    let outcome = executor.submit(store, &prepared, now)?;
+    if !outcome.withdrawn.is_empty() {
+        store.withdraw_runs(&outcome.withdrawn, "not submitted", now)?;
+    }
+    let job_of: HashMap<i64, String> = outcome.submitted.iter().cloned().collect();
+    let mut key_of: HashMap<i64, &UnitKey> = HashMap::new();
+    for p in &prepared {
+        key_of.insert(p.run_id, &p.key);
+    }
+    let open_jobs: HashMap<i64, String> = store
+        .runs_by_ids(
+            &prepared
+                .iter()
+                .flat_map(|p| p.depends_on.iter().copied())
+                .filter(|id| !job_of.contains_key(id))
+                .collect::<Vec<_>>(),
+        )?
+        .into_iter()
+        .filter_map(|r| r.job_id.map(|j| (r.id, j)))
+        .collect();
+    let rows = prepared
+        .iter()
+        .zip(&new_runs)
+        .filter(|(p, _)| !outcome.withdrawn.contains(&p.run_id))
+        .map(|(p, run)| SubmittedRun {
+            run_id: p.run_id,
+            key: p.key.clone(),
+            reason: run.plan_reason.clone(),
+            job_id: job_of.get(&p.run_id).cloned(),
+            depends_on: p
+                .depends_on
+                .iter()
+                .filter_map(|d| job_of.get(d).or(open_jobs.get(d)).cloned())
+                .collect(),
+            mem_mb: run.mem_mb,
+            time_s: run.time_limit_s,
+        })
+        .collect();
+    Ok((rows, outcome))
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), SubmitError> {
+    let err = |source| SubmitError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(err)?;
+    }
+    fs::write(path, text).map_err(err)
+}

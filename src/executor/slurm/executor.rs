@@ -1,0 +1,585 @@
+//! The Slurm executor (SPEC §6): `sbatch` chains held by `afterok`, one
+//! `squeue` and chunked `sacct` calls per reconciliation, adoption of runs
+//! whose sbatch answer was lost.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use backon::{BlockingRetryable, ExponentialBuilder};
+
+use super::parse::{self, SacctJob, SlurmState, SqueueRow};
+use crate::config::{Config, Scheduler};
+use crate::engine;
+use crate::executor::{ExecError, Executor, Prepared, SubmitOutcome};
+use crate::model::RunState;
+use crate::state::{RunRow, RunUpdate, Store};
+
+/// squeue's format: job id (`123` or `123_4`), raw id, state, reason, comment,
+/// nodes, start time, dependency, time limit.
+pub const SQUEUE_FORMAT: &str = "%i|%A|%T|%r|%k|%N|%S|%E|%l";
+/// sacct's fields, job rows and step rows (MaxRSS lives on steps).
+pub const SACCT_FORMAT: &str = "JobID,JobIDRaw,JobName,State,ExitCode,NodeList,Submit,Start,End,ElapsedRaw,MaxRSS,ReqMem,TimelimitRaw,Comment,Reason";
+/// A `submitting` run found nowhere this long after its intent was written
+/// never reached Slurm: it is resubmitted (as an infrastructure retry).
+const SUBMITTING_GRACE_S: i64 = 60;
+
+/// Calls made, for the figures the closing notes and benchmarks report.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CallCounts {
+    pub sbatch: u32,
+    pub squeue: u32,
+    pub sacct: u32,
+    pub scancel: u32,
+}
+
+pub struct SlurmExecutor {
+    config: Config,
+    scheduler: Scheduler,
+    user: String,
+    pub calls: CallCounts,
+    /// Attempts for a transient failure (controller timeouts), backoff between.
+    pub transient_attempts: usize,
+}
+
+#[derive(Debug)]
+enum CallError {
+    /// Could not start the tool at all (not on PATH).
+    Spawn(String),
+    /// Transient: the controller or database did not answer.
+    Transient(String),
+    /// The tool answered with an error.
+    Failed(String),
+}
+
+fn current_user() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| {
+            // SAFETY: getuid cannot fail.
+            unsafe { libc::getuid() }.to_string()
+        })
+}
+
+impl SlurmExecutor {
+    pub fn new(config: &Config) -> SlurmExecutor {
+        SlurmExecutor {
+            config: config.clone(),
+            scheduler: config.site.scheduler.clone(),
+            user: current_user(),
+            calls: CallCounts::default(),
+            transient_attempts: std::env::var("NFSLURM_TRANSIENT_ATTEMPTS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3),
+        }
+    }
+
+    /// Runs a Slurm tool, retrying transient errors with exponential backoff and jitter.
+    fn call(&mut self, program: &str, args: &[String]) -> Result<String, CallError> {
+        match program {
+            "sbatch" => self.calls.sbatch += 1,
+            "squeue" => self.calls.squeue += 1,
+            "sacct" => self.calls.sacct += 1,
+            "scancel" => self.calls.scancel += 1,
+            _ => {}
+        }
+        let once = || -> Result<String, CallError> {
+            tracing::debug!(program, ?args, "calling");
+            let output: Output = Command::new(program)
+                .args(args)
+                .output()
+                .map_err(|e| CallError::Spawn(format!("cannot run `{program}`: {e}")))?;
+            let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+            if output.status.success() {
+                return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+            }
+            if parse::is_transient_error(&stderr) {
+                Err(CallError::Transient(format!("`{program}`: {stderr}")))
+            } else {
+                Err(CallError::Failed(format!("`{program}`: {stderr}")))
+            }
+        };
+        let attempts = self.transient_attempts.max(1);
+        once.retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_delay(Duration::from_secs(5))
+                .with_jitter()
+                .with_max_times(attempts - 1),
+        )
+        .when(|e| matches!(e, CallError::Transient(_)))
+        .notify(|e, after| tracing::warn!("{e:?}; retrying in {after:?}"))
+        .call()
+    }
+
+    fn cluster_args(&self) -> Vec<String> {
+        match &self.scheduler.cluster {
+            Some(c) => vec![format!("--clusters={c}")],
+            None => Vec::new(),
+        }
+    }
+
+    fn squeue(&mut self) -> Result<Vec<SqueueRow>, ExecError> {
+        let mut args = vec![
+            "--noheader".to_string(),
+            "--states=all".into(),
+            format!("--user={}", self.user),
+            format!("--format={SQUEUE_FORMAT}"),
+        ];
+        args.extend(self.cluster_args());
+        match self.call("squeue", &args) {
+            Ok(out) => parse::parse_squeue(&out).map_err(|e| ExecError::Other(e.to_string())),
+            Err(CallError::Transient(m)) | Err(CallError::Spawn(m)) => Err(ExecError::Unreachable(m)),
+            Err(CallError::Failed(m)) => Err(ExecError::Unreachable(m)),
+        }
+    }
+
+    /// sacct for these job IDs, in chunks; `None` when slurmdbd does not answer.
+    fn sacct(&mut self, job_ids: &[String]) -> Option<Vec<SacctJob>> {
+        let mut out = Vec::new();
+        for chunk in job_ids.chunks(self.scheduler.sacct_chunk.max(1)) {
+            let mut args = vec![
+                "--noheader".to_string(),
+                "--parsable2".into(),
+                format!("--format={SACCT_FORMAT}"),
+                format!("--jobs={}", chunk.join(",")),
+            ];
+            args.extend(self.cluster_args());
+            match self.call("sacct", &args) {
+                Ok(text) => match parse::parse_sacct(&text) {
+                    Ok(jobs) => out.extend(jobs),
+                    Err(e) => {
+                        tracing::warn!("cannot read sacct output: {e}");
+                        return None;
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!("sacct did not answer, finished runs stay open: {e:?}");
+                    return None;
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// sacct over a time window, to find jobs by token when their ID is unknown.
+    fn sacct_since(&mut self, since: i64) -> Option<Vec<SacctJob>> {
+        let start = chrono::DateTime::from_timestamp(since, 0)?
+            .with_timezone(&chrono::Local)
+            .format("%Y-%m-%dT%H:%M:%S")
+            .to_string();
+        let mut args = vec![
+            "--noheader".to_string(),
+            "--parsable2".into(),
+            "--allocations".into(),
+            format!("--user={}", self.user),
+            format!("--starttime={start}"),
+            "--endtime=now".into(),
+            format!("--format={SACCT_FORMAT}"),
+        ];
+        args.extend(self.cluster_args());
+        match self.call("sacct", &args) {
+            Ok(text) => parse::parse_sacct(&text).ok(),
+            Err(_) => None,
+        }
+    }
+}
+
+/// The run state a Slurm state means (SPEC §3); `None` for a state nfslurm
+/// does not know: recorded and looked at again, never taken for success.
+pub fn run_state_of(state: &SlurmState, exit_code: i32, reason: &str) -> Option<RunState> {
+    Some(match state {
+        SlurmState::Pending | SlurmState::Requeued | SlurmState::Suspended => RunState::Pending,
+        SlurmState::Running | SlurmState::Completing | SlurmState::Configuring => RunState::Running,
+        SlurmState::Completed if exit_code == 0 => RunState::Succeeded,
+        SlurmState::Completed | SlurmState::Failed => RunState::Failed,
+        SlurmState::Timeout => RunState::Timeout,
+        SlurmState::OutOfMemory => RunState::Oom,
+        SlurmState::NodeFail | SlurmState::BootFail | SlurmState::Preempted | SlurmState::Deadline => {
+            RunState::InfraFailed
+        }
+        SlurmState::Cancelled { by } => {
+            // --kill-on-invalid-dep cancels with no "by" and reason Dependency.
+            if by.is_none() && (reason.contains("Dependency") || reason.is_empty()) {
+                RunState::UpstreamFailed
+            } else {
+                RunState::Cancelled
+            }
+        }
+        SlurmState::Unknown(_) => return None,
+    })
+}
+
+fn ts(t: Option<chrono::NaiveDateTime>) -> Option<i64> {
+    t.and_then(|t| t.and_local_timezone(chrono::Local).earliest())
+        .map(|t| t.timestamp())
+}
+
+/// The update a sacct record means for a run.
+fn update_from_sacct(run: &RunRow, job: &SacctJob) -> RunUpdate {
+    let code = job.exit_code.code;
+    let mapped = run_state_of(&job.state, code, &job.reason);
+    let mut update = RunUpdate {
+        run_id: run.id,
+        job_id: (run.job_id.as_deref() != Some(job.job_id.as_str())).then(|| job.job_id.clone()),
+        slurm_state: Some(job.state.as_str().to_string()),
+        node: job.node.clone(),
+        submitted_at: ts(job.submit),
+        started_at: ts(job.start),
+        unseen_since: Some(None),
+        ..Default::default()
+    };
+    match mapped {
+        None => {
+            update.reason = Some(format!(
+                "Slurm state `{}` is not one nfslurm knows: looked at again next sync",
+                job.state.as_str()
+            ));
+        }
+        Some(state) => {
+            update.state = Some(state);
+            if !state.in_flight() {
+                update.ended_at = ts(job.end);
+                update.elapsed_s = job.elapsed_s.map(|e| e as i64);
+                update.max_rss_mb = job.max_rss_mb.map(|m| m as i64);
+                update.exit_code = Some(if job.exit_code.signal != 0 && code == 0 {
+                    128 + job.exit_code.signal
+                } else {
+                    code
+                });
+                update.reason = Some(match state {
+                    RunState::Failed => format!("exit code {}:{}", code, job.exit_code.signal),
+                    RunState::UpstreamFailed => "cancelled by Slurm: an upstream job failed".into(),
+                    RunState::Cancelled => job.state.as_str().to_string(),
+                    RunState::Oom => format!(
+                        "out of memory (requested {} MB{})",
+                        run.mem_mb,
+                        job.max_rss_mb.map(|m| format!(", MaxRSS {m} MB")).unwrap_or_default()
+                    ),
+                    RunState::Timeout => format!("time limit {} reached", crate::config::format_slurm_time(run.time_limit_s)),
+                    RunState::InfraFailed => format!("{}: retried without spending an attempt", job.state.as_str()),
+                    _ => String::new(),
+                });
+                if update.reason.as_deref() == Some("") {
+                    update.reason = None;
+                }
+            }
+        }
+    }
+    update
+}
+
+fn update_from_squeue(run: &RunRow, row: &SqueueRow) -> Option<RunUpdate> {
+    let state = run_state_of(&row.state, 0, &row.reason)?;
+    if !state.in_flight() {
+        // Finished: squeue has no exit code or MaxRSS; sacct confirms it.
+        return None;
+    }
+    Some(RunUpdate {
+        run_id: run.id,
+        state: Some(state),
+        job_id: (run.job_id.as_deref() != Some(row.job_id.as_str())).then(|| row.job_id.clone()),
+        slurm_state: Some(row.state.as_str().to_string()),
+        reason: (state == RunState::Pending && !row.reason.is_empty() && row.reason != "None")
+            .then(|| row.reason.clone()),
+        node: (!row.nodes.is_empty() && state == RunState::Running).then(|| row.nodes.clone()),
+        unseen_since: run.unseen_since.map(|_| None),
+        ..Default::default()
+    })
+}
+
+impl Executor for SlurmExecutor {
+    fn name(&self) -> &'static str {
+        "slurm"
+    }
+
+    fn reconcile(&mut self, _store: &Store, open: &[RunRow], now: i64) -> Result<Vec<RunUpdate>, ExecError> {
+        let queue = self.squeue()?;
+        let by_id: HashMap<&str, &SqueueRow> = queue.iter().map(|r| (r.job_id.as_str(), r)).collect();
+        let by_token: HashMap<&str, &SqueueRow> = queue
+            .iter()
+            .filter(|r| !r.comment.is_empty())
+            .map(|r| (r.comment.as_str(), r))
+            .collect();
+
+        let mut updates = Vec::new();
+        let mut ask_sacct: Vec<&RunRow> = Vec::new();
+        let mut unknown_tokens: Vec<&RunRow> = Vec::new();
+        for run in open {
+            let row = match &run.job_id {
+                Some(id) => by_id.get(id.as_str()).copied(),
+                None => by_token.get(run.token.as_str()).copied(),
+            };
+            match (row, &run.job_id) {
+                (Some(row), _) => match update_from_squeue(run, row) {
+                    Some(u) => {
+                        if u.state != Some(run.state) || u.job_id.is_some() || u.node != run.node {
+                            updates.push(u);
+                        }
+                    }
+                    None => ask_sacct.push(run),
+                },
+                (None, Some(_)) => ask_sacct.push(run),
+                (None, None) => unknown_tokens.push(run),
+            }
+        }
+        // Adopted runs (found by token in squeue) now have a job ID: they were
+        // pushed above. Runs never seen in squeue by token: look for them in sacct.
+        let ids: Vec<String> = ask_sacct.iter().filter_map(|r| r.job_id.clone()).collect();
+        let mut jobs: HashMap<String, SacctJob> = HashMap::new();
+        let mut sacct_ok = true;
+        if !ids.is_empty() {
+            match self.sacct(&ids) {
+                Some(list) => {
+                    for job in list {
+                        jobs.insert(job.job_id.clone(), job);
+                    }
+                }
+                None => sacct_ok = false,
+            }
+        }
+        let mut token_jobs: HashMap<String, SacctJob> = HashMap::new();
+        if !unknown_tokens.is_empty() {
+            let since = unknown_tokens.iter().map(|r| r.created_at).min().unwrap_or(now) - 300;
+            match self.sacct_since(since) {
+                Some(list) => {
+                    for job in list {
+                        if !job.comment.is_empty() {
+                            token_jobs.insert(job.comment.clone(), job);
+                        }
+                    }
+                }
+                None => sacct_ok = false,
+            }
+        }
+
+        let lost_after = self.config.retry.lost_after_s as i64;
+        for run in ask_sacct {
+            let id = run.job_id.as_deref().unwrap_or_default();
+            match jobs.get(id) {
+                Some(job) if !job.placeholder => {
+                    let u = update_from_sacct(run, job);
+                    if u.state.is_some_and(|s| s != run.state) || u.reason.is_some() || u.slurm_state != run.slurm_state {
+                        updates.push(u);
+                    }
+                }
+                // A placeholder row (just started or ended): look again next sync.
+                Some(_) => {}
+                None if !sacct_ok => {}
+                None => {
+                    // In neither squeue nor sacct: sacct lags a few seconds; give it a grace period.
+                    let since = run.unseen_since.unwrap_or(now);
+                    if now - since >= lost_after {
+                        updates.push(RunUpdate {
+                            run_id: run.id,
+                            state: Some(RunState::Lost),
+                            reason: Some(format!(
+                                "job {id} is in neither squeue nor sacct after {}",
+                                crate::output::duration(now - since)
+                            )),
+                            ended_at: Some(now),
+                            ..Default::default()
+                        });
+                    } else if run.unseen_since.is_none() {
+                        updates.push(RunUpdate {
+                            run_id: run.id,
+                            unseen_since: Some(Some(now)),
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+        }
+        for run in unknown_tokens {
+            match token_jobs.get(&run.token) {
+                Some(job) => {
+                    let mut u = update_from_sacct(run, job);
+                    u.job_id = Some(job.job_id.clone());
+                    if u.state.is_none() {
+                        u.state = Some(RunState::Pending);
+                    }
+                    u.reason = Some(format!("adopted job {} found by its token", job.job_id));
+                    updates.push(u);
+                }
+                None if !sacct_ok => {}
+                None if now - run.created_at >= SUBMITTING_GRACE_S => {
+                    updates.push(RunUpdate {
+                        run_id: run.id,
+                        state: Some(RunState::Lost),
+                        reason: Some("sbatch never queued it: resubmitted".into()),
+                        ended_at: Some(now),
+                        ..Default::default()
+                    });
+                }
+                None => {}
+            }
+        }
+        // Adoption by token in squeue: mark the reason.
+        for u in updates.iter_mut() {
+            if let Some(run) = open.iter().find(|r| r.id == u.run_id)
+                && run.state == RunState::Submitting
+                && u.job_id.is_some()
+                && u.reason.is_none()
+            {
+                u.reason = Some(format!(
+                    "adopted job {} found by its token",
+                    u.job_id.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+        Ok(updates)
+    }
+
+    fn submit(&mut self, store: &mut Store, batch: &[Prepared], now: i64) -> Result<SubmitOutcome, ExecError> {
+        let mut outcome = SubmitOutcome::default();
+        // Job IDs of upstream runs already in flight.
+        let outside: Vec<i64> = batch.iter().flat_map(|p| p.depends_on.iter().copied()).collect();
+        let mut job_of: HashMap<i64, String> = store
+            .runs_by_ids(&outside)?
+            .into_iter()
+            .filter(|r| r.state.in_flight())
+            .filter_map(|r| r.job_id.map(|j| (r.id, j)))
+            .collect();
+        let in_batch: std::collections::HashSet<i64> = batch.iter().map(|p| p.run_id).collect();
+        let mut pending_updates: Vec<RunUpdate> = Vec::new();
+        let mut stop: Option<String> = None;
+
+        for (index, p) in batch.iter().enumerate() {
+            if stop.is_some() {
+                outcome.withdrawn.push(p.run_id);
+                continue;
+            }
+            // An upstream run of this batch that was not submitted: this one waits for a later sync.
+            let mut deps = Vec::new();
+            let mut missing = false;
+            for d in &p.depends_on {
+                match job_of.get(d) {
+                    Some(job) => deps.push(job.clone()),
+                    None if in_batch.contains(d) => missing = true,
+                    // Upstream finished since planning (succeeded): nothing to wait for.
+                    None => {}
+                }
+            }
+            if missing {
+                outcome.withdrawn.push(p.run_id);
+                continue;
+            }
+            let mut args = vec![
+                "--parsable".to_string(),
+                format!("--job-name={}", p.key.job_name()),
+                "--kill-on-invalid-dep=yes".into(),
+            ];
+            if !deps.is_empty() {
+                args.push(format!("--dependency=afterok:{}", deps.join(":")));
+            }
+            args.extend(self.cluster_args());
+            args.push(p.script_path.to_string_lossy().into_owned());
+            let result = self.call("sbatch", &args);
+            #[cfg(debug_assertions)]
+            let result = fault_point(result, index);
+            let _ = index;
+            match result {
+                Ok(out) => match parse::parse_sbatch_parsable(&out) {
+                    Ok(job) => {
+                        job_of.insert(p.run_id, job.job_id.clone());
+                        outcome.submitted.push((p.run_id, job.job_id.clone()));
+                        pending_updates.push(RunUpdate {
+                            run_id: p.run_id,
+                            state: Some(RunState::Pending),
+                            job_id: Some(job.job_id),
+                            submitted_at: Some(now),
+                            ..Default::default()
+                        });
+                        if pending_updates.len() >= 100 {
+                            store.apply(&pending_updates, &[], now)?;
+                            pending_updates.clear();
+                        }
+                    }
+                    Err(e) => {
+                        // Queued, but the answer is unreadable: leave it `submitting` for adoption.
+                        tracing::warn!("unreadable sbatch answer: {e}");
+                        stop = Some(format!("unreadable sbatch answer: {e}"));
+                    }
+                },
+                Err(CallError::Failed(msg)) if parse::is_submit_limit(&msg) => {
+                    // A submit limit means "later", not "failed".
+                    outcome.withdrawn.push(p.run_id);
+                    stop = Some(String::new());
+                    tracing::info!("submit limit reached: {msg}");
+                }
+                Err(CallError::Transient(msg)) | Err(CallError::Spawn(msg)) => {
+                    // The job may be queued all the same: the run stays `submitting`
+                    // and the next sync adopts it by token or resubmits it.
+                    outcome.unreachable = Some(msg.clone());
+                    stop = Some(msg);
+                }
+                Err(CallError::Failed(msg)) => {
+                    pending_updates.push(RunUpdate {
+                        run_id: p.run_id,
+                        state: Some(RunState::Failed),
+                        reason: Some(format!("sbatch refused it: {msg}")),
+                        ended_at: Some(now),
+                        ..Default::default()
+                    });
+                    outcome.rejected.push((p.run_id, msg));
+                }
+            }
+        }
+        // Failed submissions go through the failure policy like any failure.
+        engine::apply_updates(&self.config, store, &pending_updates, now)?;
+        if stop.as_deref() == Some("") {
+            stop = None;
+        }
+        let _ = stop;
+        Ok(outcome)
+    }
+
+    fn cancel(&mut self, _store: &Store, runs: &[RunRow], now: i64) -> Result<Vec<RunUpdate>, ExecError> {
+        let ids: Vec<String> = runs.iter().filter_map(|r| r.job_id.clone()).collect();
+        if !ids.is_empty() {
+            let mut args = self.cluster_args();
+            args.extend(ids);
+            match self.call("scancel", &args) {
+                Ok(_) => {}
+                Err(CallError::Failed(msg)) => tracing::warn!("scancel: {msg}"),
+                Err(CallError::Transient(m)) | Err(CallError::Spawn(m)) => return Err(ExecError::Unreachable(m)),
+            }
+        }
+        Ok(runs
+            .iter()
+            .map(|r| RunUpdate {
+                run_id: r.id,
+                state: Some(RunState::Cancelled),
+                reason: Some("cancelled by nfslurm cancel".into()),
+                ended_at: Some(now),
+                ..Default::default()
+            })
+            .collect())
+    }
+}
+
+/// Test-only fault points, compiled out of release builds:
+/// `NFSLURM_FAULT=crash-after-sbatch` aborts right after the first sbatch
+/// succeeded (before its job ID is written); `NFSLURM_FAULT=sbatch-timeout`
+/// reports the first successful sbatch as timed out.
+#[cfg(debug_assertions)]
+fn fault_point(result: Result<String, CallError>, index: usize) -> Result<String, CallError> {
+    if index != 0 || result.is_err() {
+        return result;
+    }
+    match std::env::var("NFSLURM_FAULT").as_deref() {
+        Ok("crash-after-sbatch") => std::process::abort(),
+        Ok("sbatch-timeout") => Err(CallError::Transient(
+            "`sbatch`: Batch job submission failed: Socket timed out on send/recv operation".into(),
+        )),
+        _ => result,
+    }
+}
+
+/// Where the executor's figures can be printed by benchmarks.
+pub fn state_dir_of(config: &Config) -> PathBuf {
+    config.paths.state_dir.clone()
+}

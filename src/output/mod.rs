@@ -1,0 +1,166 @@
+//! Output for people and for scripts: tables, colour, times, JSON.
+//!
+//! Colour only on a terminal and never with `NO_COLOR` or `--no-color`;
+//! stdout is data, logs and progress go to stderr.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use comfy_table::{ContentArrangement, Table, presets};
+
+use crate::model::{RunState, UnitState};
+
+static COLOR: AtomicBool = AtomicBool::new(false);
+
+/// Decides once whether to colour output.
+pub fn init_color(no_color_flag: bool) {
+    let env_off = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let on = !no_color_flag && !env_off && std::io::stdout().is_terminal();
+    COLOR.store(on, Ordering::Relaxed);
+}
+
+pub fn color_enabled() -> bool {
+    COLOR.load(Ordering::Relaxed)
+}
+
+fn paint(code: &str, text: &str) -> String {
+    if color_enabled() {
+        format!("\x1b[{code}m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
+pub fn bold(text: &str) -> String {
+    paint("1", text)
+}
+
+pub fn dim(text: &str) -> String {
+    paint("2", text)
+}
+
+/// ANSI colour code of a unit state.
+fn unit_color(state: UnitState) -> &'static str {
+    match state {
+        UnitState::Done => "32",
+        UnitState::Running => "36",
+        UnitState::Queued => "34",
+        UnitState::Retrying => "33",
+        UnitState::Failed => "31;1",
+        UnitState::Blocked => "35",
+        UnitState::Cancelled => "2",
+        UnitState::Stale => "33",
+        UnitState::Invalid => "2",
+        UnitState::Waiting => "0",
+    }
+}
+
+pub fn unit_state(state: UnitState) -> String {
+    paint(unit_color(state), state.as_str())
+}
+
+pub fn run_state(state: RunState) -> String {
+    let code = match state {
+        RunState::Succeeded => "32",
+        RunState::Running => "36",
+        RunState::Pending | RunState::Submitting => "34",
+        RunState::Failed | RunState::Oom | RunState::Timeout => "31",
+        RunState::InfraFailed | RunState::Lost => "33",
+        RunState::UpstreamFailed => "35",
+        RunState::Cancelled => "2",
+    };
+    paint(code, state.as_str())
+}
+
+/// One symbol per unit state, for the matrix.
+pub fn unit_symbol(state: UnitState) -> String {
+    let symbol = match state {
+        UnitState::Done => "✓",
+        UnitState::Running => "▶",
+        UnitState::Queued => "…",
+        UnitState::Retrying => "↻",
+        UnitState::Failed => "✗",
+        UnitState::Blocked => "■",
+        UnitState::Cancelled => "⊘",
+        UnitState::Stale => "~",
+        UnitState::Invalid => "!",
+        UnitState::Waiting => "·",
+    };
+    paint(unit_color(state), symbol)
+}
+
+/// A plain table: no borders, fits a terminal, readable in a cron log.
+pub fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_style(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header.iter().map(|h| bold(h)));
+    table
+}
+
+/// Prints a table with its rows left-trimmed of comfy-table's padding.
+pub fn print_table(table: &Table) {
+    for line in table.to_string().lines() {
+        println!("{}", line.trim_end());
+    }
+}
+
+/// A Unix time as local `YYYY-MM-DD HH:MM:SS`.
+pub fn local_time(ts: i64) -> String {
+    chrono::DateTime::from_timestamp(ts, 0)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// A Unix time as RFC 3339 UTC, for JSON.
+pub fn rfc3339(ts: Option<i64>) -> Option<String> {
+    ts.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
+/// Seconds as `1h02m`, `3m05s`, `12s`.
+pub fn duration(secs: i64) -> String {
+    let s = secs.max(0);
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Megabytes as `512M` or `8.0G`.
+pub fn megabytes(mb: i64) -> String {
+    if mb >= 1024 {
+        format!("{:.1}G", mb as f64 / 1024.0)
+    } else {
+        format!("{mb}M")
+    }
+}
+
+pub fn print_json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_read_naturally() {
+        assert_eq!(duration(5), "5s");
+        assert_eq!(duration(185), "3m05s");
+        assert_eq!(duration(3720), "1h02m");
+        assert_eq!(megabytes(512), "512M");
+        assert_eq!(megabytes(8192), "8.0G");
+    }
+}

@@ -1,0 +1,1028 @@
+//! The state store: one SQLite file per study, `<state_dir>/state.db`.
+//!
+//! Rollback journal (not WAL): study folders on clusters are often on NFS or
+//! Lustre, where WAL's shared memory is unsafe. Every change is a transaction,
+//! and every state change of a session, unit or run writes an audit row in the
+//! same transaction, so the history can never disagree with the state.
+//!
+//! Only holders of the plan lock (`sync`, `submit`, `retry`, `cancel`) create
+//! runs; the local worker only updates the runs it owns. SQLite's own locking
+//! serialises the short write transactions, and readers (`status`) never wait
+//! for more than one of them.
+
+mod schema;
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use crate::model::{Label, RunState, UnitKey};
+
+pub use schema::SCHEMA_VERSION;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot create the state directory `{path}`")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the state database `{path}`")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("state database error")]
+    Sql(#[from] rusqlite::Error),
+    #[error("cannot use the lock file `{path}`")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("run {0} does not exist")]
+    NoSuchRun(i64),
+}
+
+pub type Result<T, E = StateError> = std::result::Result<T, E>;
+
+/// Creates the state directory with mode 0700 (DICOM folder names and logs can
+/// carry personal data), and tightens it if it already exists with wider bits.
+pub fn ensure_state_dir(dir: &Path) -> Result<()> {
+    let err = |source| StateError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
+    }
+    let meta = fs::metadata(dir).map_err(err)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// An exclusive advisory lock on a file in the state directory, held until dropped.
+#[derive(Debug)]
+pub struct LockGuard {
+    _file: File,
+    pub path: PathBuf,
+}
+
+/// Tries to take the lock `name` in `dir`; `Ok(None)` when someone holds it.
+pub fn try_lock(dir: &Path, name: &str) -> Result<Option<LockGuard>> {
+    ensure_state_dir(dir)?;
+    let path = dir.join(name);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StateError::Lock {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(LockGuard { _file: file, path })),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(source)) => Err(StateError::Lock { path, source }),
+    }
+}
+
+/// Waits up to `timeout` for the lock `name` in `dir`.
+pub fn lock_with_timeout(dir: &Path, name: &str, timeout: Duration) -> Result<Option<LockGuard>> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(guard) = try_lock(dir, name)? {
+            return Ok(Some(guard));
+        }
+        if start.elapsed() >= timeout {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A session as registered by discovery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRow {
+    pub scan_id: String,
+    pub subject: Label,
+    pub session: Label,
+    pub dicom_dir: PathBuf,
+    pub valid: bool,
+    pub problem: Option<String>,
+    pub n_files: u64,
+}
+
+/// What registering a discovery report changed.
+#[derive(Debug, Default, Clone)]
+pub struct SessionChanges {
+    pub new: Vec<SessionRow>,
+    /// Sessions whose validity changed (e.g. an invalid one got its files).
+    pub changed: Vec<SessionRow>,
+}
+
+/// One run, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    pub id: i64,
+    pub unit_id: i64,
+    pub key: UnitKey,
+    pub attempt: u32,
+    pub token: String,
+    pub executor: String,
+    pub job_id: Option<String>,
+    pub state: RunState,
+    pub slurm_state: Option<String>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub plan_reason: String,
+    pub node: Option<String>,
+    pub created_at: i64,
+    pub submitted_at: Option<i64>,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub elapsed_s: Option<i64>,
+    pub max_rss_mb: Option<i64>,
+    pub cpus: u32,
+    pub mem_mb: u64,
+    pub time_limit_s: u64,
+    pub gpus: u32,
+    pub config_hash: String,
+    pub inputs: Vec<i64>,
+    pub depends_on: Vec<i64>,
+    pub script_path: PathBuf,
+    pub log_path: PathBuf,
+    pub unseen_since: Option<i64>,
+    pub pid: Option<i64>,
+}
+
+/// A unit's bookkeeping row.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct UnitRow {
+    pub id: i64,
+    /// Failures counted against `max_attempts` since the last success or `retry`.
+    pub attempts: u32,
+    pub infra_attempts: u32,
+    pub next_attempt_at: Option<i64>,
+    /// Escalated memory and time (after OOM or TIMEOUT), if any.
+    pub mem_mb: Option<u64>,
+    pub time_s: Option<u64>,
+    pub cancelled: bool,
+    pub last_run_id: Option<i64>,
+    pub success_run_id: Option<i64>,
+}
+
+/// Everything the planner needs, read in one go.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub sessions: Vec<SessionRow>,
+    pub units: HashMap<UnitKey, UnitRow>,
+    /// The last run and the last successful run of every unit, by run ID.
+    pub runs: HashMap<i64, RunRow>,
+}
+
+impl Snapshot {
+    pub fn last_run(&self, key: &UnitKey) -> Option<&RunRow> {
+        let id = self.units.get(key)?.last_run_id?;
+        self.runs.get(&id)
+    }
+
+    pub fn success_run(&self, key: &UnitKey) -> Option<&RunRow> {
+        let id = self.units.get(key)?.success_run_id?;
+        self.runs.get(&id)
+    }
+}
+
+/// A run about to be created (the intent, written before any executor call).
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub key: UnitKey,
+    pub token: String,
+    pub executor: String,
+    pub state: RunState,
+    pub plan_reason: String,
+    pub cpus: u32,
+    pub mem_mb: u64,
+    pub time_limit_s: u64,
+    pub gpus: u32,
+    pub config_hash: String,
+    pub inputs: Vec<i64>,
+    pub depends_on: Vec<i64>,
+    pub script_path: PathBuf,
+    pub log_path: PathBuf,
+}
+
+/// A change to a run reported by an executor. `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunUpdate {
+    pub run_id: i64,
+    pub state: Option<RunState>,
+    pub job_id: Option<String>,
+    pub slurm_state: Option<String>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub node: Option<String>,
+    pub submitted_at: Option<i64>,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub elapsed_s: Option<i64>,
+    pub max_rss_mb: Option<i64>,
+    /// `Some(None)` clears it.
+    pub unseen_since: Option<Option<i64>>,
+    pub pid: Option<i64>,
+}
+
+/// What the failure policy decided for a unit when one of its runs ended.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UnitUpdate {
+    pub unit_id: i64,
+    pub attempts: Option<u32>,
+    pub infra_attempts: Option<u32>,
+    pub next_attempt_at: Option<Option<i64>>,
+    pub mem_mb: Option<Option<u64>>,
+    pub time_s: Option<Option<u64>>,
+    pub cancelled: Option<bool>,
+    pub success_run_id: Option<i64>,
+    /// Audit line for the unit, if the change is worth one.
+    pub audit: Option<(String, String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRow {
+    pub at: i64,
+    pub unit_id: Option<i64>,
+    pub run_id: Option<i64>,
+    pub scan_id: Option<String>,
+    pub old_state: Option<String>,
+    pub new_state: String,
+    pub reason: String,
+}
+
+pub struct Store {
+    conn: Connection,
+    pub dir: PathBuf,
+}
+
+const RUN_COLUMNS: &str = "r.id, r.unit_id, u.pipeline, u.subject, u.session, r.attempt, r.token, \
+     r.executor, r.job_id, r.state, r.slurm_state, r.exit_code, r.reason, r.plan_reason, r.node, \
+     r.created_at, r.submitted_at, r.started_at, r.ended_at, r.elapsed_s, r.max_rss_mb, r.cpus, \
+     r.mem_mb, r.time_limit_s, r.gpus, r.config_hash, r.inputs, r.depends_on, r.script_path, \
+     r.log_path, r.unseen_since, r.pid";
+
+fn label_from_db(text: String) -> rusqlite::Result<Label> {
+    Label::new(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn key_from_db(pipeline: String, subject: String, session: String) -> rusqlite::Result<UnitKey> {
+    Ok(UnitKey {
+        pipeline,
+        subject: label_from_db(subject)?,
+        session: if session.is_empty() {
+            None
+        } else {
+            Some(label_from_db(session)?)
+        },
+    })
+}
+
+fn ids_from_json(text: &str) -> Vec<i64> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+fn ids_to_json(ids: &[i64]) -> String {
+    serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_string())
+}
+
+fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+    let state_text: String = row.get(9)?;
+    let state = RunState::parse(&state_text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            9,
+            rusqlite::types::Type::Text,
+            format!("unknown run state `{state_text}`").into(),
+        )
+    })?;
+    Ok(RunRow {
+        id: row.get(0)?,
+        unit_id: row.get(1)?,
+        key: key_from_db(row.get(2)?, row.get(3)?, row.get(4)?)?,
+        attempt: row.get(5)?,
+        token: row.get(6)?,
+        executor: row.get(7)?,
+        job_id: row.get(8)?,
+        state,
+        slurm_state: row.get(10)?,
+        exit_code: row.get(11)?,
+        reason: row.get(12)?,
+        plan_reason: row.get(13)?,
+        node: row.get(14)?,
+        created_at: row.get(15)?,
+        submitted_at: row.get(16)?,
+        started_at: row.get(17)?,
+        ended_at: row.get(18)?,
+        elapsed_s: row.get(19)?,
+        max_rss_mb: row.get(20)?,
+        cpus: row.get(21)?,
+        mem_mb: row.get::<_, i64>(22)? as u64,
+        time_limit_s: row.get::<_, i64>(23)? as u64,
+        gpus: row.get(24)?,
+        config_hash: row.get(25)?,
+        inputs: ids_from_json(&row.get::<_, String>(26)?),
+        depends_on: ids_from_json(&row.get::<_, String>(27)?),
+        script_path: PathBuf::from(row.get::<_, String>(28)?),
+        log_path: PathBuf::from(row.get::<_, String>(29)?),
+        unseen_since: row.get(30)?,
+        pid: row.get(31)?,
+    })
+}
+
+fn session_text(key: &UnitKey) -> &str {
+    key.session.as_ref().map(Label::as_str).unwrap_or("")
+}
+
+fn audit(
+    tx: &Transaction<'_>,
+    at: i64,
+    unit_id: Option<i64>,
+    run_id: Option<i64>,
+    scan_id: Option<&str>,
+    old: Option<&str>,
+    new: &str,
+    reason: &str,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO audit (at, unit_id, run_id, scan_id, old_state, new_state, reason) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![at, unit_id, run_id, scan_id, old, new, reason])?;
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating when needed) `<dir>/state.db` and brings its schema up to date.
+    pub fn open(dir: &Path) -> Result<Store> {
+        ensure_state_dir(dir)?;
+        let path = dir.join("state.db");
+        let open_err = |source| StateError::Open {
+            path: path.clone(),
+            source,
+        };
+        let mut conn = Connection::open(&path).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(30))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "DELETE")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        schema::migrate(&mut conn).map_err(open_err)?;
+        // The database may hold personal data too.
+        let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
+        Ok(Store {
+            conn,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Opens an existing database read-only side: returns `None` if there is none yet.
+    pub fn open_existing(dir: &Path) -> Result<Option<Store>> {
+        if dir.join("state.db").exists() {
+            Store::open(dir).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn integrity_check(&self) -> Result<String> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// Registers what discovery found: new sessions are added, known ones
+    /// updated when their validity changed. Sessions that disappeared from disk
+    /// are kept: nothing is ever forgotten silently.
+    pub fn register_sessions(&mut self, found: &[SessionRow], now: i64) -> Result<SessionChanges> {
+        let tx = self.conn.transaction()?;
+        let mut changes = SessionChanges::default();
+        {
+            let mut known = HashMap::new();
+            let mut stmt = tx.prepare("SELECT scan_id, valid, problem FROM sessions")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    (r.get::<_, bool>(1)?, r.get::<_, Option<String>>(2)?),
+                ))
+            })?;
+            for row in rows {
+                let (scan, state) = row?;
+                known.insert(scan, state);
+            }
+            let mut add_subject =
+                tx.prepare("INSERT OR IGNORE INTO subjects (label, created_at) VALUES (?1, ?2)")?;
+            let mut insert = tx.prepare(
+                "INSERT INTO sessions (scan_id, subject, session, dicom_dir, valid, problem, \
+                 n_files, discovered_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+            )?;
+            let mut update = tx.prepare(
+                "UPDATE sessions SET valid = ?2, problem = ?3, n_files = ?4, dicom_dir = ?5, \
+                 updated_at = ?6 WHERE scan_id = ?1",
+            )?;
+            for s in found {
+                match known.get(&s.scan_id) {
+                    None => {
+                        add_subject.execute(params![s.subject.as_str(), now])?;
+                        insert.execute(params![
+                            s.scan_id,
+                            s.subject.as_str(),
+                            s.session.as_str(),
+                            s.dicom_dir.to_string_lossy(),
+                            s.valid,
+                            s.problem,
+                            s.n_files as i64,
+                            now
+                        ])?;
+                        let state = if s.valid { "valid" } else { "invalid" };
+                        let why = s.problem.clone().unwrap_or_else(|| "discovered".into());
+                        audit(&tx, now, None, None, Some(&s.scan_id), None, state, &why)?;
+                        changes.new.push(s.clone());
+                    }
+                    Some((valid, _problem)) if *valid != s.valid => {
+                        update.execute(params![
+                            s.scan_id,
+                            s.valid,
+                            s.problem,
+                            s.n_files as i64,
+                            s.dicom_dir.to_string_lossy(),
+                            now
+                        ])?;
+                        let (old, new) = if s.valid {
+                            ("invalid", "valid")
+                        } else {
+                            ("valid", "invalid")
+                        };
+                        let why = s.problem.clone().unwrap_or_else(|| "now passes validation".into());
+                        audit(&tx, now, None, None, Some(&s.scan_id), Some(old), new, &why)?;
+                        changes.changed.push(s.clone());
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(changes)
+    }
+
+    pub fn sessions(&self) -> Result<Vec<SessionRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT scan_id, subject, session, dicom_dir, valid, problem, n_files FROM sessions \
+             ORDER BY subject, session",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(SessionRow {
+                scan_id: r.get(0)?,
+                subject: label_from_db(r.get(1)?)?,
+                session: label_from_db(r.get(2)?)?,
+                dicom_dir: PathBuf::from(r.get::<_, String>(3)?),
+                valid: r.get(4)?,
+                problem: r.get(5)?,
+                n_files: r.get::<_, i64>(6)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Reads sessions, units and each unit's last and last successful run.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let sessions = self.sessions()?;
+        let mut units = HashMap::new();
+        let mut stmt = self.conn.prepare(
+            "SELECT id, pipeline, subject, session, attempts, infra_attempts, next_attempt_at, \
+             mem_mb, time_s, cancelled, last_run_id, success_run_id FROM units",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                key_from_db(r.get(1)?, r.get(2)?, r.get(3)?)?,
+                UnitRow {
+                    id: r.get(0)?,
+                    attempts: r.get(4)?,
+                    infra_attempts: r.get(5)?,
+                    next_attempt_at: r.get(6)?,
+                    mem_mb: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+                    time_s: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+                    cancelled: r.get(9)?,
+                    last_run_id: r.get(10)?,
+                    success_run_id: r.get(11)?,
+                },
+            ))
+        })?;
+        for row in rows {
+            let (key, unit) = row?;
+            units.insert(key, unit);
+        }
+        let mut runs = HashMap::new();
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs r JOIN units u ON u.id = r.unit_id \
+             WHERE r.id IN (SELECT last_run_id FROM units WHERE last_run_id IS NOT NULL \
+             UNION SELECT success_run_id FROM units WHERE success_run_id IS NOT NULL)"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        for run in stmt.query_map([], run_from_row)? {
+            let run = run?;
+            runs.insert(run.id, run);
+        }
+        Ok(Snapshot {
+            sessions,
+            units,
+            runs,
+        })
+    }
+
+    fn query_runs(&self, filter: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<RunRow>> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs r JOIN units u ON u.id = r.unit_id {filter} ORDER BY r.id"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(args, run_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Runs still owned by an executor: submitting, pending or running.
+    pub fn open_runs(&self) -> Result<Vec<RunRow>> {
+        self.query_runs(
+            "WHERE r.state IN ('submitting', 'pending', 'running')",
+            &[],
+        )
+    }
+
+    pub fn all_runs(&self) -> Result<Vec<RunRow>> {
+        self.query_runs("", &[])
+    }
+
+    pub fn runs_of_unit(&self, unit_id: i64) -> Result<Vec<RunRow>> {
+        self.query_runs("WHERE r.unit_id = ?1", &[&unit_id])
+    }
+
+    pub fn run(&self, run_id: i64) -> Result<RunRow> {
+        self.query_runs("WHERE r.id = ?1", &[&run_id])?
+            .pop()
+            .ok_or(StateError::NoSuchRun(run_id))
+    }
+
+    pub fn runs_by_ids(&self, ids: &[i64]) -> Result<Vec<RunRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        self.query_runs(&format!("WHERE r.id IN ({list})"), &[])
+    }
+
+    pub fn run_by_job_id(&self, job_id: &str) -> Result<Option<RunRow>> {
+        Ok(self.query_runs("WHERE r.job_id = ?1", &[&job_id])?.pop())
+    }
+
+    pub fn unit_id(&self, key: &UnitKey) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id FROM units WHERE pipeline = ?1 AND subject = ?2 AND session = ?3",
+                params![key.pipeline, key.subject.as_str(), session_text(key)],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Records the intent of every run in one transaction, before any executor
+    /// call, and returns their IDs in the same order. `depends_on` entries
+    /// that are negative refer to runs of this same batch (`-1 - index`).
+    pub fn create_runs(&mut self, new_runs: &[NewRun], now: i64) -> Result<Vec<i64>> {
+        let tx = self.conn.transaction()?;
+        let mut ids = Vec::with_capacity(new_runs.len());
+        {
+            let mut ensure_unit = tx.prepare_cached(
+                "INSERT INTO units (pipeline, subject, session) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(pipeline, subject, session) DO UPDATE SET pipeline = pipeline \
+                 RETURNING id",
+            )?;
+            let mut next_attempt = tx.prepare_cached(
+                "SELECT COALESCE(MAX(attempt), 0) + 1 FROM runs WHERE unit_id = ?1",
+            )?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO runs (unit_id, attempt, token, executor, state, plan_reason, \
+                 created_at, cpus, mem_mb, time_limit_s, gpus, config_hash, inputs, depends_on, \
+                 script_path, log_path) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            )?;
+            let mut set_last =
+                tx.prepare_cached("UPDATE units SET last_run_id = ?2 WHERE id = ?1")?;
+            for run in new_runs {
+                let unit_id: i64 = ensure_unit.query_row(
+                    params![run.key.pipeline, run.key.subject.as_str(), session_text(&run.key)],
+                    |r| r.get(0),
+                )?;
+                let attempt: i64 = next_attempt.query_row([unit_id], |r| r.get(0))?;
+                let resolve = |list: &[i64]| -> Vec<i64> {
+                    list.iter()
+                        .map(|&d| if d < 0 { ids[(-1 - d) as usize] } else { d })
+                        .collect()
+                };
+                let depends_on = resolve(&run.depends_on);
+                let inputs = resolve(&run.inputs);
+                insert.execute(params![
+                    unit_id,
+                    attempt,
+                    run.token,
+                    run.executor,
+                    run.state.as_str(),
+                    run.plan_reason,
+                    now,
+                    run.cpus,
+                    run.mem_mb as i64,
+                    run.time_limit_s as i64,
+                    run.gpus,
+                    run.config_hash,
+                    ids_to_json(&inputs),
+                    ids_to_json(&depends_on),
+                    run.script_path.to_string_lossy(),
+                    run.log_path.to_string_lossy(),
+                ])?;
+                let run_id = tx.last_insert_rowid();
+                set_last.execute(params![unit_id, run_id])?;
+                audit(
+                    &tx,
+                    now,
+                    Some(unit_id),
+                    Some(run_id),
+                    None,
+                    None,
+                    run.state.as_str(),
+                    &format!("attempt {attempt}: {}", run.plan_reason),
+                )?;
+                ids.push(run_id);
+            }
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    /// Sets the script path of a run once its ID (and so its file name) is known.
+    pub fn set_paths(&mut self, run_id: i64, script: &Path, log: &Path) -> Result<()> {
+        self.conn.execute(
+            "UPDATE runs SET script_path = ?2, log_path = ?3 WHERE id = ?1",
+            params![run_id, script.to_string_lossy(), log.to_string_lossy()],
+        )?;
+        Ok(())
+    }
+
+    /// Applies run updates and the failure policy's unit updates in one transaction.
+    pub fn apply(&mut self, runs: &[RunUpdate], units: &[UnitUpdate], now: i64) -> Result<()> {
+        if runs.is_empty() && units.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut current = tx.prepare_cached("SELECT state, unit_id FROM runs WHERE id = ?1")?;
+            let mut update = tx.prepare_cached(
+                "UPDATE runs SET \
+                 state = COALESCE(?2, state), job_id = COALESCE(?3, job_id), \
+                 slurm_state = COALESCE(?4, slurm_state), exit_code = COALESCE(?5, exit_code), \
+                 reason = COALESCE(?6, reason), node = COALESCE(?7, node), \
+                 submitted_at = COALESCE(?8, submitted_at), started_at = COALESCE(?9, started_at), \
+                 ended_at = COALESCE(?10, ended_at), elapsed_s = COALESCE(?11, elapsed_s), \
+                 max_rss_mb = COALESCE(?12, max_rss_mb), \
+                 unseen_since = CASE WHEN ?13 THEN ?14 ELSE unseen_since END, \
+                 pid = COALESCE(?15, pid) WHERE id = ?1",
+            )?;
+            for u in runs {
+                let (old, unit_id): (String, i64) =
+                    current.query_row([u.run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                update.execute(params![
+                    u.run_id,
+                    u.state.map(RunState::as_str),
+                    u.job_id,
+                    u.slurm_state,
+                    u.exit_code,
+                    u.reason,
+                    u.node,
+                    u.submitted_at,
+                    u.started_at,
+                    u.ended_at,
+                    u.elapsed_s,
+                    u.max_rss_mb,
+                    u.unseen_since.is_some(),
+                    u.unseen_since.flatten(),
+                    u.pid,
+                ])?;
+                if let Some(new) = u.state
+                    && new.as_str() != old
+                {
+                    let mut why = u.reason.clone().unwrap_or_default();
+                    if let Some(slurm) = &u.slurm_state {
+                        why = if why.is_empty() {
+                            slurm.clone()
+                        } else {
+                            format!("{slurm}: {why}")
+                        };
+                    }
+                    if let Some(job) = &u.job_id
+                        && why.is_empty()
+                    {
+                        why = format!("job {job}");
+                    }
+                    audit(&tx, now, Some(unit_id), Some(u.run_id), None, Some(&old), new.as_str(), &why)?;
+                }
+            }
+            let mut unit_update = tx.prepare_cached(
+                "UPDATE units SET \
+                 attempts = COALESCE(?2, attempts), infra_attempts = COALESCE(?3, infra_attempts), \
+                 next_attempt_at = CASE WHEN ?4 THEN ?5 ELSE next_attempt_at END, \
+                 mem_mb = CASE WHEN ?6 THEN ?7 ELSE mem_mb END, \
+                 time_s = CASE WHEN ?8 THEN ?9 ELSE time_s END, \
+                 cancelled = COALESCE(?10, cancelled), \
+                 success_run_id = COALESCE(?11, success_run_id) WHERE id = ?1",
+            )?;
+            for u in units {
+                unit_update.execute(params![
+                    u.unit_id,
+                    u.attempts,
+                    u.infra_attempts,
+                    u.next_attempt_at.is_some(),
+                    u.next_attempt_at.flatten(),
+                    u.mem_mb.is_some(),
+                    u.mem_mb.flatten().map(|v| v as i64),
+                    u.time_s.is_some(),
+                    u.time_s.flatten().map(|v| v as i64),
+                    u.cancelled,
+                    u.success_run_id,
+                ])?;
+                if let Some((old, new, why)) = &u.audit {
+                    audit(&tx, now, Some(u.unit_id), None, None, Some(old), new, why)?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes run intents that never reached an executor (nothing was
+    /// submitted for them), restoring each unit's previous last run.
+    pub fn withdraw_runs(&mut self, run_ids: &[i64], why: &str, now: i64) -> Result<()> {
+        if run_ids.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        for &id in run_ids {
+            let unit_id: Option<i64> = tx
+                .query_row("SELECT unit_id FROM runs WHERE id = ?1", [id], |r| r.get(0))
+                .optional()?;
+            let Some(unit_id) = unit_id else { continue };
+            audit(&tx, now, Some(unit_id), Some(id), None, Some("submitting"), "withdrawn", why)?;
+            tx.execute("DELETE FROM runs WHERE id = ?1", [id])?;
+            tx.execute(
+                "UPDATE units SET last_run_id = (SELECT MAX(id) FROM runs WHERE unit_id = ?1) \
+                 WHERE id = ?1",
+                [unit_id],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn unit_row(&self, unit_id: i64) -> Result<UnitRow> {
+        Ok(self.conn.query_row(
+            "SELECT id, attempts, infra_attempts, next_attempt_at, mem_mb, time_s, cancelled, \
+             last_run_id, success_run_id FROM units WHERE id = ?1",
+            [unit_id],
+            |r| {
+                Ok(UnitRow {
+                    id: r.get(0)?,
+                    attempts: r.get(1)?,
+                    infra_attempts: r.get(2)?,
+                    next_attempt_at: r.get(3)?,
+                    mem_mb: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+                    time_s: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+                    cancelled: r.get(6)?,
+                    last_run_id: r.get(7)?,
+                    success_run_id: r.get(8)?,
+                })
+            },
+        )?)
+    }
+
+    pub fn audit_of_unit(&self, unit_id: i64) -> Result<Vec<AuditRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT at, unit_id, run_id, scan_id, old_state, new_state, reason FROM audit \
+             WHERE unit_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([unit_id], |r| {
+            Ok(AuditRow {
+                at: r.get(0)?,
+                unit_id: r.get(1)?,
+                run_id: r.get(2)?,
+                scan_id: r.get(3)?,
+                old_state: r.get(4)?,
+                new_state: r.get(5)?,
+                reason: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn audit_since(&self, since_id: i64) -> Result<Vec<(i64, AuditRow)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, at, unit_id, run_id, scan_id, old_state, new_state, reason FROM audit \
+             WHERE id > ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([since_id], |r| {
+            Ok((
+                r.get(0)?,
+                AuditRow {
+                    at: r.get(1)?,
+                    unit_id: r.get(2)?,
+                    run_id: r.get(3)?,
+                    scan_id: r.get(4)?,
+                    old_state: r.get(5)?,
+                    new_state: r.get(6)?,
+                    reason: r.get(7)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn last_audit_id(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM audit", [], |r| r.get(0))?)
+    }
+
+    /// Unit keys by ID, for messages about audit rows.
+    pub fn unit_keys(&self) -> Result<HashMap<i64, UnitKey>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, pipeline, subject, session FROM units")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, key_from_db(r.get(1)?, r.get(2)?, r.get(3)?)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label(s: &str) -> Label {
+        Label::new(s).unwrap()
+    }
+
+    fn new_run(key: &UnitKey, token: &str) -> NewRun {
+        NewRun {
+            key: key.clone(),
+            token: token.into(),
+            executor: "local".into(),
+            state: RunState::Submitting,
+            plan_reason: "new".into(),
+            cpus: 1,
+            mem_mb: 1024,
+            time_limit_s: 3600,
+            gpus: 0,
+            config_hash: "h".into(),
+            inputs: vec![],
+            depends_on: vec![],
+            script_path: "s".into(),
+            log_path: "l".into(),
+        }
+    }
+
+    #[test]
+    fn state_dir_is_private_and_schema_migrates_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("st");
+        let store = Store::open(&state).unwrap();
+        let mode = fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let version: i64 = store
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let journal: String = store
+            .conn()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(journal, "delete");
+        drop(store);
+        Store::open(&state).unwrap();
+    }
+
+    #[test]
+    fn runs_are_created_with_batch_dependencies_and_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let a = UnitKey::new("bids", &label("01"), Some(&label("1")));
+        let b = UnitKey::new("qsiprep", &label("01"), None);
+        let mut second = new_run(&b, "t2");
+        second.depends_on = vec![-1];
+        second.inputs = vec![-1];
+        let ids = store.create_runs(&[new_run(&a, "t1"), second], 100).unwrap();
+        let runs = store.runs_by_ids(&ids).unwrap();
+        assert_eq!(runs[1].depends_on, vec![ids[0]]);
+        assert_eq!(runs[0].attempt, 1);
+        store
+            .apply(
+                &[RunUpdate {
+                    run_id: ids[0],
+                    state: Some(RunState::Succeeded),
+                    exit_code: Some(0),
+                    ..Default::default()
+                }],
+                &[],
+                101,
+            )
+            .unwrap();
+        let unit = store.unit_id(&a).unwrap().unwrap();
+        let audit = store.audit_of_unit(unit).unwrap();
+        assert_eq!(audit.len(), 2);
+        assert_eq!(audit[1].old_state.as_deref(), Some("submitting"));
+        assert_eq!(audit[1].new_state, "succeeded");
+        let snap = store.snapshot().unwrap();
+        assert_eq!(snap.last_run(&a).unwrap().state, RunState::Succeeded);
+        // A second run of the same unit is attempt 2.
+        let ids2 = store.create_runs(&[new_run(&a, "t3")], 102).unwrap();
+        assert_eq!(store.run(ids2[0]).unwrap().attempt, 2);
+        store.withdraw_runs(&ids2, "test", 103).unwrap();
+        let snap = store.snapshot().unwrap();
+        assert_eq!(snap.last_run(&a).unwrap().id, ids[0]);
+    }
+
+    #[test]
+    fn lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = try_lock(dir.path(), "plan.lock").unwrap();
+        assert!(first.is_some());
+        assert!(try_lock(dir.path(), "plan.lock").unwrap().is_none());
+        drop(first);
+        assert!(try_lock(dir.path(), "plan.lock").unwrap().is_some());
+    }
+
+    #[test]
+    fn sessions_register_once_and_track_validity() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let mut s = SessionRow {
+            scan_id: "SCAN1".into(),
+            subject: label("01"),
+            session: label("1"),
+            dicom_dir: "/d/SCAN1".into(),
+            valid: false,
+            problem: Some("3 files".into()),
+            n_files: 3,
+        };
+        let c = store.register_sessions(std::slice::from_ref(&s), 1).unwrap();
+        assert_eq!(c.new.len(), 1);
+        let c = store.register_sessions(std::slice::from_ref(&s), 2).unwrap();
+        assert!(c.new.is_empty() && c.changed.is_empty());
+        s.valid = true;
+        s.problem = None;
+        let c = store.register_sessions(&[s], 3).unwrap();
+        assert_eq!(c.changed.len(), 1);
+        assert!(store.sessions().unwrap()[0].valid);
+    }
+}
