@@ -20,6 +20,8 @@ DB_PORT=3307
 DB_SOCKET="$RUN_DIR/mysql/mysqld.sock"
 DB_PASS=nfslurm-test-only
 WAIT_SECS="${NFSLURM_TEST_WAIT_SECS:-90}"
+# auto (default): cgroup v1 when mounted and writable; none: force the fallback
+# (proctrack/linuxproc, task/none); v1: force cgroups
 NODE="$(hostname -s)"
 PACKAGES=(slurm-wlm slurmdbd munge mariadb-server mariadb-client cron)
 
@@ -197,7 +199,11 @@ write_configs() {
   cpus="$(nproc)"
   mem_kb="$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)"
   real_mem=$((mem_kb * 95 / 100 / 1024))
-  if cgroup_v1_usable; then CGROUPS=1; else CGROUPS=0; fi
+  case "${NFSLURM_TEST_CGROUPS:-auto}" in
+    none) CGROUPS=0 ;;
+    v1) CGROUPS=1 ;;
+    *) if cgroup_v1_usable; then CGROUPS=1; else CGROUPS=0; fi ;;
+  esac
 
   local track
   if ((CGROUPS)); then

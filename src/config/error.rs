@@ -10,9 +10,9 @@ use std::path::PathBuf;
 
 /// Why a config could not be found, read or accepted.
 ///
-/// `Display` gives the whole message; for [`ConfigError::Invalid`] and
-/// [`ConfigError::NotFound`] it ends with a `hint:` line, so printing the error
-/// is enough. [`ConfigError::hint`] gives the hint alone.
+/// `Display` gives the message (`nfslurm.yaml:14:5: unknown key …`) without
+/// the hint; [`ConfigError::hint`] gives the hint, for the caller's `hint:`
+/// line, and [`ConfigError::report`] both, as a user should read them.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file exists (or was named) but could not be read.
@@ -34,11 +34,7 @@ pub enum ConfigError {
 }
 
 fn not_found_message(tried: &[String]) -> String {
-    format!(
-        "no config file found (tried {})\nhint: {}",
-        tried.join(", "),
-        NOT_FOUND_HINT
-    )
+    format!("no config file found (tried {})", tried.join(", "))
 }
 
 const NOT_FOUND_HINT: &str = "run `nfslurm init` to write a starter `nfslurm.yaml`, \
@@ -51,6 +47,14 @@ impl ConfigError {
             ConfigError::Read { .. } => None,
             ConfigError::NotFound { .. } => Some(NOT_FOUND_HINT),
             ConfigError::Invalid(d) => d.hint.as_deref(),
+        }
+    }
+
+    /// The message, then `hint: …` on its own line when there is a hint.
+    pub fn report(&self) -> String {
+        match self.hint() {
+            Some(hint) => format!("{self}\nhint: {hint}"),
+            None => self.to_string(),
         }
     }
 
@@ -88,11 +92,7 @@ impl fmt::Display for Diagnostic {
                 write!(f, ":{column}")?;
             }
         }
-        write!(f, ": {}", self.message)?;
-        if let Some(hint) = &self.hint {
-            write!(f, "\nhint: {hint}")?;
-        }
-        Ok(())
+        write!(f, ": {}", self.message)
     }
 }
 
@@ -201,7 +201,8 @@ mod tests {
             "bad `x`",
             Some("do `y`".to_string()),
         );
-        assert_eq!(err.to_string(), "nfslurm.yaml:3:5: bad `x`\nhint: do `y`");
+        assert_eq!(err.to_string(), "nfslurm.yaml:3:5: bad `x`");
         assert_eq!(err.hint(), Some("do `y`"));
+        assert_eq!(err.report(), "nfslurm.yaml:3:5: bad `x`\nhint: do `y`");
     }
 }

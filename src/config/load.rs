@@ -252,8 +252,7 @@ fn regex_error(e: &regex::Error) -> String {
             // the last one made only of spaces and carets.)
             let column = text
                 .lines()
-                .filter(|l| !l.trim().is_empty() && l.chars().all(|c| c == ' ' || c == '^'))
-                .last()
+                .rfind(|l| !l.trim().is_empty() && l.chars().all(|c| c == ' ' || c == '^'))
                 .and_then(|l| l.find('^'))
                 .map(|c| c.saturating_sub(4) + 1);
             match column {
@@ -537,7 +536,10 @@ fn read_pipelines(
                 ),
             ));
         }
-        let m = Map::open(ctx, val.node, val.path, &keys)?;
+        let mut m = Map::open(ctx, val.node, val.path, &keys)?;
+        if matches!(val.node.kind, yaml::Kind::Null) {
+            m.loc = entry.key_loc; // `name:` with nothing under it
+        }
         drafts.push(read_pipeline(
             ctx,
             &m,
@@ -700,6 +702,22 @@ fn read_pipeline(
                     v.path,
                     format!("`{}` is empty", v.path),
                     Some("omit `container` to run the command on the host".to_string()),
+                ));
+            }
+            // An image nobody would run is a config mistake, not a detail.
+            if site.container.runtime == ContainerRuntime::None {
+                return Err(ctx.src.at(
+                    v.loc(),
+                    v.path,
+                    format!(
+                        "`{}` is set, but the site `{}` has no container runtime (`runtime: none`)",
+                        v.path, site.name
+                    ),
+                    Some(
+                        "omit `container` to run on the host, or use a site with \
+                         `runtime: apptainer` or `singularity`"
+                            .to_string(),
+                    ),
                 ));
             }
             Some(c)

@@ -33,7 +33,6 @@ use std::path::{Path, PathBuf};
 pub use error::{ConfigError, Diagnostic};
 pub use load::{CONFIG_VERSION, DEFAULT_PATTERN, config_hash};
 pub use site::{BUNDLED_SITES, BUNDLED_TEMPLATE_NAME, bundled_site};
-pub use template::tera_delimiters;
 pub use types::*;
 pub use units::{
     DURATION_FORMS, MEMORY_FORMS, format_duration_short, format_memory, format_slurm_time,

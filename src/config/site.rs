@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::error::{ConfigError, Source, backticked, closest};
+use super::error::{ConfigError, Loc, Source, backticked, closest};
 use super::template::check_tera;
 use super::types::{ContainerRuntime, ContainerSettings, Scheduler, SiteConfig, SubmissionMode};
 use super::yaml::{self, Ctx, Map, Val};
@@ -131,7 +131,8 @@ pub(crate) fn apply_scheduler_keys(
 /// Where the site config comes from, as written in `site:`.
 pub(crate) enum SiteSpec {
     Bundled(&'static str),
-    File(PathBuf),
+    /// The path, and where `site:` names it.
+    File(PathBuf, Loc),
 }
 
 /// Resolves `site:` (default `generic`) relative to the config's folder.
@@ -164,7 +165,7 @@ pub(crate) fn resolve_site_spec(
             Some(hint),
         ));
     }
-    Ok(SiteSpec::File(path))
+    Ok(SiteSpec::File(path, val.loc()))
 }
 
 /// Reads and validates a site config.
@@ -185,11 +186,10 @@ pub(crate) fn load_site(
                     name: format!("bundled:site-configs/{name}.yaml"),
                 },
             ),
-            SiteSpec::File(path) => {
-                let val = site.expect("a file spec comes from a `site` value");
+            SiteSpec::File(path, loc) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     ctx.src.at(
-                        val.loc(),
+                        *loc,
                         "site",
                         format!("cannot read the site config `{}`: {e}", path.display()),
                         Some(format!(

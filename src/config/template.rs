@@ -1,19 +1,7 @@
-//! Tera syntax checks at load time, with the delimiters nfslurm uses.
-//!
-//! Bash's `${#array[@]}` would open a Tera comment with the default `{#`, so
-//! comments are `<# … #>` everywhere nfslurm compiles a command or template.
-//! The render module must use [`tera_delimiters`] too, or what loads here
-//! would not render there.
-
-/// Tera delimiters for commands and sbatch templates: the defaults, except
-/// comments, which are `<#` … `#>`.
-pub fn tera_delimiters() -> tera::Delimiters {
-    tera::Delimiters {
-        comment_start: "<#".into(),
-        comment_end: "#>".into(),
-        ..tera::Delimiters::default()
-    }
-}
+//! Tera syntax checks at load time, with the Tera environment nfslurm renders
+//! with ([`crate::render::new_tera`]: `<# … #>` comments, because bash's
+//! `${#array[@]}` would open a Tera comment with the default `{#`), so that
+//! what loads here renders there.
 
 /// A Tera syntax error, located within the checked text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,9 +16,7 @@ pub(crate) struct TemplateSyntaxError {
 
 /// Parses `text` as a Tera template named `name`, without rendering it.
 pub(crate) fn check_tera(name: &str, text: &str) -> Result<(), TemplateSyntaxError> {
-    let mut tera = tera::Tera::new();
-    tera.set_delimiters(tera_delimiters())
-        .map_err(|e| plain(e.to_string()))?;
+    let mut tera = crate::render::new_tera();
     tera.add_raw_template(name, text)
         .map_err(|e| match e.kind() {
             tera::ErrorKind::SyntaxError(report) => {
@@ -73,6 +59,11 @@ mod tests {
     #[test]
     fn bash_array_length_is_not_a_comment() {
         check_tera("t", "n=${#files[@]}; echo {{ x }} <# a comment #>").unwrap();
+    }
+
+    #[test]
+    fn bundled_template_parses() {
+        check_tera("sbatch.sh.tera", crate::config::BUNDLED_TEMPLATE).unwrap();
     }
 
     #[test]

@@ -25,11 +25,11 @@ fn ok(text: &str) -> Config {
     }
 }
 
-/// The error message, as a user sees it.
+/// The error message and hint, as a user reads them.
 fn err(text: &str) -> String {
     match load_at(text, "nfslurm.yaml") {
         Ok(_) => panic!("config should not load"),
-        Err(e) => e.to_string(),
+        Err(e) => e.report(),
     }
 }
 
@@ -573,13 +573,13 @@ fn find_config_explains_what_it_tried() {
     let dir = tempfile::tempdir().unwrap();
     let e = find_config_with(None, None, dir.path()).unwrap_err();
     let text = e
-        .to_string()
+        .report()
         .replace(&dir.path().display().to_string(), "[TMP]");
     insta::assert_snapshot!("find_config_not_found", text);
 
     let e = find_config_with(Some(Path::new("x.yaml")), None, dir.path()).unwrap_err();
     let text = e
-        .to_string()
+        .report()
         .replace(&dir.path().display().to_string(), "[TMP]");
     insta::assert_snapshot!("find_config_explicit_missing", text);
 }
@@ -778,6 +778,37 @@ fn bad_retry_values() {
             "{MINIMAL}retry:\n  initial_delay: 2h\n  max_delay: 1h\n"
         ))
     );
+}
+
+#[test]
+fn root_must_be_a_mapping() {
+    insta::assert_snapshot!("root_not_mapping", err("- version: 1\n"));
+}
+
+#[test]
+fn container_needs_a_runtime() {
+    let text =
+        format!("{MINIMAL}site: local\npipelines:\n  a:\n    container: /x.sif\n    command: x\n");
+    insta::assert_snapshot!("container_without_runtime", err(&text));
+}
+
+#[test]
+fn empty_pipeline_block() {
+    insta::assert_snapshot!(
+        "empty_pipeline",
+        err(&format!(
+            "{MINIMAL}pipelines:\n  a:\n  b:\n    command: x\n"
+        ))
+    );
+}
+
+#[test]
+fn settle_accepts_zero_and_required_series_defaults() {
+    let c = ok(&format!(
+        "{MINIMAL}discovery:\n  settle: 0\n  validation:\n    required_series:\n      - {{ name: t1w, match: t1 }}\n"
+    ));
+    assert_eq!(c.discovery.settle_s, 0);
+    assert_eq!(c.discovery.validation.required_series[0].min_files, 1);
 }
 
 #[test]

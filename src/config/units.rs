@@ -179,7 +179,7 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
 /// Formats megabytes as Slurm's `--mem`: `8G` when a whole number of
 /// gigabytes, else `8000M`.
 pub fn format_memory(mb: u64) -> String {
-    if mb > 0 && mb % 1024 == 0 {
+    if mb > 0 && mb.is_multiple_of(1024) {
         format!("{}G", mb / 1024)
     } else {
         format!("{mb}M")

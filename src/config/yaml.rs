@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, Span};
+use serde_saphyr::granit_parser::{Event, Marker, Parser, ScalarStyle, Span, Tag};
 
 use super::error::{ConfigError, Loc, Source, backticked, closest};
 use super::expand::expand_vars;
@@ -55,20 +55,28 @@ impl Kind {
 }
 
 fn loc_of(span: &Span) -> Loc {
+    marker_loc(&span.start)
+}
+
+/// granit's markers have 1-based lines and 0-based columns.
+fn marker_loc(m: &Marker) -> Loc {
     Loc {
-        line: span.start.line() as u64,
-        column: span.start.col() as u64 + 1,
+        line: m.line() as u64,
+        column: m.col() as u64 + 1,
     }
 }
 
 enum Frame {
     Seq {
         items: Vec<Node>,
+        path: String,
         loc: Loc,
         anchor: usize,
     },
     Map {
         entries: Vec<Entry>,
+        /// Key path of this mapping, for messages.
+        path: String,
         /// The key waiting for its value.
         pending_key: Option<(String, Loc)>,
         /// `<<` merges, applied when the mapping ends.
@@ -84,21 +92,19 @@ pub(crate) fn parse(text: &str, src: &Source) -> Result<Option<Node>, ConfigErro
     let mut anchors: HashMap<usize, Node> = HashMap::new();
     let mut root: Option<Node> = None;
     let mut documents = 0;
+    let mut alias_budget: usize = 1_000_000;
 
     for event in Parser::new_from_str(text) {
         let (event, span) = event.map_err(|e| {
-            let m = e.marker();
             src.error(
-                Some(Loc {
-                    line: m.line() as u64,
-                    column: m.col() as u64 + 1,
-                }),
+                Some(marker_loc(e.marker())),
                 None,
                 format!("invalid YAML: {}", e.info()),
                 Some("check the indentation and quoting around this place".to_string()),
             )
         })?;
         let loc = loc_of(&span);
+        let tag_loc = span.tag_start().map_or(loc, |m| marker_loc(&m));
         let node = match event {
             Event::DocumentStart(..) => {
                 documents += 1;
@@ -112,8 +118,12 @@ pub(crate) fn parse(text: &str, src: &Source) -> Result<Option<Node>, ConfigErro
                 }
                 continue;
             }
-            Event::Scalar(value, style, anchor, _tag) => {
-                let plain = style == ScalarStyle::Plain;
+            Event::Scalar(value, style, anchor, tag) => {
+                check_tag(tag.as_deref(), tag_loc, src)?;
+                let plain = style == ScalarStyle::Plain
+                    && !tag
+                        .as_deref()
+                        .is_some_and(|t| t.is_yaml_core_schema_tag("str"));
                 let kind = if plain && matches!(&*value, "" | "~" | "null" | "Null" | "NULL") {
                     Kind::Null
                 } else {
@@ -128,7 +138,19 @@ pub(crate) fn parse(text: &str, src: &Source) -> Result<Option<Node>, ConfigErro
                 node
             }
             Event::Alias(id) => match anchors.get(&id) {
-                Some(node) => node.clone(),
+                Some(node) => {
+                    // Aliases are copied: bound the copies ("billion laughs").
+                    alias_budget = alias_budget.saturating_sub(node_count(node));
+                    if alias_budget == 0 {
+                        return Err(src.error(
+                            Some(loc),
+                            None,
+                            "YAML aliases expand to too many values",
+                            Some("use fewer nested aliases".to_string()),
+                        ));
+                    }
+                    node.clone()
+                }
                 None => {
                     return Err(src.error(
                         Some(loc),
@@ -138,17 +160,23 @@ pub(crate) fn parse(text: &str, src: &Source) -> Result<Option<Node>, ConfigErro
                     ));
                 }
             },
-            Event::SequenceStart(_, anchor, _) => {
+            Event::SequenceStart(_, anchor, tag) => {
+                check_tag(tag.as_deref(), tag_loc, src)?;
+                let path = child_path(&stack);
                 stack.push(Frame::Seq {
                     items: Vec::new(),
+                    path,
                     loc,
                     anchor,
                 });
                 continue;
             }
-            Event::MappingStart(_, anchor, _) => {
+            Event::MappingStart(_, anchor, tag) => {
+                check_tag(tag.as_deref(), tag_loc, src)?;
+                let path = child_path(&stack);
                 stack.push(Frame::Map {
                     entries: Vec::new(),
+                    path,
                     pending_key: None,
                     merges: Vec::new(),
                     loc,
@@ -157,7 +185,9 @@ pub(crate) fn parse(text: &str, src: &Source) -> Result<Option<Node>, ConfigErro
                 continue;
             }
             Event::SequenceEnd => match stack.pop() {
-                Some(Frame::Seq { items, loc, anchor }) => {
+                Some(Frame::Seq {
+                    items, loc, anchor, ..
+                }) => {
                     let node = Node {
                         kind: Kind::Seq(items),
                         loc,
@@ -167,7 +197,7 @@ pub(crate) fn parse(text: &str, src: &Source) -> Result<Option<Node>, ConfigErro
                     }
                     node
                 }
-                _ => unreachable!("the parser balances sequence events"),
+                _ => return Err(unbalanced(loc, src)),
             },
             Event::MappingEnd => match stack.pop() {
                 Some(Frame::Map {
@@ -187,7 +217,7 @@ pub(crate) fn parse(text: &str, src: &Source) -> Result<Option<Node>, ConfigErro
                     }
                     node
                 }
-                _ => unreachable!("the parser balances mapping events"),
+                _ => return Err(unbalanced(loc, src)),
             },
             _ => continue,
         };
@@ -199,6 +229,7 @@ pub(crate) fn parse(text: &str, src: &Source) -> Result<Option<Node>, ConfigErro
                 entries,
                 pending_key,
                 merges,
+                path,
                 ..
             }) => match pending_key.take() {
                 None => {
@@ -214,18 +245,23 @@ pub(crate) fn parse(text: &str, src: &Source) -> Result<Option<Node>, ConfigErro
                             ));
                         }
                     };
-                    if key != "<<" {
-                        if let Some(prev) = entries.iter().find(|e| e.key == key) {
-                            return Err(src.error(
-                                Some(node.loc),
-                                None,
-                                format!(
-                                    "duplicate key `{key}` (first at line {})",
-                                    prev.key_loc.line
-                                ),
-                                Some("keep one of them".to_string()),
-                            ));
-                        }
+                    if key != "<<"
+                        && let Some(prev) = entries.iter().find(|e| e.key == key)
+                    {
+                        let place = if path.is_empty() {
+                            "the top level".to_string()
+                        } else {
+                            format!("`{path}`")
+                        };
+                        return Err(src.error(
+                            Some(node.loc),
+                            Some(&join(path, &key)),
+                            format!(
+                                "duplicate key `{key}` at {place} (first at line {})",
+                                prev.key_loc.line
+                            ),
+                            Some("keep one of them".to_string()),
+                        ));
                     }
                     *pending_key = Some((key, node.loc));
                 }
@@ -244,6 +280,52 @@ pub(crate) fn parse(text: &str, src: &Source) -> Result<Option<Node>, ConfigErro
         }
     }
     Ok(root)
+}
+
+/// Core-schema tags (`!!str`, `!!int`, …) are fine; others (`!include`,
+/// `!env`) would be silently ignored, so they are errors.
+fn check_tag(tag: Option<&Tag>, loc: Loc, src: &Source) -> Result<(), ConfigError> {
+    match tag {
+        Some(t) if !t.is_yaml_core_schema() => Err(src.error(
+            Some(loc),
+            None,
+            format!("unsupported YAML tag `{}`", t.original()),
+            Some("remove the tag; use `$VAR` for values from the environment".to_string()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn node_count(node: &Node) -> usize {
+    match &node.kind {
+        Kind::Null | Kind::Scalar { .. } => 1,
+        Kind::Seq(items) => 1 + items.iter().map(node_count).sum::<usize>(),
+        Kind::Map(entries) => {
+            1 + entries
+                .iter()
+                .map(|e| 1 + node_count(&e.value))
+                .sum::<usize>()
+        }
+    }
+}
+
+/// The parser balances collection events; this is for the impossible case.
+fn unbalanced(loc: Loc, src: &Source) -> ConfigError {
+    src.error(Some(loc), None, "invalid YAML: unbalanced collection", None)
+}
+
+/// The key path of the collection about to start, from its parent's frame.
+fn child_path(stack: &[Frame]) -> String {
+    match stack.last() {
+        None => String::new(),
+        Some(Frame::Seq { items, path, .. }) => format!("{path}[{}]", items.len()),
+        Some(Frame::Map {
+            path, pending_key, ..
+        }) => match pending_key {
+            Some((key, _)) => join(path, key),
+            None => path.clone(),
+        },
+    }
 }
 
 /// YAML merge keys (`<<: *defaults`): keys written in the mapping win.
@@ -341,13 +423,13 @@ impl<'a> Map<'a> {
                     node.loc,
                     path,
                     format!(
-                        "`{}` must be a mapping of keys, found {}",
-                        display_path(path),
+                        "{} must be a mapping of keys, found {}",
+                        subject(path),
                         other.describe()
                     ),
                     Some(format!(
-                        "the keys of `{}` are {}",
-                        display_path(path),
+                        "the keys of {} are {}",
+                        subject(path),
                         backticked(known)
                     )),
                 ));
@@ -364,7 +446,7 @@ impl<'a> Map<'a> {
             let place = if path.is_empty() {
                 "the top level".to_string()
             } else {
-                format!("`{path}`")
+                subject(path)
             };
             return Err(ctx.src.at(
                 entry.key_loc,
@@ -451,8 +533,13 @@ pub(crate) fn join(path: &str, key: &str) -> String {
     }
 }
 
-fn display_path(path: &str) -> &str {
-    if path.is_empty() { "the file" } else { path }
+/// How a key path is named in a sentence: `` `a.b` ``, or "the file" at the top.
+fn subject(path: &str) -> String {
+    if path.is_empty() {
+        "the file".to_string()
+    } else {
+        format!("`{path}`")
+    }
 }
 
 impl<'a> Val<'a> {
@@ -785,8 +872,8 @@ mod tests {
     fn duplicate_keys_are_errors() {
         let err = parse("a: 1\nb: 2\na: 3\n", &src()).unwrap_err();
         assert_eq!(
-            err.to_string(),
-            "t.yaml:3:1: duplicate key `a` (first at line 1)\nhint: keep one of them"
+            err.report(),
+            "t.yaml:3:1: duplicate key `a` at the top level (first at line 1)\nhint: keep one of them"
         );
     }
 
@@ -796,6 +883,36 @@ mod tests {
         let d = err.diagnostic().unwrap();
         assert!(d.line.is_some());
         assert!(d.message.starts_with("invalid YAML"));
+    }
+
+    #[test]
+    fn tags() {
+        let root = parse("a: !!str null\nb: !!int 3\n", &src())
+            .unwrap()
+            .unwrap();
+        let Kind::Map(entries) = &root.kind else {
+            panic!()
+        };
+        assert!(matches!(&entries[0].value.kind, Kind::Scalar { text } if text == "null"));
+        let err = parse("a: !include other.yaml\n", &src()).unwrap_err();
+        assert_eq!(
+            err.report(),
+            "t.yaml:1:4: unsupported YAML tag `!include`\n\
+             hint: remove the tag; use `$VAR` for values from the environment"
+        );
+    }
+
+    #[test]
+    fn alias_bombs_are_stopped() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let p = i - 1;
+            text.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let err = parse(&text, &src()).unwrap_err();
+        assert!(err.to_string().contains("too many values"), "{err}");
     }
 
     #[test]

@@ -19,7 +19,10 @@ pub enum Runtime {
 
 impl Runtime {
     pub fn of(input: &ScriptInput) -> Runtime {
-        match (input.config.site.container.runtime, &input.pipeline.container) {
+        match (
+            input.config.site.container.runtime,
+            &input.pipeline.container,
+        ) {
             (_, None) | (ContainerRuntime::None, _) => Runtime::Host,
             (ContainerRuntime::Apptainer, Some(_)) => Runtime::Apptainer,
             (ContainerRuntime::Singularity, Some(_)) => Runtime::Singularity,
@@ -75,7 +78,13 @@ pub fn container_argv(input: &ScriptInput) -> Vec<String> {
     }
     let work_dir = input.work_dir.to_string_lossy().into_owned();
     let mut binds: Vec<&str> = Vec::new();
-    for bind in input.pipeline.binds.iter().map(String::as_str).chain([work_dir.as_str()]) {
+    for bind in input
+        .pipeline
+        .binds
+        .iter()
+        .map(String::as_str)
+        .chain([work_dir.as_str()])
+    {
         if !binds.contains(&bind) {
             binds.push(bind);
         }

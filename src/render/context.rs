@@ -86,7 +86,11 @@ fn path_str(path: &Path) -> Result<&str, RenderError> {
 }
 
 fn map(entries: Vec<(&'static str, Value)>) -> Value {
-    Value::from(entries.into_iter().collect::<BTreeMap<&'static str, Value>>())
+    Value::from(
+        entries
+            .into_iter()
+            .collect::<BTreeMap<&'static str, Value>>(),
+    )
 }
 
 fn label_map(label: &Label, prefix: &str) -> Vec<(&'static str, Value)> {
@@ -161,7 +165,11 @@ pub(crate) fn command_context(input: &ScriptInput) -> Result<Context, RenderErro
 
 /// Whole GiB, rounded down, at least 1 (tools take `--mem 0` badly).
 fn mem_gb(mem_mb: u64) -> u64 {
-    if mem_mb == 0 { 0 } else { (mem_mb / 1024).max(1) }
+    if mem_mb == 0 {
+        0
+    } else {
+        (mem_mb / 1024).max(1)
+    }
 }
 
 /// The script template's context. Strings are raw; the template quotes them.

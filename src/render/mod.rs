@@ -143,8 +143,8 @@ pub enum RenderError {
 }
 
 /// The Tera delimiters nfslurm uses everywhere: the defaults, except comments,
-/// which are `<#` … `#>` so that bash's `${#x}` is not a comment opener.
-pub fn delimiters() -> tera::Delimiters {
+/// which are `<#` … `#>` so that bash's `${#x}` does not open a comment.
+pub fn tera_delimiters() -> tera::Delimiters {
     tera::Delimiters {
         comment_start: "<#".into(),
         comment_end: "#>".into(),
@@ -152,12 +152,14 @@ pub fn delimiters() -> tera::Delimiters {
     }
 }
 
-/// A Tera environment configured as nfslurm renders: `<# #>` comments, no
-/// HTML autoescape, the `shell_quote` filter. Use it to check templates
-/// elsewhere (config loading, `doctor`), so what passes there renders here.
+/// A Tera environment configured as nfslurm renders: `<# #>` comments
+/// ([`tera_delimiters`]), no HTML autoescape, the `shell_quote` filter. Use
+/// it to check templates elsewhere (config loading, `doctor`), so that what
+/// passes there renders here: a bare `Tera` rejects `| shell_quote` as an
+/// unknown filter.
 pub fn new_tera() -> Tera {
     let mut tera = Tera::new();
-    tera.set_delimiters(delimiters())
+    tera.set_delimiters(tera_delimiters())
         .expect("the delimiters are two bytes each and distinct, and no template is loaded yet");
     tera.autoescape_on(Vec::<&str>::new());
     tera.register_filter("shell_quote", context::shell_quote_filter);
@@ -185,7 +187,9 @@ impl std::fmt::Debug for Renderer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut names: Vec<&str> = self.pipelines.keys().map(String::as_str).collect();
         names.sort_unstable();
-        f.debug_struct("Renderer").field("pipelines", &names).finish()
+        f.debug_struct("Renderer")
+            .field("pipelines", &names)
+            .finish()
     }
 }
 

@@ -92,12 +92,15 @@ mod tests {
             "ünïcode",
         ];
         let script = format!("printf '%s\\0' {}", shell_join(&nasty));
-        let out = Command::new("bash").arg("-c").arg(&script).output().unwrap();
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
         assert!(out.status.success());
         let got: Vec<String> = out
             .stdout
             .split(|&b| b == 0)
-            .filter(|_| true)
             .map(|w| String::from_utf8(w.to_vec()).unwrap())
             .collect();
         let mut expected: Vec<String> = nasty.iter().map(|s| s.to_string()).collect();

@@ -10,8 +10,8 @@ use regex::Regex;
 
 use super::*;
 use crate::config::{
-    ContainerRuntime, ContainerSettings, Discovery, LocalLimits, MappingConfig, Paths,
-    RetryPolicy, Scheduler, SiteConfig, SubmissionMode, Validation,
+    ContainerRuntime, ContainerSettings, Discovery, LocalLimits, MappingConfig, Paths, RetryPolicy,
+    Scheduler, SiteConfig, SubmissionMode, Validation,
 };
 
 const TEMPLATE: &str = include_str!("../../templates/sbatch.sh.tera");
@@ -81,7 +81,8 @@ fn pipeline(name: &str, level: Level, command: &str) -> Pipeline {
 /// A config as the loader would produce it: the SPEC's `bids` and `qsiprep`.
 fn config(runtime: ContainerRuntime) -> Config {
     let mut bids = pipeline("bids", Level::Session, BIDS_COMMAND);
-    bids.binds.push("/data/heuristics:/heuristics:ro".to_string());
+    bids.binds
+        .push("/data/heuristics:/heuristics:ro".to_string());
     let mut qsiprep = pipeline("qsiprep", Level::Subject, QSIPREP_COMMAND);
     qsiprep.depends_on = vec!["bids".to_string()];
     qsiprep.resources = Resources {
@@ -325,7 +326,8 @@ fn bash_array_length_survives_rendering() {
 #[test]
 fn an_undefined_variable_names_the_pipeline_and_the_variable() {
     let mut cfg = config(ContainerRuntime::Apptainer);
-    cfg.pipelines[0].command = "heudiconv -s {{ subject.label }} -ss {{ sesion.label }}".to_string();
+    cfg.pipelines[0].command =
+        "heudiconv -s {{ subject.label }} -ss {{ sesion.label }}".to_string();
     let unit = Unit::new(&cfg, "bids");
     let err = Renderer::new(&cfg)
         .unwrap()
@@ -349,7 +351,10 @@ fn an_undefined_variable_names_the_pipeline_and_the_variable() {
     // Through the filter too: an undefined value is never an empty word.
     cfg.pipelines[0].command = "echo {{ nope | shell_quote }}".to_string();
     let err = render_command(&unit.input(&cfg)).unwrap_err().to_string();
-    assert!(err.contains("pipeline `bids`") && err.contains("undefined"), "{err}");
+    assert!(
+        err.contains("pipeline `bids`") && err.contains("undefined"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -400,12 +405,19 @@ fn hostile_folder_names_are_quoted_and_never_run() {
     std::fs::write(&path, &script).unwrap();
     // The local executor's way: `bash script`, #SBATCH lines are comments.
     let out = Command::new("bash").arg(&path).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!marker.exists(), "a folder name was executed");
     let written = std::fs::read_to_string(unit.work_dir.join("out.txt")).unwrap();
     assert_eq!(written, format!("{folder}\nA;B\n{folder}\n"));
     let log = String::from_utf8_lossy(&out.stdout);
-    assert!(log.starts_with("[nfslurm] bids/sub-01/ses-1 attempt 1 on "), "{log}");
+    assert!(
+        log.starts_with("[nfslurm] bids/sub-01/ses-1 attempt 1 on "),
+        "{log}"
+    );
 }
 
 #[test]
@@ -426,7 +438,11 @@ echo "sub-{{ subject.label }} {{ sessions | length }} sessions ${#files[@]} file
     let path = tmp.path().join("job.sbatch");
     std::fs::write(&path, &script).unwrap();
     let out = Command::new("bash").arg(&path).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let result = std::fs::read_to_string(tmp.path().join("derivatives/result.txt")).unwrap();
     assert_eq!(
         result,

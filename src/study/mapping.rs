@@ -246,7 +246,10 @@ pub fn parse_mapping(
             rejected.insert(scan_id);
         } else {
             // Identical duplicates are harmless: keep the first row.
-            let first = list.into_iter().next().expect("a candidate list is never empty");
+            let first = list
+                .into_iter()
+                .next()
+                .expect("a candidate list is never empty");
             rows.insert(scan_id, first);
         }
     }
@@ -348,7 +351,11 @@ mod tests {
         assert!(mapping.get("B1").is_some());
         let rows: Vec<usize> = problems.iter().map(|p| p.row).collect();
         assert_eq!(rows, vec![2, 4]);
-        assert!(problems[0].message.contains("sub-01 (line 2), sub-02 (line 4)"));
+        assert!(
+            problems[0]
+                .message
+                .contains("sub-01 (line 2), sub-02 (line 4)")
+        );
     }
 
     #[test]
@@ -365,8 +372,16 @@ mod tests {
         let (mapping, problems) = load(text, false).unwrap();
         assert!(mapping.is_empty());
         assert_eq!(problems.len(), 2);
-        assert!(problems[0].to_string().starts_with("mapping.csv:2: scan `A1` has no subject"));
-        assert!(problems[1].to_string().starts_with("mapping.csv:3: no scan ID"));
+        assert!(
+            problems[0]
+                .to_string()
+                .starts_with("mapping.csv:2: scan `A1` has no subject")
+        );
+        assert!(
+            problems[1]
+                .to_string()
+                .starts_with("mapping.csv:3: no scan ID")
+        );
     }
 
     #[test]

@@ -247,12 +247,8 @@ pub fn discover_with_mapping(
     reject_duplicates(&mut sessions);
 
     sessions.sort_by(|a, b| {
-        (&a.subject, &a.session, &a.scan_id, &a.folder).cmp(&(
-            &b.subject,
-            &b.session,
-            &b.scan_id,
-            &b.folder,
-        ))
+        (&a.subject, &a.session, &a.scan_id, &a.folder)
+            .cmp(&(&b.subject, &b.session, &b.scan_id, &b.folder))
     });
     unmapped.sort_by(|a, b| (&a.scan_id, &a.folder).cmp(&(&b.scan_id, &b.folder)));
     skipped.sort_by(|a, b| a.folder.cmp(&b.folder));
@@ -296,7 +292,10 @@ fn reject_duplicates(sessions: &mut [FoundSession]) {
     let mut by_label: BTreeMap<(&Label, &Label), Vec<usize>> = BTreeMap::new();
     for (i, s) in sessions.iter().enumerate() {
         by_scan.entry(&s.scan_id).or_default().push(i);
-        by_label.entry((&s.subject, &s.session)).or_default().push(i);
+        by_label
+            .entry((&s.subject, &s.session))
+            .or_default()
+            .push(i);
     }
     let mut extra: Vec<(usize, String)> = Vec::new();
     for indices in by_scan.values().filter(|v| v.len() > 1) {
@@ -542,7 +541,11 @@ mod tests {
 
     #[test]
     fn unmapped_folders_are_listed_and_not_registered() {
-        let s = study("^S\\d+$", "ScanID,SubjectCode\nS1,01\nS2,\"01; rm -rf ~\"\n", false);
+        let s = study(
+            "^S\\d+$",
+            "ScanID,SubjectCode\nS1,01\nS2,\"01; rm -rf ~\"\n",
+            false,
+        );
         add_session(&s.root, "S1", &[("T1", 3)]);
         add_session(&s.root, "S2", &[("T1", 3)]);
         add_session(&s.root, "S3", &[("T1", 3)]);
@@ -551,7 +554,11 @@ mod tests {
         let unmapped: Vec<&str> = report.unmapped.iter().map(|u| u.scan_id.as_str()).collect();
         assert_eq!(unmapped, vec!["S2", "S3"]);
         assert_eq!(report.problems.len(), 1);
-        assert!(report.problems[0].to_string().starts_with("mapping.csv:3: subject"));
+        assert!(
+            report.problems[0]
+                .to_string()
+                .starts_with("mapping.csv:3: subject")
+        );
     }
 
     #[test]
@@ -574,7 +581,10 @@ mod tests {
                 .unwrap();
         }
         let report = discover(&s.discovery, &s.root, SystemTime::now()).unwrap();
-        assert_eq!(labels(&report), vec![("S1".into(), "01".into(), "1".into())]);
+        assert_eq!(
+            labels(&report),
+            vec![("S1".into(), "01".into(), "1".into())]
+        );
         assert_eq!(report.skipped.len(), 1);
         assert!(report.skipped[0].folder.ends_with("S2"));
         assert!(
@@ -587,7 +597,11 @@ mod tests {
 
     #[test]
     fn min_files_and_required_series_make_a_session_invalid() {
-        let mut s = study("^S\\d+$", "ScanID,SubjectCode\nS1,01\nS2,02\nS3,03\n", false);
+        let mut s = study(
+            "^S\\d+$",
+            "ScanID,SubjectCode\nS1,01\nS2,02\nS3,03\n",
+            false,
+        );
         s.discovery.validation = Validation {
             min_files: 10,
             required_series: vec![SeriesRule {

@@ -116,9 +116,7 @@ pub(crate) fn list_candidates(
 }
 
 fn group_index(pattern: &Regex, name: &str) -> Option<usize> {
-    pattern
-        .capture_names()
-        .position(|n| n == Some(name))
+    pattern.capture_names().position(|n| n == Some(name))
 }
 
 /// What walking one session folder found.
@@ -127,7 +125,9 @@ pub(crate) enum Walk {
     /// Something inside was modified after the settle cut-off: still copying.
     /// `modified` is the time of the first recent entry met (the walk stops
     /// there), or `None` when an entry vanished under our feet.
-    Settling { modified: Option<SystemTime> },
+    Settling {
+        modified: Option<SystemTime>,
+    },
     Done(FolderStats),
     /// The folder itself disappeared between listing and walking.
     Vanished,

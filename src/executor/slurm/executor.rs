@@ -3,7 +3,6 @@
 //! whose sbatch answer was lost.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -577,9 +576,4 @@ fn fault_point(result: Result<String, CallError>, index: usize) -> Result<String
         )),
         _ => result,
     }
-}
-
-/// Where the executor's figures can be printed by benchmarks.
-pub fn state_dir_of(config: &Config) -> PathBuf {
-    config.paths.state_dir.clone()
 }

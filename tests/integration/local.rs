@@ -1,0 +1,202 @@
+//! End to end on the local executor.
+
+use std::fs;
+
+use crate::common::{Study, chain_study};
+
+fn done_count(study: &Study) -> usize {
+    study.unit_states().values().filter(|s| *s == "done").count()
+}
+
+#[test]
+fn local_study_runs_then_a_new_session_reruns_only_its_subject_chain() {
+    let study = chain_study("local", 2, 1, "");
+    study.ok(&["discover"]);
+    study.ok(&["submit", "--all", "--wait"]);
+    let states = study.unit_states();
+    assert_eq!(states.len(), 2 + 2 + 2 + 2);
+    assert!(states.values().all(|s| s == "done"), "{states:?}");
+    let before = study.runs().len();
+    assert_eq!(before, 8);
+
+    // A no-op sync submits nothing.
+    let out = study.ok(&["sync"]);
+    assert!(!out.contains("submitted"), "{out}");
+    assert_eq!(study.runs().len(), before);
+
+    // Subject 01 gets a second session.
+    study.session_folder("SCAN012", 4);
+    let mut mapping = fs::read_to_string(study.path().join("mapping.csv")).unwrap();
+    mapping.push_str("SCAN012,01,2\n");
+    study.write("mapping.csv", &mapping);
+    let plan = study.json(&["plan"]);
+    let mut actions: Vec<String> = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{}/{}/{}:{}",
+                a["pipeline"].as_str().unwrap(),
+                a["subject"].as_str().unwrap(),
+                a["session"].as_str().unwrap_or("-"),
+                a["reason"].as_str().unwrap()
+            )
+        })
+        .collect();
+    actions.sort();
+    // The plan before discovery knows nothing of the new session.
+    assert!(actions.is_empty(), "{actions:?}");
+    study.ok(&["discover"]);
+    let plan = study.json(&["plan"]);
+    let mut actions: Vec<String> = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{}/{}/{}:{}",
+                a["pipeline"].as_str().unwrap(),
+                a["subject"].as_str().unwrap(),
+                a["session"].as_str().unwrap_or("-"),
+                a["reason"].as_str().unwrap()
+            )
+        })
+        .collect();
+    actions.sort();
+    assert_eq!(
+        actions,
+        vec![
+            "bids/01/2:new",
+            "qsiparc/01/1:upstream changed",
+            "qsiparc/01/2:new",
+            "qsiprep/01/-:upstream changed",
+            "qsirecon/01/1:upstream changed",
+            "qsirecon/01/2:new",
+        ]
+    );
+    study.ok(&["submit", "--all", "--wait"]);
+    assert_eq!(study.runs().len(), before + 6);
+    assert_eq!(done_count(&study), 10);
+    // Subject 02 ran exactly once per unit.
+    let runs = study.runs();
+    assert_eq!(runs.iter().filter(|r| r["subject"] == "02").count(), 4);
+    // QSIPrep of subject 01 read both sessions on its second run.
+    let q = fs::read_to_string(study.path().join("derivatives/qsiprep/sub-01/runs.txt")).unwrap();
+    assert_eq!(q.lines().count(), 2);
+}
+
+#[test]
+fn failing_unit_blocks_its_downstream_and_others_finish() {
+    let study = chain_study(
+        "local",
+        2,
+        1,
+        "if [ {{ subject.label }} = 02 ]; then echo 'no DICOMs' >&2; exit 3; fi",
+    );
+    study.ok(&["discover"]);
+    let out = study.run(&["submit", "--all", "--wait"]);
+    assert_eq!(out.status.code(), Some(3), "runs failed: exit 3");
+    let states = study.unit_states();
+    assert_eq!(states["qsiparc/sub-01/ses-1"], "done");
+    assert_eq!(states["bids/sub-02/ses-1"], "retrying");
+    let runs = study.runs();
+    let q2: Vec<_> = runs.iter().filter(|r| r["pipeline"] == "qsiprep" && r["subject"] == "02").collect();
+    assert_eq!(q2[0]["state"], "upstream_failed");
+    // After the backoff the second attempt fails too: out of attempts.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    study.ok(&["sync"]);
+    study.ok(&["submit", "--all", "--wait"]).len();
+    let states = study.unit_states();
+    assert_eq!(states["bids/sub-02/ses-1"], "failed");
+    assert_eq!(states["qsiprep/sub-02"], "blocked");
+    let failed = study.json(&["status", "--state", "failed"]);
+    assert_eq!(failed["units"].as_array().unwrap().len(), 1);
+    let log = study.ok(&["logs", "bids/sub-02/ses-1"]);
+    assert!(log.contains("no DICOMs"), "{log}");
+}
+
+#[test]
+fn unsafe_label_in_mapping_is_rejected_and_never_reaches_a_script() {
+    let study = chain_study("local", 1, 1, "");
+    study.session_folder("EVIL1", 4);
+    let mut mapping = fs::read_to_string(study.path().join("mapping.csv")).unwrap();
+    mapping.push_str("EVIL1,01; rm -rf ~,1\n");
+    study.write("mapping.csv", &mapping);
+    let out = study.ok(&["discover"]);
+    assert!(out.contains("mapping.csv:3"), "{out}");
+    assert!(out.contains("not a valid BIDS label"), "{out}");
+    study.ok(&["submit", "--all", "--wait"]);
+    for entry in walk(&study.path().join(".nfslurm/scripts")) {
+        let text = fs::read_to_string(entry).unwrap();
+        assert!(!text.contains("rm -rf"), "{text}");
+    }
+    assert_eq!(study.runs().len(), 4);
+}
+
+#[test]
+fn broken_config_is_one_clear_error_and_changes_nothing() {
+    let study = chain_study("local", 1, 1, "");
+    study.ok(&["discover"]);
+    let db = fs::read(study.path().join(".nfslurm/state.db")).unwrap();
+    let good = fs::read_to_string(study.config_path()).unwrap();
+    study.write("nfslurm.yaml", &good.replace("depends_on: [bids]", "depends_on: [bidz]"));
+    let out = study.run(&["sync"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nfslurm.yaml"), "{err}");
+    assert!(err.contains("bidz"), "{err}");
+    assert_eq!(err.matches("error:").count(), 1, "{err}");
+    assert_eq!(fs::read(study.path().join(".nfslurm/state.db")).unwrap(), db);
+    study.write("nfslurm.yaml", &good.replace("level: session\n    command", "level: session\n    comand"));
+    let out = study.run(&["plan"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("comand"), "{err}");
+}
+
+#[test]
+fn demo_runs_every_valid_unit_to_done() {
+    let study = Study::new();
+    let out = study.ok(&["demo", "demo"]);
+    assert!(out.contains("qsiparc"), "{out}");
+    let demo = Study { dir: tempfile::TempDir::new().unwrap() };
+    let _ = demo;
+    let mut cmd = study.cmd();
+    let v: serde_json::Value = serde_json::from_slice(
+        &cmd.args(["--json", "--config", "demo/nfslurm.yaml", "status"]).output().unwrap().stdout,
+    )
+    .unwrap();
+    let units = v["units"].as_array().unwrap();
+    let valid: Vec<_> = units.iter().filter(|u| u["state"] != "invalid").collect();
+    assert_eq!(valid.len(), 5 + 3 + 5 + 5);
+    assert!(valid.iter().all(|u| u["state"] == "done"), "{v}");
+}
+
+#[test]
+fn selection_flags_accept_bids_prefixes_and_reject_unknown_pipelines() {
+    let study = chain_study("local", 2, 1, "");
+    study.ok(&["discover"]);
+    let a = study.json(&["plan", "--pipeline", "qsiprep", "--participant", "sub-01"]);
+    let b = study.json(&["plan", "--pipeline", "qsiprep", "--participant", "01"]);
+    assert_eq!(a, b);
+    assert_eq!(a["actions"].as_array().unwrap().len(), 2);
+    let out = study.run(&["plan", "--pipeline", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such pipeline"));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,7 @@
+//! One integration-test binary: the CLI end to end on the local executor, and
+//! (in `slurm`) against the real Slurm test cluster that
+//! `scripts/slurm-test-cluster.sh` starts.
+
+mod common;
+mod local;
+mod slurm;
