@@ -22,6 +22,7 @@ DB_PASS=nfslurm-test-only
 WAIT_SECS="${NFSLURM_TEST_WAIT_SECS:-90}"
 # auto (default): cgroup v1 when mounted and writable; none: force the fallback
 # (proctrack/linuxproc, task/none); v1: force cgroups
+CGROUP_MODE="${NFSLURM_TEST_CGROUPS:-auto}"
 NODE="$(hostname -s)"
 PACKAGES=(slurm-wlm slurmdbd munge mariadb-server mariadb-client cron)
 
@@ -199,7 +200,7 @@ write_configs() {
   cpus="$(nproc)"
   mem_kb="$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)"
   real_mem=$((mem_kb * 95 / 100 / 1024))
-  case "${NFSLURM_TEST_CGROUPS:-auto}" in
+  case "$CGROUP_MODE" in
     none) CGROUPS=0 ;;
     v1) CGROUPS=1 ;;
     *) if cgroup_v1_usable; then CGROUPS=1; else CGROUPS=0; fi ;;

@@ -218,7 +218,13 @@ pub fn run_submit(
         ));
     }
     if wait {
-        let ids: Vec<i64> = rows.iter().map(|r| r.run_id).collect();
+        // Follow what was submitted and what of the selection was already in flight.
+        let mut ids: Vec<i64> = rows.iter().map(|r| r.run_id).collect();
+        for run in store.open_runs()? {
+            if request.selection.matches(&run.key) && !ids.contains(&run.id) {
+                ids.push(run.id);
+            }
+        }
         return follow(settings, &config, &mut store, ids);
     }
     Ok(0)

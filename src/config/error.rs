@@ -15,13 +15,10 @@ use std::path::PathBuf;
 /// line, and [`ConfigError::report`] both, as a user should read them.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The config file exists (or was named) but could not be read.
-    #[error("cannot read `{}`", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    /// The config file exists (or was named) but could not be read. The
+    /// I/O error is part of the message (callers print the message alone).
+    #[error("cannot read `{}`: {error}", path.display())]
+    Read { path: PathBuf, error: io::Error },
     /// No config file was named and none was found.
     #[error("{}", not_found_message(tried))]
     NotFound {

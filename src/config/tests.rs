@@ -363,6 +363,30 @@ fn pipeline_overrides_scheduler_keys() {
 }
 
 #[test]
+fn study_scheduler_block_takes_every_site_key() {
+    let c = ok(&format!(
+        "{MINIMAL}scheduler:\n  partition: p\n  account: a\n  qos: q\n  cluster: c\n  \
+         extra_directives: [--x]\n  max_submitted: 10\n  poll_interval: 1m\n  requeue: true\n  \
+         sacct_chunk: 50\n  submission: jobs\n"
+    ));
+    let s = &c.site.scheduler;
+    assert_eq!(
+        (
+            s.partition.as_deref(),
+            s.account.as_deref(),
+            s.qos.as_deref(),
+            s.cluster.as_deref()
+        ),
+        (Some("p"), Some("a"), Some("q"), Some("c"))
+    );
+    assert_eq!(s.extra_directives, ["--x"]);
+    assert_eq!(
+        (s.max_submitted, s.poll_interval_s, s.requeue, s.sacct_chunk),
+        (10, 60, true, 50)
+    );
+}
+
+#[test]
 fn submission_arrays_is_accepted() {
     let c = ok(&format!("{MINIMAL}scheduler:\n  submission: arrays\n"));
     assert_eq!(c.site.scheduler.submission, SubmissionMode::Arrays);
@@ -536,7 +560,10 @@ fn load_reads_the_file() {
     assert!(matches!(e, ConfigError::Read { .. }));
     assert_eq!(
         e.to_string(),
-        format!("cannot read `{}`", missing.display())
+        format!(
+            "cannot read `{}`: No such file or directory (os error 2)",
+            missing.display()
+        )
     );
 }
 

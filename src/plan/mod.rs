@@ -356,9 +356,9 @@ fn evaluate(
 
     let forced = request.force && request.selection.matches(key);
     let upstream_units: Vec<&UnitPlan> = up_idx.iter().map(|&i| &done_units[i]).collect();
-    let upstream_moving = upstream_units.iter().any(|u| {
-        u.due || matches!(u.state, UnitState::Queued | UnitState::Running)
-    });
+    // An upstream unit that is anything but done will produce new output
+    // (or is stuck trying to): this unit's output is out of date with it.
+    let upstream_moving = upstream_units.iter().any(|u| u.state != UnitState::Done);
     let inputs_changed = success.is_some_and(|s| {
         let current: HashSet<i64> = upstream
             .iter()

@@ -258,8 +258,9 @@ pub struct SqueueRow {
     /// `afterok:18(unfulfilled)`, `afterok:22(failed)`; empty for squeue's
     /// `(null)`.
     pub dependency: String,
-    /// As squeue shows it: `1:00`, `UNLIMITED`, `365-00:00:00` (a job with no
-    /// limit that the backfill scheduler started shows a year).
+    /// As squeue shows it: `1:00`, `UNLIMITED`, or `365-00:00:00` for some
+    /// jobs submitted without a limit (probably those the backfill scheduler
+    /// started).
     pub time_limit: String,
 }
 
@@ -347,7 +348,8 @@ pub struct SacctJob {
     /// `None` on placeholder rows (`16?`).
     pub req_mem_mb: Option<u64>,
     /// `None` for `UNLIMITED`, `Partition_Limit` (a job that never started)
-    /// and placeholder rows.
+    /// and placeholder rows. Some jobs submitted without a limit show 525600
+    /// minutes (a year) instead of `UNLIMITED`.
     pub time_limit_s: Option<u64>,
     /// Empty until the job has ended: sacct showed no comment for pending and
     /// running jobs here. Look tokens up in squeue first.
@@ -767,7 +769,7 @@ mod tests {
         assert_eq!(row(&rows, "24").reason, "OutOfMemory");
         // squeue never says "by <uid>"
         assert_eq!(row(&rows, "26").state, SlurmState::Cancelled { by: None });
-        // a job with no limit that the backfill scheduler started
+        // submitted without a limit, shown as a year
         assert_eq!(row(&rows, "30").time_limit, "365-00:00:00");
     }
 

@@ -1,0 +1,1 @@
+//! Against the real Slurm test cluster (see docs/slurm-test-cluster.md).
