@@ -457,8 +457,9 @@ impl Store {
             let mut add_subject =
                 tx.prepare("INSERT OR IGNORE INTO subjects (label, created_at) VALUES (?1, ?2)")?;
             let mut insert = tx.prepare(
-                "INSERT INTO sessions (scan_id, subject, session, dicom_dir, valid, problem, \
-                 n_files, discovered_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                "INSERT OR IGNORE INTO sessions (scan_id, subject, session, dicom_dir, valid, \
+                 problem, n_files, discovered_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
             )?;
             let mut update = tx.prepare(
                 "UPDATE sessions SET valid = ?2, problem = ?3, n_files = ?4, dicom_dir = ?5, \
@@ -468,7 +469,10 @@ impl Store {
                 match known.get(&s.scan_id) {
                     None => {
                         add_subject.execute(params![s.subject.as_str(), now])?;
-                        insert.execute(params![
+                        // A scan ID seen twice in one report, or a (subject, session)
+                        // taken by another scan ID, is not registered: discovery
+                        // reports both as invalid.
+                        let inserted = insert.execute(params![
                             s.scan_id,
                             s.subject.as_str(),
                             s.session.as_str(),
@@ -478,6 +482,10 @@ impl Store {
                             s.n_files as i64,
                             now
                         ])?;
+                        if inserted == 0 {
+                            continue;
+                        }
+                        known.insert(s.scan_id.clone(), (s.valid, s.problem.clone()));
                         let state = if s.valid { "valid" } else { "invalid" };
                         let why = s.problem.clone().unwrap_or_else(|| "discovered".into());
                         audit(&tx, now, None, None, Some(&s.scan_id), None, state, &why)?;

@@ -145,14 +145,20 @@ retry:
 
 /// A study of `subjects` × `sessions` session folders, all mapped.
 pub fn chain_study(executor: &str, subjects: usize, sessions: usize, extra_bids: &str) -> Study {
+    chain_study_named(executor, "", subjects, sessions, extra_bids)
+}
+
+/// As [`chain_study`], with subject labels `<prefix>01`, `<prefix>02`, … so
+/// that job names are unique to one test on a shared cluster.
+pub fn chain_study_named(executor: &str, prefix: &str, subjects: usize, sessions: usize, extra_bids: &str) -> Study {
     let study = Study::new();
     study.write("nfslurm.yaml", &chain_config(executor, extra_bids));
     let mut mapping = String::from("ScanID,SubjectCode,SessionID\n");
     for s in 1..=subjects {
         for e in 1..=sessions {
-            let scan = format!("SCAN{s:02}{e}");
+            let scan = format!("SCAN{prefix}{s:02}{e}");
             study.session_folder(&scan, 4);
-            mapping.push_str(&format!("{scan},{s:02},{e}\n"));
+            mapping.push_str(&format!("{scan},{prefix}{s:02},{e}\n"));
         }
     }
     study.write("mapping.csv", &mapping);

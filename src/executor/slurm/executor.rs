@@ -8,21 +8,19 @@ use std::time::Duration;
 
 use backon::{BlockingRetryable, ExponentialBuilder};
 
-use super::parse::{self, SacctJob, SlurmState, SqueueRow};
+use super::parse::{self, SACCT_FORMAT, SQUEUE_FORMAT, SacctJob, SlurmState, SqueueRow};
 use crate::config::{Config, Scheduler};
 use crate::engine;
 use crate::executor::{ExecError, Executor, Prepared, SubmitOutcome};
 use crate::model::RunState;
 use crate::state::{RunRow, RunUpdate, Store};
 
-/// squeue's format: job id (`123` or `123_4`), raw id, state, reason, comment,
-/// nodes, start time, dependency, time limit.
-pub const SQUEUE_FORMAT: &str = "%i|%A|%T|%r|%k|%N|%S|%E|%l";
-/// sacct's fields, job rows and step rows (MaxRSS lives on steps).
-pub const SACCT_FORMAT: &str = "JobID,JobIDRaw,JobName,State,ExitCode,NodeList,Submit,Start,End,ElapsedRaw,MaxRSS,ReqMem,TimelimitRaw,Comment,Reason";
 /// A `submitting` run found nowhere this long after its intent was written
-/// never reached Slurm: it is resubmitted (as an infrastructure retry).
-const SUBMITTING_GRACE_S: i64 = 60;
+/// never reached Slurm: it is resubmitted (as an infrastructure retry). We
+/// hold the plan lock, so no other nfslurm is between sbatch and its write;
+/// a queued job is in squeue at once, and one that already ended and left
+/// squeue is in sacct, which lags a few seconds (5 s at most, seen here).
+const SUBMITTING_GRACE_S: i64 = 15;
 
 /// Calls made, for the figures the closing notes and benchmarks report.
 #[derive(Debug, Default, Clone, Copy)]
@@ -224,7 +222,7 @@ fn update_from_sacct(run: &RunRow, job: &SacctJob) -> RunUpdate {
     let mut update = RunUpdate {
         run_id: run.id,
         job_id: (run.job_id.as_deref() != Some(job.job_id.as_str())).then(|| job.job_id.clone()),
-        slurm_state: Some(job.state.as_str().to_string()),
+        slurm_state: Some(job.state.to_string()),
         node: job.node.clone(),
         submitted_at: ts(job.submit),
         started_at: ts(job.start),
@@ -252,7 +250,7 @@ fn update_from_sacct(run: &RunRow, job: &SacctJob) -> RunUpdate {
                 update.reason = Some(match state {
                     RunState::Failed => format!("exit code {}:{}", code, job.exit_code.signal),
                     RunState::UpstreamFailed => "cancelled by Slurm: an upstream job failed".into(),
-                    RunState::Cancelled => job.state.as_str().to_string(),
+                    RunState::Cancelled => job.state.to_string(),
                     RunState::Oom => format!(
                         "out of memory (requested {} MB{})",
                         run.mem_mb,
