@@ -87,7 +87,9 @@ pub enum Command {
     #[command(after_help = "Examples:\n  nfslurm discover\n  nfslurm discover --json")]
     Discover,
     /// Show what submit would do and why; submits nothing
-    #[command(after_help = "Examples:\n  nfslurm plan\n  nfslurm plan --pipeline qsiprep --participant 01\n  nfslurm plan --json")]
+    #[command(
+        after_help = "Examples:\n  nfslurm plan\n  nfslurm plan --pipeline qsiprep --participant 01\n  nfslurm plan --json"
+    )]
     Plan {
         #[command(flatten)]
         selection: SelectionArgs,
@@ -96,7 +98,9 @@ pub enum Command {
         force: bool,
     },
     /// Submit the selected units and the upstream units they need, as one chain
-    #[command(after_help = "Examples:\n  nfslurm submit --all\n  nfslurm submit --pipeline qsiprep --participant sub-01 --force\n  nfslurm submit --all --dry-run\n  nfslurm submit --all --wait --executor local")]
+    #[command(
+        after_help = "Examples:\n  nfslurm submit --all\n  nfslurm submit --pipeline qsiprep --participant sub-01 --force\n  nfslurm submit --all --dry-run\n  nfslurm submit --all --wait --executor local"
+    )]
     Submit {
         #[command(flatten)]
         selection: SelectionArgs,
@@ -111,10 +115,14 @@ pub enum Command {
         wait: bool,
     },
     /// What cron runs: discover, reconcile, apply retries, submit what is due
-    #[command(after_help = "Examples:\n  nfslurm sync\n  nfslurm sync -q    # cron: silent unless something changed")]
+    #[command(
+        after_help = "Examples:\n  nfslurm sync\n  nfslurm sync -q    # cron: silent unless something changed"
+    )]
     Sync,
     /// Per-pipeline counts, runs, or the sessions x pipelines matrix
-    #[command(after_help = "Examples:\n  nfslurm status\n  nfslurm status runs --state failed\n  nfslurm status matrix\n  nfslurm status --json")]
+    #[command(
+        after_help = "Examples:\n  nfslurm status\n  nfslurm status runs --state failed\n  nfslurm status matrix\n  nfslurm status --json"
+    )]
     Status {
         #[arg(value_enum)]
         view: Option<StatusView>,
@@ -128,13 +136,17 @@ pub enum Command {
         watch: Option<u64>,
     },
     /// The history of a unit (`qsiprep/sub-01`) or of a run (its job ID or `run:N`)
-    #[command(after_help = "Examples:\n  nfslurm show qsiprep/sub-01\n  nfslurm show bids/sub-01/ses-1\n  nfslurm show 12345")]
+    #[command(
+        after_help = "Examples:\n  nfslurm show qsiprep/sub-01\n  nfslurm show bids/sub-01/ses-1\n  nfslurm show 12345"
+    )]
     Show {
         /// A unit key or a run
         target: String,
     },
     /// Print a run's output file
-    #[command(after_help = "Examples:\n  nfslurm logs 12345\n  nfslurm logs qsiprep/sub-01 --follow")]
+    #[command(
+        after_help = "Examples:\n  nfslurm logs 12345\n  nfslurm logs qsiprep/sub-01 --follow"
+    )]
     Logs {
         /// A job ID, `run:N`, or a unit key (its last run)
         target: String,
@@ -143,7 +155,9 @@ pub enum Command {
         follow: bool,
     },
     /// Print the sbatch script that would be submitted for one unit
-    #[command(after_help = "Examples:\n  nfslurm render --pipeline qsiprep --participant 01\n  nfslurm render --pipeline bids --participant 01 --session 1")]
+    #[command(
+        after_help = "Examples:\n  nfslurm render --pipeline qsiprep --participant 01\n  nfslurm render --pipeline bids --participant 01 --session 1"
+    )]
     Render {
         #[arg(long)]
         pipeline: String,
@@ -153,7 +167,9 @@ pub enum Command {
         session: Option<String>,
     },
     /// Cancel runs (scancel) and mark their units cancelled until `retry`
-    #[command(after_help = "Examples:\n  nfslurm cancel 12345\n  nfslurm cancel --pipeline qsiprep --participant 01")]
+    #[command(
+        after_help = "Examples:\n  nfslurm cancel 12345\n  nfslurm cancel --pipeline qsiprep --participant 01"
+    )]
     Cancel {
         /// Job IDs or `run:N`
         runs: Vec<String>,
@@ -161,7 +177,9 @@ pub enum Command {
         selection: SelectionArgs,
     },
     /// Reset the retry budget of failed or cancelled units and submit them
-    #[command(after_help = "Examples:\n  nfslurm retry --failed\n  nfslurm retry --pipeline qsiprep --participant 01")]
+    #[command(
+        after_help = "Examples:\n  nfslurm retry --failed\n  nfslurm retry --pipeline qsiprep --participant 01"
+    )]
     Retry {
         /// Job IDs or `run:N`
         runs: Vec<String>,
@@ -178,7 +196,9 @@ pub enum Command {
         action: WorkerAction,
     },
     /// Print a shell completion script
-    #[command(after_help = "Examples:\n  nfslurm completions bash > ~/.local/share/bash-completion/completions/nfslurm")]
+    #[command(
+        after_help = "Examples:\n  nfslurm completions bash > ~/.local/share/bash-completion/completions/nfslurm"
+    )]
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,

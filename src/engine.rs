@@ -173,7 +173,7 @@ pub enum SubmitError {
     Render {
         unit: UnitKey,
         #[source]
-        source: crate::render::RenderError,
+        source: Box<crate::render::RenderError>,
     },
     #[error("cannot write `{path}`")]
     Write {
@@ -225,7 +225,9 @@ pub fn submit_actions(
     let mut scripts = Vec::with_capacity(plan.actions.len());
     for action in &plan.actions {
         let key = &action.key;
-        let pipeline = config.pipeline(&key.pipeline).expect("planned pipelines exist");
+        let pipeline = config
+            .pipeline(&key.pipeline)
+            .expect("planned pipelines exist");
         let resources = effective_resources(config, snapshot, key);
         let attempt = attempts.get(key).copied().unwrap_or(1);
         let token = new_token();
@@ -254,7 +256,7 @@ pub fn submit_actions(
             .render_script(&input)
             .map_err(|source| SubmitError::Render {
                 unit: key.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let to_ref = |d: &Dependency| match d {
             Dependency::Planned(i) => -1 - *i as i64,

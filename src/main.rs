@@ -76,16 +76,30 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     };
     match cli.command {
         Command::Demo { dir } => commands::demo::run(&settings, dir.as_deref()),
-        Command::Init { dir, site, force } => {
-            commands::init::run(&settings, dir.as_deref().unwrap_or(std::path::Path::new(".")), &site, force)
-        }
+        Command::Init { dir, site, force } => commands::init::run(
+            &settings,
+            dir.as_deref().unwrap_or(std::path::Path::new(".")),
+            &site,
+            force,
+        ),
         Command::Discover => commands::discover::run(&settings),
-        Command::Plan { selection: s, force } => commands::submit::run_plan(&settings, &selection(&s), force),
-        Command::Submit { selection: s, force, dry_run, wait } => {
-            commands::submit::run_submit(&settings, &selection(&s), force, dry_run, wait)
-        }
+        Command::Plan {
+            selection: s,
+            force,
+        } => commands::submit::run_plan(&settings, &selection(&s), force),
+        Command::Submit {
+            selection: s,
+            force,
+            dry_run,
+            wait,
+        } => commands::submit::run_submit(&settings, &selection(&s), force, dry_run, wait),
         Command::Sync => commands::submit::run_sync(&settings),
-        Command::Status { view, selection: s, states, watch } => {
+        Command::Status {
+            view,
+            selection: s,
+            states,
+            watch,
+        } => {
             let view = match view.unwrap_or(StatusView::Summary) {
                 StatusView::Summary => commands::status::View::Summary,
                 StatusView::Runs => commands::status::View::Runs,
@@ -95,13 +109,19 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Show { target } => commands::inspect::show(&settings, &target),
         Command::Logs { target, follow } => commands::inspect::logs(&settings, &target, follow),
-        Command::Render { pipeline, participant, session } => {
-            commands::inspect::render(&settings, &pipeline, &participant, session.as_deref())
+        Command::Render {
+            pipeline,
+            participant,
+            session,
+        } => commands::inspect::render(&settings, &pipeline, &participant, session.as_deref()),
+        Command::Cancel { runs, selection: s } => {
+            commands::manage::cancel(&settings, &runs, &selection(&s), s.all)
         }
-        Command::Cancel { runs, selection: s } => commands::manage::cancel(&settings, &runs, &selection(&s), s.all),
-        Command::Retry { runs, selection: s, failed } => {
-            commands::manage::retry(&settings, &runs, &selection(&s), failed)
-        }
+        Command::Retry {
+            runs,
+            selection: s,
+            failed,
+        } => commands::manage::retry(&settings, &runs, &selection(&s), failed),
         Command::Worker { action } => match action {
             WorkerAction::Start => commands::worker::start(&settings),
             WorkerAction::Stop { now } => commands::worker::stop(&settings, now),
@@ -109,7 +129,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             WorkerAction::Run => commands::worker::run(&settings),
         },
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "nfslurm", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "nfslurm",
+                &mut std::io::stdout(),
+            );
             Ok(0)
         }
     }

@@ -43,7 +43,10 @@ impl Label {
 
     /// A bare label: non-empty, ASCII alphanumeric, at most 64 characters.
     pub fn new(value: &str) -> Result<Label, LabelError> {
-        if !value.is_empty() && value.len() <= 64 && value.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        if !value.is_empty()
+            && value.len() <= 64
+            && value.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
             Ok(Label(value.to_string()))
         } else {
             Err(LabelError {
@@ -321,7 +324,11 @@ mod tests {
 
     #[test]
     fn unit_key_round_trips_through_display() {
-        let key = UnitKey::new("bids", &Label::new("01").unwrap(), Some(&Label::new("2").unwrap()));
+        let key = UnitKey::new(
+            "bids",
+            &Label::new("01").unwrap(),
+            Some(&Label::new("2").unwrap()),
+        );
         assert_eq!(key.to_string(), "bids/sub-01/ses-2");
         assert_eq!(UnitKey::parse("bids/sub-01/ses-2"), Some(key.clone()));
         assert_eq!(UnitKey::parse("bids/01/2"), Some(key));

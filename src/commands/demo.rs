@@ -102,7 +102,10 @@ pub fn write_study(dir: &Path) -> anyhow::Result<PathBuf> {
         fs::create_dir_all(&t1)?;
         for i in 0..files {
             let series = if i % 2 == 0 { &dwi } else { &t1 };
-            fs::write(series.join(format!("IM{i:04}.dcm")), format!("DICM {scan} {i}\n"))?;
+            fs::write(
+                series.join(format!("IM{i:04}.dcm")),
+                format!("DICM {scan} {i}\n"),
+            )?;
         }
         if mapped {
             mapping.push_str(&format!("{scan},sub-{subject},ses-{session}\n"));
@@ -135,9 +138,21 @@ pub fn run(settings: &Settings, dir: Option<&Path>) -> anyhow::Result<i32> {
     println!("\n$ nfslurm submit --all --wait --executor local");
     let code = super::submit::run_submit(&settings, &SelectionSpec::default(), false, false, true)?;
     println!("\n$ nfslurm status");
-    super::status::run(&settings, super::status::View::Summary, &SelectionSpec::default(), &[], None)?;
+    super::status::run(
+        &settings,
+        super::status::View::Summary,
+        &SelectionSpec::default(),
+        &[],
+        None,
+    )?;
     println!("\n$ nfslurm status matrix");
-    super::status::run(&settings, super::status::View::Matrix, &SelectionSpec::default(), &[], None)?;
+    super::status::run(
+        &settings,
+        super::status::View::Matrix,
+        &SelectionSpec::default(),
+        &[],
+        None,
+    )?;
     println!(
         "\nnext: `cd {}` and try `nfslurm status runs`, `nfslurm show qsiprep/sub-01`, `nfslurm sync`",
         dir.display()

@@ -16,8 +16,12 @@ pub fn discover_and_register(
     store: &mut Store,
     now: i64,
 ) -> anyhow::Result<(DiscoveryReport, SessionChanges)> {
-    let report = study::discover(&config.discovery, &config.paths.dicom_root, SystemTime::now())
-        .map_err(|e| Failure::user(e.to_string(), None))?;
+    let report = study::discover(
+        &config.discovery,
+        &config.paths.dicom_root,
+        SystemTime::now(),
+    )
+    .map_err(|e| Failure::user(e.to_string(), None))?;
     let rows: Vec<SessionRow> = report
         .sessions
         .iter()
@@ -62,7 +66,11 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
 }
 
 pub fn print_report(report: &DiscoveryReport, changes: &SessionChanges) {
-    let valid = report.sessions.iter().filter(|s| s.problem.is_none()).count();
+    let valid = report
+        .sessions
+        .iter()
+        .filter(|s| s.problem.is_none())
+        .count();
     println!(
         "{} sessions found ({} valid), {} new, {} unmapped, {} invalid, {} skipped",
         report.sessions.len(),
@@ -74,7 +82,10 @@ pub fn print_report(report: &DiscoveryReport, changes: &SessionChanges) {
     );
     for s in &changes.new {
         let mark = if s.valid { "new" } else { "new, invalid" };
-        println!("  {mark}: `{}` -> sub-{} ses-{}", s.scan_id, s.subject, s.session);
+        println!(
+            "  {mark}: `{}` -> sub-{} ses-{}",
+            s.scan_id, s.subject, s.session
+        );
     }
     for u in &report.unmapped {
         println!(

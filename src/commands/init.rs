@@ -14,10 +14,16 @@ pub fn starter_config(site: &str) -> String {
 }
 
 pub fn run(settings: &Settings, dir: &Path, site: &str, force: bool) -> anyhow::Result<i32> {
-    if crate::config::bundled_site(site).is_none() && !dir.join(site).exists() && !Path::new(site).exists() {
+    if crate::config::bundled_site(site).is_none()
+        && !dir.join(site).exists()
+        && !Path::new(site).exists()
+    {
         return Err(Failure::user(
             format!("`--site {site}` is neither a bundled site config nor a file"),
-            Some(&format!("bundled: {}", crate::config::BUNDLED_SITES.join(", "))),
+            Some(&format!(
+                "bundled: {}",
+                crate::config::BUNDLED_SITES.join(", ")
+            )),
         ));
     }
     fs::create_dir_all(dir)?;
@@ -32,7 +38,10 @@ pub fn run(settings: &Settings, dir: &Path, site: &str, force: bool) -> anyhow::
         }
     }
     fs::write(&config, starter_config(site))?;
-    fs::write(&mapping, MAPPING.lines().next().unwrap_or_default().to_string() + "\n")?;
+    fs::write(
+        &mapping,
+        MAPPING.lines().next().unwrap_or_default().to_string() + "\n",
+    )?;
     fs::create_dir_all(dir.join("dicom"))?;
     if !settings.quiet {
         println!("wrote `{}` and `{}`", config.display(), mapping.display());

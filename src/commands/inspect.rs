@@ -16,10 +16,16 @@ use crate::state::{RunRow, Store};
 
 /// A run named by `run:N`, a job ID, or a unit key (its last run).
 pub fn find_run(store: &Store, target: &str) -> anyhow::Result<RunRow> {
-    if let Some(id) = target.strip_prefix("run:").and_then(|n| n.parse::<i64>().ok()) {
-        return store
-            .run(id)
-            .map_err(|_| Failure::user(format!("no run {id}"), Some("`nfslurm status runs` lists them")));
+    if let Some(id) = target
+        .strip_prefix("run:")
+        .and_then(|n| n.parse::<i64>().ok())
+    {
+        return store.run(id).map_err(|_| {
+            Failure::user(
+                format!("no run {id}"),
+                Some("`nfslurm status runs` lists them"),
+            )
+        });
     }
     if let Some(run) = store.run_by_job_id(target)? {
         return Ok(run);
@@ -39,9 +45,14 @@ pub fn find_run(store: &Store, target: &str) -> anyhow::Result<RunRow> {
 pub fn show(settings: &Settings, target: &str) -> anyhow::Result<i32> {
     let config = super::load_config(settings)?;
     let Some(store) = Store::open_existing(&config.paths.state_dir)? else {
-        return Err(Failure::user("nothing has run yet", Some("run `nfslurm sync` first")));
+        return Err(Failure::user(
+            "nothing has run yet",
+            Some("run `nfslurm sync` first"),
+        ));
     };
-    let (key, unit_id) = match UnitKey::parse(target).and_then(|k| store.unit_id(&k).ok().flatten().map(|id| (k, id))) {
+    let (key, unit_id) = match UnitKey::parse(target)
+        .and_then(|k| store.unit_id(&k).ok().flatten().map(|id| (k, id)))
+    {
         Some(found) => found,
         None => {
             let run = find_run(&store, target)?;
@@ -83,7 +94,10 @@ pub fn show(settings: &Settings, target: &str) -> anyhow::Result<i32> {
             r.attempt,
             r.job_id.as_deref().unwrap_or("-"),
             output::run_state(r.state),
-            r.slurm_state.as_ref().map(|s| format!(" ({s})")).unwrap_or_default()
+            r.slurm_state
+                .as_ref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default()
         );
         println!(
             "  requested {} CPUs, {} memory, {} · reason: {}",
@@ -146,7 +160,10 @@ pub fn show(settings: &Settings, target: &str) -> anyhow::Result<i32> {
 pub fn logs(settings: &Settings, target: &str, follow: bool) -> anyhow::Result<i32> {
     let config = super::load_config(settings)?;
     let Some(store) = Store::open_existing(&config.paths.state_dir)? else {
-        return Err(Failure::user("nothing has run yet", Some("run `nfslurm sync` first")));
+        return Err(Failure::user(
+            "nothing has run yet",
+            Some("run `nfslurm sync` first"),
+        ));
     };
     let run = find_run(&store, target)?;
     let path = &run.log_path;
@@ -190,14 +207,24 @@ pub fn logs(settings: &Settings, target: &str, follow: bool) -> anyhow::Result<i
     }
 }
 
-pub fn render(settings: &Settings, pipeline: &str, participant: &str, session: Option<&str>) -> anyhow::Result<i32> {
+pub fn render(
+    settings: &Settings,
+    pipeline: &str,
+    participant: &str,
+    session: Option<&str>,
+) -> anyhow::Result<i32> {
     let config = super::load_config(settings)?;
     print!("{}", render_unit(&config, pipeline, participant, session)?);
     Ok(0)
 }
 
 /// The script `submit` would write for one unit, as text.
-pub fn render_unit(config: &Config, pipeline: &str, participant: &str, session: Option<&str>) -> anyhow::Result<String> {
+pub fn render_unit(
+    config: &Config,
+    pipeline: &str,
+    participant: &str,
+    session: Option<&str>,
+) -> anyhow::Result<String> {
     let Some(p) = config.pipeline(pipeline) else {
         let names: Vec<&str> = config.pipelines.iter().map(|p| p.name.as_str()).collect();
         return Err(Failure::user(
@@ -205,7 +232,8 @@ pub fn render_unit(config: &Config, pipeline: &str, participant: &str, session: 
             Some(&format!("pipelines: {}", names.join(", "))),
         ));
     };
-    let subject = Label::subject(participant).map_err(|e| Failure::user(format!("`--participant`: {e}"), None))?;
+    let subject = Label::subject(participant)
+        .map_err(|e| Failure::user(format!("`--participant`: {e}"), None))?;
     let session = session
         .map(Label::session)
         .transpose()
@@ -243,7 +271,10 @@ pub fn render_unit(config: &Config, pipeline: &str, participant: &str, session: 
         .as_ref()
         .and_then(|ses| subject_sessions.iter().find(|s| &s.label == ses))
         .cloned();
-    let attempt = match (&store, store.as_ref().and_then(|s| s.unit_id(&key).ok().flatten())) {
+    let attempt = match (
+        &store,
+        store.as_ref().and_then(|s| s.unit_id(&key).ok().flatten()),
+    ) {
         (Some(s), Some(id)) => s.runs_of_unit(id)?.len() as u32 + 1,
         _ => 1,
     };

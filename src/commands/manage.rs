@@ -19,14 +19,24 @@ fn selected_runs(
         out.push(super::inspect::find_run(store, r)?);
     }
     if let Some(sel) = selection {
-        out.extend(store.open_runs()?.into_iter().filter(|r| sel.matches(&r.key)));
+        out.extend(
+            store
+                .open_runs()?
+                .into_iter()
+                .filter(|r| sel.matches(&r.key)),
+        );
     }
     let mut seen = HashSet::new();
     out.retain(|r| seen.insert(r.id));
     Ok(out)
 }
 
-pub fn cancel(settings: &Settings, runs: &[String], spec: &SelectionSpec, all: bool) -> anyhow::Result<i32> {
+pub fn cancel(
+    settings: &Settings,
+    runs: &[String],
+    spec: &SelectionSpec,
+    all: bool,
+) -> anyhow::Result<i32> {
     let config = super::load_config(settings)?;
     let selection = super::resolve_selection(&config, spec)?;
     if runs.is_empty() && selection.is_all() && !all {
@@ -39,7 +49,11 @@ pub fn cancel(settings: &Settings, runs: &[String], spec: &SelectionSpec, all: b
     let mut store = super::open_store(&config)?;
     let sel = (!selection.is_all() || all).then_some(&selection);
     let targets = selected_runs(&store, runs, sel)?;
-    let open: Vec<RunRow> = targets.iter().filter(|r| r.state.in_flight()).cloned().collect();
+    let open: Vec<RunRow> = targets
+        .iter()
+        .filter(|r| r.state.in_flight())
+        .cloned()
+        .collect();
     let now = engine::now();
     let mut updates = Vec::new();
     let mut by_exec: std::collections::BTreeMap<String, Vec<RunRow>> = Default::default();
@@ -49,7 +63,9 @@ pub fn cancel(settings: &Settings, runs: &[String], spec: &SelectionSpec, all: b
     for (name, list) in by_exec {
         let mut exec = super::executor_named(&config, &name);
         updates.extend(exec.cancel(&store, &list, now).map_err(|e| match e {
-            crate::executor::ExecError::Unreachable(m) => Failure::unreachable(m, Some("nothing was marked cancelled; try again")),
+            crate::executor::ExecError::Unreachable(m) => {
+                Failure::unreachable(m, Some("nothing was marked cancelled; try again"))
+            }
             other => other.into(),
         })?);
     }
@@ -69,7 +85,11 @@ pub fn cancel(settings: &Settings, runs: &[String], spec: &SelectionSpec, all: b
     store.apply(&updates, &units, now)?;
     if !settings.quiet {
         for r in &targets {
-            println!("cancelled {} (job {})", r.key, r.job_id.as_deref().unwrap_or("-"));
+            println!(
+                "cancelled {} (job {})",
+                r.key,
+                r.job_id.as_deref().unwrap_or("-")
+            );
         }
         if targets.is_empty() {
             println!("nothing to cancel");
@@ -78,7 +98,12 @@ pub fn cancel(settings: &Settings, runs: &[String], spec: &SelectionSpec, all: b
     Ok(0)
 }
 
-pub fn retry(settings: &Settings, runs: &[String], spec: &SelectionSpec, failed: bool) -> anyhow::Result<i32> {
+pub fn retry(
+    settings: &Settings,
+    runs: &[String],
+    spec: &SelectionSpec,
+    failed: bool,
+) -> anyhow::Result<i32> {
     let config = super::load_config(settings)?;
     let selection = super::resolve_selection(&config, spec)?;
     if runs.is_empty() && selection.is_all() && !failed {
@@ -99,10 +124,14 @@ pub fn retry(settings: &Settings, runs: &[String], spec: &SelectionSpec, failed:
     let mut units = Vec::new();
     let mut chosen = Vec::new();
     for u in &plan.units {
-        let Some(rec) = snapshot.units.get(&u.key) else { continue };
+        let Some(rec) = snapshot.units.get(&u.key) else {
+            continue;
+        };
         let pick = named.contains(&rec.id)
-            || (matches!(u.state, UnitState::Failed | UnitState::Cancelled | UnitState::Retrying)
-                && (!selection.is_all() || failed)
+            || (matches!(
+                u.state,
+                UnitState::Failed | UnitState::Cancelled | UnitState::Retrying
+            ) && (!selection.is_all() || failed)
                 && selection.matches(&u.key)
                 && (!failed || u.state == UnitState::Failed));
         if pick {
@@ -112,7 +141,11 @@ pub fn retry(settings: &Settings, runs: &[String], spec: &SelectionSpec, failed:
                 infra_attempts: Some(0),
                 next_attempt_at: Some(None),
                 cancelled: Some(false),
-                audit: Some((u.state.as_str().into(), "waiting".into(), "nfslurm retry: budget reset".into())),
+                audit: Some((
+                    u.state.as_str().into(),
+                    "waiting".into(),
+                    "nfslurm retry: budget reset".into(),
+                )),
                 ..Default::default()
             });
             chosen.push(u.key.clone());
@@ -129,9 +162,18 @@ pub fn retry(settings: &Settings, runs: &[String], spec: &SelectionSpec, failed:
     let mut request = Request::default();
     request.selection.pipelines.clear();
     let plan = plan::plan(&config, &snapshot, engine::now(), &request);
-    let renderer = crate::render::Renderer::new(&config).map_err(|e| Failure::user(e.to_string(), None))?;
+    let renderer =
+        crate::render::Renderer::new(&config).map_err(|e| Failure::user(e.to_string(), None))?;
     let mut exec = super::make_executor(&config);
-    let (rows, _) = engine::submit_actions(&config, &mut store, exec.as_mut(), &plan, &snapshot, &renderer, now)?;
+    let (rows, _) = engine::submit_actions(
+        &config,
+        &mut store,
+        exec.as_mut(),
+        &plan,
+        &snapshot,
+        &renderer,
+        now,
+    )?;
     drop(lock);
     if !settings.quiet {
         for k in &chosen {

@@ -73,7 +73,10 @@ pub fn resolve_selection(config: &Config, spec: &SelectionSpec) -> anyhow::Resul
         if config.pipeline(p).is_none() {
             let names: Vec<&str> = config.pipelines.iter().map(|p| p.name.as_str()).collect();
             return Err(Failure::user(
-                format!("`--pipeline {p}`: no such pipeline in `{}`", config.file.display()),
+                format!(
+                    "`--pipeline {p}`: no such pipeline in `{}`",
+                    config.file.display()
+                ),
                 Some(&format!("pipelines: {}", names.join(", "))),
             ));
         }
@@ -81,7 +84,9 @@ pub fn resolve_selection(config: &Config, spec: &SelectionSpec) -> anyhow::Resul
     let subjects = spec
         .participants
         .iter()
-        .map(|s| Label::subject(s).map_err(|e| Failure::user(format!("`--participant`: {e}"), None)))
+        .map(|s| {
+            Label::subject(s).map_err(|e| Failure::user(format!("`--participant`: {e}"), None))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let sessions = spec
         .sessions
@@ -117,8 +122,12 @@ fn config_failure(err: config::ConfigError) -> anyhow::Error {
 }
 
 pub fn open_store(config: &Config) -> anyhow::Result<Store> {
-    Store::open(&config.paths.state_dir)
-        .with_context(|| format!("cannot open the state in `{}`", config.paths.state_dir.display()))
+    Store::open(&config.paths.state_dir).with_context(|| {
+        format!(
+            "cannot open the state in `{}`",
+            config.paths.state_dir.display()
+        )
+    })
 }
 
 /// A snapshot of the state, or an empty one when the study never ran.

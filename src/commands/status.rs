@@ -163,7 +163,12 @@ fn summary(
     output::print_table(&table);
     let attention: Vec<_> = units
         .iter()
-        .filter(|u| matches!(u.state, UnitState::Failed | UnitState::Retrying | UnitState::Blocked))
+        .filter(|u| {
+            matches!(
+                u.state,
+                UnitState::Failed | UnitState::Retrying | UnitState::Blocked
+            )
+        })
         .collect();
     if !attention.is_empty() {
         println!();
@@ -176,7 +181,10 @@ fn summary(
             );
         }
         if attention.len() > 20 {
-            println!("… and {} more: `nfslurm status --state failed`", attention.len() - 20);
+            println!(
+                "… and {} more: `nfslurm status --state failed`",
+                attention.len() - 20
+            );
         }
     }
 }
@@ -198,7 +206,14 @@ fn matrix(
         if let Some(ses) = &u.key.session {
             rows.insert((u.key.subject.clone(), ses.clone()));
         }
-        cell.insert((u.key.pipeline.clone(), u.key.subject.clone(), u.key.session.clone()), u.state);
+        cell.insert(
+            (
+                u.key.pipeline.clone(),
+                u.key.subject.clone(),
+                u.key.session.clone(),
+            ),
+            u.state,
+        );
     }
     let pipelines: Vec<_> = config
         .pipelines
@@ -218,7 +233,8 @@ fn matrix(
                         };
                         (
                             p.name.as_str(),
-                            cell.get(&(p.name.clone(), sub.clone(), ses_key)).map(|s| s.as_str()),
+                            cell.get(&(p.name.clone(), sub.clone(), ses_key))
+                                .map(|s| s.as_str()),
                         )
                     })
                     .collect();
@@ -303,7 +319,12 @@ pub fn run_json(run: &RunRow) -> serde_json::Value {
     })
 }
 
-fn runs(settings: &Settings, store: Option<&Store>, selection: &Selection, states: &[String]) -> anyhow::Result<()> {
+fn runs(
+    settings: &Settings,
+    store: Option<&Store>,
+    selection: &Selection,
+    states: &[String],
+) -> anyhow::Result<()> {
     let all = match store {
         Some(s) => s.all_runs()?,
         None => Vec::new(),
@@ -322,7 +343,8 @@ fn runs(settings: &Settings, store: Option<&Store>, selection: &Selection, state
         return Ok(());
     }
     let mut table = output::table(&[
-        "job", "unit", "try", "state", "slurm", "exit", "elapsed", "maxrss", "mem", "eff", "time", "reason",
+        "job", "unit", "try", "state", "slurm", "exit", "elapsed", "maxrss", "mem", "eff", "time",
+        "reason",
     ]);
     for r in &runs {
         table.add_row(vec![

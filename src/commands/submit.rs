@@ -18,12 +18,21 @@ use crate::state::{self, LockGuard, Store};
 /// The plan lock: only its holder plans and submits, so nothing is submitted twice.
 pub fn plan_lock(config: &Config, wait: bool) -> anyhow::Result<Option<LockGuard>> {
     let dir = &config.paths.state_dir;
-    let timeout = if wait { Duration::from_secs(60) } else { Duration::ZERO };
+    let timeout = if wait {
+        Duration::from_secs(60)
+    } else {
+        Duration::ZERO
+    };
     match state::lock_with_timeout(dir, "plan.lock", timeout)? {
         Some(guard) => Ok(Some(guard)),
         None if wait => Err(Failure::user(
-            format!("another nfslurm command holds `{}`", dir.join("plan.lock").display()),
-            Some("wait for it to finish (a sync can take a while on a busy controller), then try again"),
+            format!(
+                "another nfslurm command holds `{}`",
+                dir.join("plan.lock").display()
+            ),
+            Some(
+                "wait for it to finish (a sync can take a while on a busy controller), then try again",
+            ),
         )),
         None => Ok(None),
     }
@@ -40,14 +49,19 @@ fn exec_failure(err: ExecError) -> anyhow::Error {
 }
 
 /// Reconciles the open runs of every executor that has some.
-pub fn reconcile_all(config: &Config, store: &mut Store) -> anyhow::Result<Vec<crate::state::RunUpdate>> {
+pub fn reconcile_all(
+    config: &Config,
+    store: &mut Store,
+) -> anyhow::Result<Vec<crate::state::RunUpdate>> {
     let executors: HashSet<String> = store.open_runs()?.into_iter().map(|r| r.executor).collect();
     let mut all = Vec::new();
     let mut names: Vec<_> = executors.into_iter().collect();
     names.sort();
     for name in names {
         let mut exec = super::executor_named(config, &name);
-        all.extend(engine::reconcile(config, store, exec.as_mut(), engine::now()).map_err(exec_failure)?);
+        all.extend(
+            engine::reconcile(config, store, exec.as_mut(), engine::now()).map_err(exec_failure)?,
+        );
     }
     Ok(all)
 }
@@ -105,12 +119,26 @@ pub fn print_plan(settings: &Settings, plan: &Plan, store: Option<&Store>) {
     let waiting: Vec<_> = plan
         .units
         .iter()
-        .filter(|u| u.detail.is_some() && matches!(u.state, crate::model::UnitState::Blocked | crate::model::UnitState::Retrying | crate::model::UnitState::Failed) && !u.due)
+        .filter(|u| {
+            u.detail.is_some()
+                && matches!(
+                    u.state,
+                    crate::model::UnitState::Blocked
+                        | crate::model::UnitState::Retrying
+                        | crate::model::UnitState::Failed
+                )
+                && !u.due
+        })
         .collect();
     if !waiting.is_empty() {
         println!("not runnable now:");
         for u in waiting {
-            println!("  {} {}: {}", u.key, output::unit_state(u.state), u.detail.as_deref().unwrap_or_default());
+            println!(
+                "  {} {}: {}",
+                u.key,
+                output::unit_state(u.state),
+                u.detail.as_deref().unwrap_or_default()
+            );
         }
     }
 }
@@ -119,7 +147,12 @@ pub fn run_plan(settings: &Settings, spec: &SelectionSpec, force: bool) -> anyho
     let config = super::load_config(settings)?;
     let selection = super::resolve_selection(&config, spec)?;
     let (store, snapshot) = super::read_snapshot(&config)?;
-    let plan = plan::plan(&config, &snapshot, engine::now(), &Request { selection, force });
+    let plan = plan::plan(
+        &config,
+        &snapshot,
+        engine::now(),
+        &Request { selection, force },
+    );
     print_plan(settings, &plan, store.as_ref());
     Ok(0)
 }
@@ -186,7 +219,10 @@ fn print_submitted(settings: &Settings, rows: &[SubmittedRun]) {
         ]);
     }
     output::print_table(&table);
-    println!("{} runs submitted", rows.iter().filter(|r| r.job_id.is_some()).count());
+    println!(
+        "{} runs submitted",
+        rows.iter().filter(|r| r.job_id.is_some()).count()
+    );
 }
 
 pub fn run_submit(
@@ -214,7 +250,9 @@ pub fn run_submit(
     if let Some(msg) = unreachable {
         return Err(Failure::unreachable(
             msg,
-            Some("the runs that reached the cluster are recorded; `nfslurm sync` submits the rest later"),
+            Some(
+                "the runs that reached the cluster are recorded; `nfslurm sync` submits the rest later",
+            ),
         ));
     }
     if wait {
@@ -231,7 +269,12 @@ pub fn run_submit(
 }
 
 /// Follows runs until all have ended (and their retries, when due within the wait).
-pub fn follow(settings: &Settings, config: &Config, store: &mut Store, ids: Vec<i64>) -> anyhow::Result<i32> {
+pub fn follow(
+    settings: &Settings,
+    config: &Config,
+    store: &mut Store,
+    ids: Vec<i64>,
+) -> anyhow::Result<i32> {
     if ids.is_empty() {
         return Ok(0);
     }
@@ -241,8 +284,10 @@ pub fn follow(settings: &Settings, config: &Config, store: &mut Store, ids: Vec<
     } else {
         let bar = indicatif::ProgressBar::new(total);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar
     };
@@ -274,7 +319,10 @@ pub fn follow(settings: &Settings, config: &Config, store: &mut Store, ids: Vec<
         );
         if done == runs.len() {
             bar.finish_and_clear();
-            let failed: Vec<_> = runs.iter().filter(|r| r.state != RunState::Succeeded).collect();
+            let failed: Vec<_> = runs
+                .iter()
+                .filter(|r| r.state != RunState::Succeeded)
+                .collect();
             if !settings.quiet && !settings.json {
                 println!(
                     "{} of {} runs succeeded",
@@ -359,7 +407,10 @@ pub fn run_sync(settings: &Settings) -> anyhow::Result<i32> {
         // Standing conditions are not changes: shown with -v (and by `discover`).
         if settings.verbose > 0 {
             for u in &report.unmapped {
-                println!("unmapped session folder `{}`: add it to the mapping CSV", u.scan_id);
+                println!(
+                    "unmapped session folder `{}`: add it to the mapping CSV",
+                    u.scan_id
+                );
             }
             for p in &report.problems {
                 println!("mapping: {p}");

@@ -46,8 +46,14 @@ pub fn status(settings: &Settings) -> anyhow::Result<i32> {
             let open = store.open_runs()?;
             let local: Vec<_> = open.iter().filter(|r| r.executor == "local").collect();
             (
-                local.iter().filter(|r| !matches!(r.state, crate::model::RunState::Running)).count(),
-                local.iter().filter(|r| matches!(r.state, crate::model::RunState::Running)).count(),
+                local
+                    .iter()
+                    .filter(|r| !matches!(r.state, crate::model::RunState::Running))
+                    .count(),
+                local
+                    .iter()
+                    .filter(|r| matches!(r.state, crate::model::RunState::Running))
+                    .count(),
             )
         }
         None => (0, 0),

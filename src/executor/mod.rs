@@ -55,12 +55,27 @@ pub trait Executor {
     fn name(&self) -> &'static str;
 
     /// Looks at every open run of this executor and says what changed.
-    fn reconcile(&mut self, store: &Store, open: &[RunRow], now: i64) -> Result<Vec<RunUpdate>, ExecError>;
+    fn reconcile(
+        &mut self,
+        store: &Store,
+        open: &[RunRow],
+        now: i64,
+    ) -> Result<Vec<RunUpdate>, ExecError>;
 
     /// Hands the runs over, in order (each after the runs it depends on).
     /// Records job IDs in the store as it goes.
-    fn submit(&mut self, store: &mut Store, batch: &[Prepared], now: i64) -> Result<SubmitOutcome, ExecError>;
+    fn submit(
+        &mut self,
+        store: &mut Store,
+        batch: &[Prepared],
+        now: i64,
+    ) -> Result<SubmitOutcome, ExecError>;
 
     /// Stops the given runs; returns the updates that mark them cancelled.
-    fn cancel(&mut self, store: &Store, runs: &[RunRow], now: i64) -> Result<Vec<RunUpdate>, ExecError>;
+    fn cancel(
+        &mut self,
+        store: &Store,
+        runs: &[RunRow],
+        now: i64,
+    ) -> Result<Vec<RunUpdate>, ExecError>;
 }

@@ -208,7 +208,10 @@ pub fn plan(config: &Config, snapshot: &Snapshot, now: i64, request: &Request) -
                         .collect();
                     all.sort_by(|a, b| a.0.session.cmp(&b.0.session));
                     for (s, valid) in all {
-                        keys.push((UnitKey::new(&pipeline.name, subject, Some(&s.session)), valid));
+                        keys.push((
+                            UnitKey::new(&pipeline.name, subject, Some(&s.session)),
+                            valid,
+                        ));
                     }
                 }
                 Level::Subject => {
@@ -223,8 +226,14 @@ pub fn plan(config: &Config, snapshot: &Snapshot, now: i64, request: &Request) -
                 } else {
                     Vec::new()
                 };
-                let up_idx: Vec<usize> = upstream.iter().filter_map(|k| index.get(k).copied()).collect();
-                let unit = evaluate(config, pipeline, snapshot, now, request, &key, valid, &upstream, &up_idx, &units);
+                let up_idx: Vec<usize> = upstream
+                    .iter()
+                    .filter_map(|k| index.get(k).copied())
+                    .collect();
+                let unit = evaluate(
+                    config, pipeline, snapshot, now, request, &key, valid, &upstream, &up_idx,
+                    &units,
+                );
                 index.insert(key, units.len());
                 upstream_of.push(up_idx);
                 units.push(unit);

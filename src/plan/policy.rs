@@ -10,7 +10,8 @@ use crate::state::{RunRow, UnitRow, UnitUpdate};
 /// scaled by the policy's jitter fraction).
 pub fn backoff_delay(policy: &RetryPolicy, attempts: u32, jitter: f64) -> u64 {
     let exp = attempts.saturating_sub(1).min(64) as i32;
-    let base = (policy.initial_delay_s as f64 * policy.factor.powi(exp)).min(policy.max_delay_s as f64);
+    let base =
+        (policy.initial_delay_s as f64 * policy.factor.powi(exp)).min(policy.max_delay_s as f64);
     let spread = base * policy.jitter * jitter.clamp(-1.0, 1.0);
     (base + spread).max(0.0).round() as u64
 }
@@ -19,7 +20,9 @@ pub fn backoff_delay(policy: &RetryPolicy, attempts: u32, jitter: f64) -> u64 {
 /// at least 20% above the MaxRSS observed, capped at `max_mem`.
 pub fn escalate_memory(policy: &RetryPolicy, requested_mb: u64, max_rss_mb: Option<i64>) -> u64 {
     let grown = (requested_mb as f64 * policy.mem_factor).ceil() as u64;
-    let observed = max_rss_mb.map(|m| (m.max(0) as f64 * 1.2).ceil() as u64).unwrap_or(0);
+    let observed = max_rss_mb
+        .map(|m| (m.max(0) as f64 * 1.2).ceil() as u64)
+        .unwrap_or(0);
     grown.max(observed).min(policy.max_mem_mb.max(requested_mb))
 }
 

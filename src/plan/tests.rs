@@ -76,7 +76,12 @@ impl World {
     fn add_run(&mut self, key: &UnitKey, state: RunState, inputs: Vec<i64>) -> i64 {
         let id = self.next_id;
         self.next_id += 1;
-        let hash = self.config.pipeline(&key.pipeline).unwrap().config_hash.clone();
+        let hash = self
+            .config
+            .pipeline(&key.pipeline)
+            .unwrap()
+            .config_hash
+            .clone();
         let run = RunRow {
             id,
             unit_id: 0,
@@ -110,10 +115,14 @@ impl World {
             pid: None,
         };
         self.snap.runs.insert(id, run);
-        let unit = self.snap.units.entry(key.clone()).or_insert_with(|| UnitRow {
-            id: id * 100,
-            ..Default::default()
-        });
+        let unit = self
+            .snap
+            .units
+            .entry(key.clone())
+            .or_insert_with(|| UnitRow {
+                id: id * 100,
+                ..Default::default()
+            });
         unit.last_run_id = Some(id);
         if state == RunState::Succeeded {
             unit.success_run_id = Some(id);
@@ -216,11 +225,23 @@ fn new_session_reruns_only_its_subjects_subject_level_chain() {
     let reason = |k: UnitKey| plan.actions.iter().find(|a| a.key == k).unwrap().reason;
     assert_eq!(reason(key("bids", "01", Some("2"))), Reason::New);
     assert_eq!(reason(key("qsiprep", "01", None)), Reason::UpstreamChanged);
-    assert_eq!(reason(key("qsirecon", "01", Some("1"))), Reason::UpstreamChanged);
+    assert_eq!(
+        reason(key("qsirecon", "01", Some("1"))),
+        Reason::UpstreamChanged
+    );
     assert_eq!(reason(key("qsirecon", "01", Some("2"))), Reason::New);
-    assert_eq!(state_of(&plan, &key("qsiprep", "01", None)), UnitState::Stale);
-    assert_eq!(state_of(&plan, &key("qsiprep", "02", None)), UnitState::Done);
-    assert_eq!(state_of(&plan, &key("bids", "01", Some("1"))), UnitState::Done);
+    assert_eq!(
+        state_of(&plan, &key("qsiprep", "01", None)),
+        UnitState::Stale
+    );
+    assert_eq!(
+        state_of(&plan, &key("qsiprep", "02", None)),
+        UnitState::Done
+    );
+    assert_eq!(
+        state_of(&plan, &key("bids", "01", Some("1"))),
+        UnitState::Done
+    );
 }
 
 #[test]
@@ -232,9 +253,17 @@ fn upstream_that_succeeded_again_makes_downstream_stale() {
     let plan = world.plan(&Request::default());
     assert_eq!(
         action_keys(&plan),
-        vec!["qsiprep/sub-01", "qsirecon/sub-01/ses-1", "qsiparc/sub-01/ses-1"]
+        vec![
+            "qsiprep/sub-01",
+            "qsirecon/sub-01/ses-1",
+            "qsiparc/sub-01/ses-1"
+        ]
     );
-    assert!(plan.actions.iter().all(|a| a.reason == Reason::UpstreamChanged));
+    assert!(
+        plan.actions
+            .iter()
+            .all(|a| a.reason == Reason::UpstreamChanged)
+    );
 }
 
 #[test]
@@ -243,7 +272,11 @@ fn config_change_makes_done_units_stale_but_resources_do_not() {
     world.complete_all();
     let mut changed = world.config.clone();
     changed.pipelines[3].resources.mem_mb *= 2;
-    assert!(plan(&changed, &world.snap, 0, &Request::default()).actions.is_empty());
+    assert!(
+        plan(&changed, &world.snap, 0, &Request::default())
+            .actions
+            .is_empty()
+    );
     changed.pipelines[3].config_hash = "different".into();
     let p = plan(&changed, &world.snap, 0, &Request::default());
     assert_eq!(action_keys(&p), vec!["qsiparc/sub-01/ses-1"]);
@@ -309,7 +342,10 @@ fn exhausted_unit_is_failed_and_blocks_downstream_not_other_subjects() {
     let parc = plan.unit(&key("qsiparc", "01", Some("1"))).unwrap();
     assert_eq!(parc.state, UnitState::Blocked);
     assert_eq!(parc.blocked_by.as_ref(), Some(&k), "blocked names the root");
-    assert_eq!(state_of(&plan, &key("qsiparc", "02", Some("1"))), UnitState::Done);
+    assert_eq!(
+        state_of(&plan, &key("qsiparc", "02", Some("1"))),
+        UnitState::Done
+    );
 }
 
 #[test]
@@ -354,7 +390,10 @@ fn selection_brings_upstream_units_not_yet_done() {
         force: false,
     };
     let plan = world.plan(&request);
-    assert_eq!(action_keys(&plan), vec!["bids/sub-01/ses-1", "qsiprep/sub-01"]);
+    assert_eq!(
+        action_keys(&plan),
+        vec!["bids/sub-01/ses-1", "qsiprep/sub-01"]
+    );
 }
 
 #[test]
@@ -362,9 +401,19 @@ fn invalid_sessions_are_invalid_units_and_left_out_of_subject_units() {
     let mut world = World::new(&[("01", "1")]);
     world.snap.sessions.push(session("01", "2", false));
     let plan = world.plan(&Request::default());
-    assert_eq!(state_of(&plan, &key("bids", "01", Some("2"))), UnitState::Invalid);
-    assert_eq!(state_of(&plan, &key("qsirecon", "01", Some("2"))), UnitState::Invalid);
-    let q = plan.actions.iter().find(|a| a.key.pipeline == "qsiprep").unwrap();
+    assert_eq!(
+        state_of(&plan, &key("bids", "01", Some("2"))),
+        UnitState::Invalid
+    );
+    assert_eq!(
+        state_of(&plan, &key("qsirecon", "01", Some("2"))),
+        UnitState::Invalid
+    );
+    let q = plan
+        .actions
+        .iter()
+        .find(|a| a.key.pipeline == "qsiprep")
+        .unwrap();
     assert_eq!(q.depends_on.len(), 1);
     assert!(!action_keys(&plan).iter().any(|k| k.ends_with("ses-2")));
 }
@@ -378,7 +427,10 @@ fn cancelled_unit_stays_cancelled_and_blocks_downstream() {
     let plan = world.plan(&Request::default());
     assert!(plan.actions.is_empty());
     assert_eq!(state_of(&plan, &k), UnitState::Cancelled);
-    assert_eq!(state_of(&plan, &key("qsiprep", "01", None)), UnitState::Blocked);
+    assert_eq!(
+        state_of(&plan, &key("qsiprep", "01", None)),
+        UnitState::Blocked
+    );
 }
 
 #[test]
@@ -387,7 +439,11 @@ fn upstream_failed_run_is_resubmitted_with_its_upstream_without_an_attempt() {
     let b = key("bids", "01", Some("1"));
     world.add_run(&b, RunState::Failed, vec![]);
     world.snap.units.get_mut(&b).unwrap().attempts = 1;
-    world.add_run(&key("qsiprep", "01", None), RunState::UpstreamFailed, vec![]);
+    world.add_run(
+        &key("qsiprep", "01", None),
+        RunState::UpstreamFailed,
+        vec![],
+    );
     let plan = world.plan(&Request::default());
     assert_eq!(plan.actions.len(), 4);
     let q = plan.unit(&key("qsiprep", "01", None)).unwrap();

@@ -355,6 +355,7 @@ fn session_text(key: &UnitKey) -> &str {
     key.session.as_ref().map(Label::as_str).unwrap_or("")
 }
 
+#[allow(clippy::too_many_arguments)]
 fn audit(
     tx: &Transaction<'_>,
     at: i64,
@@ -505,7 +506,10 @@ impl Store {
                         } else {
                             ("valid", "invalid")
                         };
-                        let why = s.problem.clone().unwrap_or_else(|| "now passes validation".into());
+                        let why = s
+                            .problem
+                            .clone()
+                            .unwrap_or_else(|| "now passes validation".into());
                         audit(&tx, now, None, None, Some(&s.scan_id), Some(old), new, &why)?;
                         changes.changed.push(s.clone());
                     }
@@ -593,10 +597,7 @@ impl Store {
 
     /// Runs still owned by an executor: submitting, pending or running.
     pub fn open_runs(&self) -> Result<Vec<RunRow>> {
-        self.query_runs(
-            "WHERE r.state IN ('submitting', 'pending', 'running')",
-            &[],
-        )
+        self.query_runs("WHERE r.state IN ('submitting', 'pending', 'running')", &[])
     }
 
     pub fn all_runs(&self) -> Result<Vec<RunRow>> {
@@ -661,7 +662,11 @@ impl Store {
                 tx.prepare_cached("UPDATE units SET last_run_id = ?2 WHERE id = ?1")?;
             for run in new_runs {
                 let unit_id: i64 = ensure_unit.query_row(
-                    params![run.key.pipeline, run.key.subject.as_str(), session_text(&run.key)],
+                    params![
+                        run.key.pipeline,
+                        run.key.subject.as_str(),
+                        session_text(&run.key)
+                    ],
                     |r| r.get(0),
                 )?;
                 let attempt: i64 = next_attempt.query_row([unit_id], |r| r.get(0))?;
@@ -773,7 +778,16 @@ impl Store {
                     {
                         why = format!("job {job}");
                     }
-                    audit(&tx, now, Some(unit_id), Some(u.run_id), None, Some(&old), new.as_str(), &why)?;
+                    audit(
+                        &tx,
+                        now,
+                        Some(unit_id),
+                        Some(u.run_id),
+                        None,
+                        Some(&old),
+                        new.as_str(),
+                        &why,
+                    )?;
                 }
             }
             let mut unit_update = tx.prepare_cached(
@@ -820,7 +834,16 @@ impl Store {
                 .query_row("SELECT unit_id FROM runs WHERE id = ?1", [id], |r| r.get(0))
                 .optional()?;
             let Some(unit_id) = unit_id else { continue };
-            audit(&tx, now, Some(unit_id), Some(id), None, Some("submitting"), "withdrawn", why)?;
+            audit(
+                &tx,
+                now,
+                Some(unit_id),
+                Some(id),
+                None,
+                Some("submitting"),
+                "withdrawn",
+                why,
+            )?;
             tx.execute("DELETE FROM runs WHERE id = ?1", [id])?;
             tx.execute(
                 "UPDATE units SET last_run_id = (SELECT MAX(id) FROM runs WHERE unit_id = ?1) \
@@ -969,7 +992,9 @@ mod tests {
         let mut second = new_run(&b, "t2");
         second.depends_on = vec![-1];
         second.inputs = vec![-1];
-        let ids = store.create_runs(&[new_run(&a, "t1"), second], 100).unwrap();
+        let ids = store
+            .create_runs(&[new_run(&a, "t1"), second], 100)
+            .unwrap();
         let runs = store.runs_by_ids(&ids).unwrap();
         assert_eq!(runs[1].depends_on, vec![ids[0]]);
         assert_eq!(runs[0].attempt, 1);
@@ -1023,9 +1048,13 @@ mod tests {
             problem: Some("3 files".into()),
             n_files: 3,
         };
-        let c = store.register_sessions(std::slice::from_ref(&s), 1).unwrap();
+        let c = store
+            .register_sessions(std::slice::from_ref(&s), 1)
+            .unwrap();
         assert_eq!(c.new.len(), 1);
-        let c = store.register_sessions(std::slice::from_ref(&s), 2).unwrap();
+        let c = store
+            .register_sessions(std::slice::from_ref(&s), 2)
+            .unwrap();
         assert!(c.new.is_empty() && c.changed.is_empty());
         s.valid = true;
         s.problem = None;

@@ -14,7 +14,10 @@ pub struct Study {
 impl Study {
     pub fn new() -> Study {
         Study {
-            dir: tempfile::Builder::new().prefix("nfslurm-test-").tempdir().unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix("nfslurm-test-")
+                .tempdir()
+                .unwrap(),
         }
     }
 
@@ -81,7 +84,11 @@ impl Study {
             .unwrap()
             .iter()
             .map(|u| {
-                let mut key = format!("{}/sub-{}", u["pipeline"].as_str().unwrap(), u["subject"].as_str().unwrap());
+                let mut key = format!(
+                    "{}/sub-{}",
+                    u["pipeline"].as_str().unwrap(),
+                    u["subject"].as_str().unwrap()
+                );
                 if let Some(s) = u["session"].as_str() {
                     key.push_str(&format!("/ses-{s}"));
                 }
@@ -91,7 +98,10 @@ impl Study {
     }
 
     pub fn runs(&self) -> Vec<serde_json::Value> {
-        self.json(&["status", "runs"])["runs"].as_array().unwrap().clone()
+        self.json(&["status", "runs"])["runs"]
+            .as_array()
+            .unwrap()
+            .clone()
     }
 }
 
@@ -150,7 +160,13 @@ pub fn chain_study(executor: &str, subjects: usize, sessions: usize, extra_bids:
 
 /// As [`chain_study`], with subject labels `<prefix>01`, `<prefix>02`, … so
 /// that job names are unique to one test on a shared cluster.
-pub fn chain_study_named(executor: &str, prefix: &str, subjects: usize, sessions: usize, extra_bids: &str) -> Study {
+pub fn chain_study_named(
+    executor: &str,
+    prefix: &str,
+    subjects: usize,
+    sessions: usize,
+    extra_bids: &str,
+) -> Study {
     let study = Study::new();
     study.write("nfslurm.yaml", &chain_config(executor, extra_bids));
     let mut mapping = String::from("ScanID,SubjectCode,SessionID\n");

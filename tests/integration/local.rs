@@ -5,7 +5,11 @@ use std::fs;
 use crate::common::{Study, chain_study};
 
 fn done_count(study: &Study) -> usize {
-    study.unit_states().values().filter(|s| *s == "done").count()
+    study
+        .unit_states()
+        .values()
+        .filter(|s| *s == "done")
+        .count()
 }
 
 #[test]
@@ -101,7 +105,10 @@ fn failing_unit_blocks_its_downstream_and_others_finish() {
     assert_eq!(states["qsiparc/sub-01/ses-1"], "done");
     assert_eq!(states["bids/sub-02/ses-1"], "retrying");
     let runs = study.runs();
-    let q2: Vec<_> = runs.iter().filter(|r| r["pipeline"] == "qsiprep" && r["subject"] == "02").collect();
+    let q2: Vec<_> = runs
+        .iter()
+        .filter(|r| r["pipeline"] == "qsiprep" && r["subject"] == "02")
+        .collect();
     assert_eq!(q2[0]["state"], "upstream_failed");
     // After the backoff the second attempt fails too: out of attempts.
     std::thread::sleep(std::time::Duration::from_secs(3));
@@ -141,15 +148,24 @@ fn broken_config_is_one_clear_error_and_changes_nothing() {
     study.ok(&["discover"]);
     let db = fs::read(study.path().join(".nfslurm/state.db")).unwrap();
     let good = fs::read_to_string(study.config_path()).unwrap();
-    study.write("nfslurm.yaml", &good.replace("depends_on: [bids]", "depends_on: [bidz]"));
+    study.write(
+        "nfslurm.yaml",
+        &good.replace("depends_on: [bids]", "depends_on: [bidz]"),
+    );
     let out = study.run(&["sync"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nfslurm.yaml"), "{err}");
     assert!(err.contains("bidz"), "{err}");
     assert_eq!(err.matches("error:").count(), 1, "{err}");
-    assert_eq!(fs::read(study.path().join(".nfslurm/state.db")).unwrap(), db);
-    study.write("nfslurm.yaml", &good.replace("level: session\n    command", "level: session\n    comand"));
+    assert_eq!(
+        fs::read(study.path().join(".nfslurm/state.db")).unwrap(),
+        db
+    );
+    study.write(
+        "nfslurm.yaml",
+        &good.replace("level: session\n    command", "level: session\n    comand"),
+    );
     let out = study.run(&["plan"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -163,7 +179,10 @@ fn demo_runs_every_valid_unit_to_done() {
     assert!(out.contains("qsiparc"), "{out}");
     let mut cmd = study.cmd();
     let v: serde_json::Value = serde_json::from_slice(
-        &cmd.args(["--json", "--config", "demo/nfslurm.yaml", "status"]).output().unwrap().stdout,
+        &cmd.args(["--json", "--config", "demo/nfslurm.yaml", "status"])
+            .output()
+            .unwrap()
+            .stdout,
     )
     .unwrap();
     let units = v["units"].as_array().unwrap();

@@ -111,7 +111,12 @@ impl Executor for LocalExecutor {
         "local"
     }
 
-    fn reconcile(&mut self, _store: &Store, open: &[RunRow], now: i64) -> Result<Vec<RunUpdate>, ExecError> {
+    fn reconcile(
+        &mut self,
+        _store: &Store,
+        open: &[RunRow],
+        now: i64,
+    ) -> Result<Vec<RunUpdate>, ExecError> {
         if worker_alive(&self.state_dir) {
             return Ok(Vec::new());
         }
@@ -142,7 +147,12 @@ impl Executor for LocalExecutor {
         Ok(updates)
     }
 
-    fn submit(&mut self, store: &mut Store, batch: &[Prepared], now: i64) -> Result<SubmitOutcome, ExecError> {
+    fn submit(
+        &mut self,
+        store: &mut Store,
+        batch: &[Prepared],
+        now: i64,
+    ) -> Result<SubmitOutcome, ExecError> {
         let updates: Vec<RunUpdate> = batch
             .iter()
             .map(|p| RunUpdate {
@@ -166,7 +176,12 @@ impl Executor for LocalExecutor {
         })
     }
 
-    fn cancel(&mut self, _store: &Store, runs: &[RunRow], now: i64) -> Result<Vec<RunUpdate>, ExecError> {
+    fn cancel(
+        &mut self,
+        _store: &Store,
+        runs: &[RunRow],
+        now: i64,
+    ) -> Result<Vec<RunUpdate>, ExecError> {
         let mut updates = Vec::new();
         for run in runs {
             if run.state == RunState::Running
@@ -236,7 +251,11 @@ pub fn run_worker(config: &Config) -> anyhow::Result<()> {
     let mut store = Store::open(dir)?;
     let limits = &config.local;
     let mut children: HashMap<i64, Child> = HashMap::new();
-    tracing::info!(cpus = limits.cpus, mem_mb = limits.mem_mb, "local worker started");
+    tracing::info!(
+        cpus = limits.cpus,
+        mem_mb = limits.mem_mb,
+        "local worker started"
+    );
 
     // Runs marked running by a worker that died are lost (retried as infra).
     let now = engine::now();
@@ -315,7 +334,10 @@ pub fn run_worker(config: &Config) -> anyhow::Result<()> {
             .iter()
             .filter(|r| r.state == RunState::Pending && !children.contains_key(&r.id))
             .collect();
-        let dep_ids: Vec<i64> = pending.iter().flat_map(|r| r.depends_on.iter().copied()).collect();
+        let dep_ids: Vec<i64> = pending
+            .iter()
+            .flat_map(|r| r.depends_on.iter().copied())
+            .collect();
         let deps: HashMap<i64, RunRow> = store
             .runs_by_ids(&dep_ids)?
             .into_iter()
@@ -366,7 +388,8 @@ pub fn run_worker(config: &Config) -> anyhow::Result<()> {
             if !ready || signals > 0 {
                 continue;
             }
-            let fits = (used_cpus + run.cpus <= limits.cpus && used_mem + run.mem_mb <= limits.mem_mb)
+            let fits = (used_cpus + run.cpus <= limits.cpus
+                && used_mem + run.mem_mb <= limits.mem_mb)
                 || children.is_empty();
             if !fits {
                 continue;
@@ -396,7 +419,11 @@ pub fn run_worker(config: &Config) -> anyhow::Result<()> {
         }
         engine::apply_updates(config, &mut store, &updates, now)?;
 
-        let waiting = pending.len() > updates.iter().filter(|u| u.state == Some(RunState::UpstreamFailed)).count();
+        let waiting = pending.len()
+            > updates
+                .iter()
+                .filter(|u| u.state == Some(RunState::UpstreamFailed))
+                .count();
         if children.is_empty() && (signals > 0 || !waiting) {
             // Quiet for a moment: a submit may be adding runs right now.
             if signals == 0 && !waiting {

@@ -89,14 +89,16 @@ impl SlurmExecutor {
                 .args(args)
                 .output()
                 .map_err(|e| CallError::Spawn(format!("cannot run `{program}`: {e}")))?;
-            let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+            let stderr = tool_message(program, &String::from_utf8_lossy(&output.stderr));
             if output.status.success() {
                 return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
             }
             if parse::is_transient_error(&stderr) {
-                Err(CallError::Transient(format!("`{program}`: {stderr}")))
+                Err(CallError::Transient(format!(
+                    "`{program}` failed: {stderr}"
+                )))
             } else {
-                Err(CallError::Failed(format!("`{program}`: {stderr}")))
+                Err(CallError::Failed(format!("`{program}` failed: {stderr}")))
             }
         };
         let attempts = self.transient_attempts.max(1);
@@ -129,7 +131,9 @@ impl SlurmExecutor {
         args.extend(self.cluster_args());
         match self.call("squeue", &args) {
             Ok(out) => parse::parse_squeue(&out).map_err(|e| ExecError::Other(e.to_string())),
-            Err(CallError::Transient(m)) | Err(CallError::Spawn(m)) => Err(ExecError::Unreachable(m)),
+            Err(CallError::Transient(m)) | Err(CallError::Spawn(m)) => {
+                Err(ExecError::Unreachable(m))
+            }
             Err(CallError::Failed(m)) => Err(ExecError::Unreachable(m)),
         }
     }
@@ -185,6 +189,21 @@ impl SlurmExecutor {
     }
 }
 
+/// A tool's stderr as one line, without its `sbatch: error:` prefixes.
+fn tool_message(program: &str, stderr: &str) -> String {
+    let prefix = format!("{program}: ");
+    stderr
+        .lines()
+        .map(|l| {
+            let l = l.trim();
+            let l = l.strip_prefix(&prefix).unwrap_or(l);
+            l.strip_prefix("error: ").unwrap_or(l)
+        })
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// The run state a Slurm state means (SPEC §3); `None` for a state nfslurm
 /// does not know: recorded and looked at again, never taken for success.
 pub fn run_state_of(state: &SlurmState, exit_code: i32, reason: &str) -> Option<RunState> {
@@ -195,9 +214,10 @@ pub fn run_state_of(state: &SlurmState, exit_code: i32, reason: &str) -> Option<
         SlurmState::Completed | SlurmState::Failed => RunState::Failed,
         SlurmState::Timeout => RunState::Timeout,
         SlurmState::OutOfMemory => RunState::Oom,
-        SlurmState::NodeFail | SlurmState::BootFail | SlurmState::Preempted | SlurmState::Deadline => {
-            RunState::InfraFailed
-        }
+        SlurmState::NodeFail
+        | SlurmState::BootFail
+        | SlurmState::Preempted
+        | SlurmState::Deadline => RunState::InfraFailed,
         SlurmState::Cancelled { by } => {
             // --kill-on-invalid-dep cancels with no "by" and reason Dependency.
             if by.is_none() && (reason.contains("Dependency") || reason.is_empty()) {
@@ -254,10 +274,18 @@ fn update_from_sacct(run: &RunRow, job: &SacctJob) -> RunUpdate {
                     RunState::Oom => format!(
                         "out of memory (requested {} MB{})",
                         run.mem_mb,
-                        job.max_rss_mb.map(|m| format!(", MaxRSS {m} MB")).unwrap_or_default()
+                        job.max_rss_mb
+                            .map(|m| format!(", MaxRSS {m} MB"))
+                            .unwrap_or_default()
                     ),
-                    RunState::Timeout => format!("time limit {} reached", crate::config::format_slurm_time(run.time_limit_s)),
-                    RunState::InfraFailed => format!("{}: retried without spending an attempt", job.state.as_str()),
+                    RunState::Timeout => format!(
+                        "time limit {} reached",
+                        crate::config::format_slurm_time(run.time_limit_s)
+                    ),
+                    RunState::InfraFailed => format!(
+                        "{}: retried without spending an attempt",
+                        job.state.as_str()
+                    ),
                     _ => String::new(),
                 });
                 if update.reason.as_deref() == Some("") {
@@ -293,9 +321,15 @@ impl Executor for SlurmExecutor {
         "slurm"
     }
 
-    fn reconcile(&mut self, _store: &Store, open: &[RunRow], now: i64) -> Result<Vec<RunUpdate>, ExecError> {
+    fn reconcile(
+        &mut self,
+        _store: &Store,
+        open: &[RunRow],
+        now: i64,
+    ) -> Result<Vec<RunUpdate>, ExecError> {
         let queue = self.squeue()?;
-        let by_id: HashMap<&str, &SqueueRow> = queue.iter().map(|r| (r.job_id.as_str(), r)).collect();
+        let by_id: HashMap<&str, &SqueueRow> =
+            queue.iter().map(|r| (r.job_id.as_str(), r)).collect();
         let by_token: HashMap<&str, &SqueueRow> = queue
             .iter()
             .filter(|r| !r.comment.is_empty())
@@ -340,7 +374,12 @@ impl Executor for SlurmExecutor {
         }
         let mut token_jobs: HashMap<String, SacctJob> = HashMap::new();
         if !unknown_tokens.is_empty() {
-            let since = unknown_tokens.iter().map(|r| r.created_at).min().unwrap_or(now) - 300;
+            let since = unknown_tokens
+                .iter()
+                .map(|r| r.created_at)
+                .min()
+                .unwrap_or(now)
+                - 300;
             match self.sacct_since(since) {
                 Some(list) => {
                     for job in list {
@@ -359,7 +398,10 @@ impl Executor for SlurmExecutor {
             match jobs.get(id) {
                 Some(job) if !job.placeholder => {
                     let u = update_from_sacct(run, job);
-                    if u.state.is_some_and(|s| s != run.state) || u.reason.is_some() || u.slurm_state != run.slurm_state {
+                    if u.state.is_some_and(|s| s != run.state)
+                        || u.reason.is_some()
+                        || u.slurm_state != run.slurm_state
+                    {
                         updates.push(u);
                     }
                 }
@@ -430,10 +472,18 @@ impl Executor for SlurmExecutor {
         Ok(updates)
     }
 
-    fn submit(&mut self, store: &mut Store, batch: &[Prepared], now: i64) -> Result<SubmitOutcome, ExecError> {
+    fn submit(
+        &mut self,
+        store: &mut Store,
+        batch: &[Prepared],
+        now: i64,
+    ) -> Result<SubmitOutcome, ExecError> {
         let mut outcome = SubmitOutcome::default();
         // Job IDs of upstream runs already in flight.
-        let outside: Vec<i64> = batch.iter().flat_map(|p| p.depends_on.iter().copied()).collect();
+        let outside: Vec<i64> = batch
+            .iter()
+            .flat_map(|p| p.depends_on.iter().copied())
+            .collect();
         let mut job_of: HashMap<i64, String> = store
             .runs_by_ids(&outside)?
             .into_iter()
@@ -534,7 +584,12 @@ impl Executor for SlurmExecutor {
         Ok(outcome)
     }
 
-    fn cancel(&mut self, _store: &Store, runs: &[RunRow], now: i64) -> Result<Vec<RunUpdate>, ExecError> {
+    fn cancel(
+        &mut self,
+        _store: &Store,
+        runs: &[RunRow],
+        now: i64,
+    ) -> Result<Vec<RunUpdate>, ExecError> {
         let ids: Vec<String> = runs.iter().filter_map(|r| r.job_id.clone()).collect();
         if !ids.is_empty() {
             let mut args = self.cluster_args();
@@ -542,7 +597,9 @@ impl Executor for SlurmExecutor {
             match self.call("scancel", &args) {
                 Ok(_) => {}
                 Err(CallError::Failed(msg)) => tracing::warn!("scancel: {msg}"),
-                Err(CallError::Transient(m)) | Err(CallError::Spawn(m)) => return Err(ExecError::Unreachable(m)),
+                Err(CallError::Transient(m)) | Err(CallError::Spawn(m)) => {
+                    return Err(ExecError::Unreachable(m));
+                }
             }
         }
         Ok(runs
