@@ -704,22 +704,9 @@ fn read_pipeline(
                     Some("omit `container` to run the command on the host".to_string()),
                 ));
             }
-            // An image nobody would run is a config mistake, not a detail.
-            if site.container.runtime == ContainerRuntime::None {
-                return Err(ctx.src.at(
-                    v.loc(),
-                    v.path,
-                    format!(
-                        "`{}` is set, but the site `{}` has no container runtime (`runtime: none`)",
-                        v.path, site.name
-                    ),
-                    Some(
-                        "omit `container` to run on the host, or use a site with \
-                         `runtime: apptainer` or `singularity`"
-                            .to_string(),
-                    ),
-                ));
-            }
+            // With `runtime: none` the image is kept (it still counts in the
+            // config hash) but not used: the command runs on the host, so a
+            // study's config can be tried with the `local` site as it is.
             Some(c)
         }
     };

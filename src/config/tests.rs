@@ -813,13 +813,6 @@ fn root_must_be_a_mapping() {
 }
 
 #[test]
-fn container_needs_a_runtime() {
-    let text =
-        format!("{MINIMAL}site: local\npipelines:\n  a:\n    container: /x.sif\n    command: x\n");
-    insta::assert_snapshot!("container_without_runtime", err(&text));
-}
-
-#[test]
 fn empty_pipeline_block() {
     insta::assert_snapshot!(
         "empty_pipeline",

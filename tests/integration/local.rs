@@ -218,3 +218,170 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// The config of SPEC §5, key for key, with `site: local` and commands that
+/// print what the real tools would be called with.
+const SPEC_CONFIG: &str = r#"
+version: 1
+site: local
+executor: local
+
+paths:
+  dicom_root: $STUDY/incoming/dicom
+  bids_root: bids
+  derivatives: derivatives
+  work_dir: work
+  state_dir: .nfslurm
+
+discovery:
+  pattern: '^(?P<scan_id>[A-Za-z0-9_]+)$'
+  mapping:
+    file: mapping.csv
+    scan_id_column: ScanID
+    subject_column: SubjectCode
+    session_column: SessionID
+  validation:
+    min_files: 10
+    required_series:
+      - { name: dwi, match: '(?i)dmri|dwi', min_files: 6 }
+      - { name: t1w, match: '(?i)t1|mprage' }
+  settle: 30m
+
+pipelines:
+  bids:
+    level: session
+    container: /containers/heudiconv_1.3.2.sif
+    command: >
+      echo heudiconv --files {{ session.dicom_dir }} -s {{ subject.label }}
+      -ss {{ session.label }} -f /heuristics/heuristic.py -c dcm2niix -b
+      -o {{ paths.bids_root }} --overwrite
+    binds: ["/data/heuristics:/heuristics:ro"]
+    resources: { cpus: 1, mem: 1G, time: "02:00:00" }
+  qsiprep:
+    level: subject
+    depends_on: [bids]
+    container: /containers/qsiprep_1.0.1.sif
+    command: >
+      echo qsiprep {{ paths.bids_root }} {{ paths.derivatives }}/qsiprep participant
+      --participant-label {{ subject.label }} --nthreads {{ resources.cpus }}
+      --mem {{ resources.mem_mb }} -w {{ work_dir }}
+    resources: { cpus: 1, mem: 2G, time: "24:00:00" }
+    max_concurrent: 4
+    partition: bigmem
+  qsirecon:
+    level: session
+    depends_on: [qsiprep]
+    command: echo qsirecon {{ subject.label }} {{ session.label }}
+  qsiparc:
+    level: session
+    depends_on: [qsirecon]
+    command: echo qsiparc {{ subject.label }} {{ session.label }}
+
+retry:
+  max_attempts: 3
+  initial_delay: 5m
+  max_delay: 1h
+  factor: 2
+  on_oom:     { mem_factor: 1.5, max_mem: 256G }
+  on_timeout: { time_factor: 1.5, max_time: "72:00:00" }
+  infra_max: 5
+"#;
+
+#[test]
+fn a_study_written_from_the_spec_runs_on_the_local_executor() {
+    let study = Study::new();
+    study.write("nfslurm.yaml", SPEC_CONFIG);
+    study.write(
+        "mapping.csv",
+        "ScanID,SubjectCode,SessionID\nP001A,sub-001,ses-A\nP001B,001,B\nP002A,002,A\n",
+    );
+    for scan in ["P001A", "P001B", "P002A"] {
+        for (series, n) in [("DMRI_dir64", 8), ("T1_MPRAGE", 4)] {
+            let dir = study.path().join("incoming/dicom").join(scan).join(series);
+            fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                fs::write(dir.join(format!("{i}.dcm")), "DICM").unwrap();
+            }
+        }
+    }
+    // Folders settle for 30 minutes: backdate them.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for path in walk(&study.path().join("incoming")) {
+        let f = fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(old).unwrap();
+    }
+    for dir in [
+        "incoming/dicom/P001A",
+        "incoming/dicom/P001B",
+        "incoming/dicom/P002A",
+    ] {
+        for entry in fs::read_dir(study.path().join(dir)).unwrap() {
+            let e = entry.unwrap();
+            fs::File::open(e.path()).unwrap().set_modified(old).unwrap();
+        }
+        fs::File::open(study.path().join(dir))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    let out = study
+        .cmd()
+        .env("STUDY", study.path())
+        .args(["submit", "--all", "--wait"])
+        .output()
+        .unwrap();
+    // Nothing discovered yet: submit does not discover, sync does.
+    assert!(out.status.success());
+    let out = study
+        .cmd()
+        .env("STUDY", study.path())
+        .args(["sync"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = study
+        .cmd()
+        .env("STUDY", study.path())
+        .args(["submit", "--all", "--wait"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(
+        &study
+            .cmd()
+            .env("STUDY", study.path())
+            .args(["--json", "status"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let units = v["units"].as_array().unwrap();
+    assert_eq!(units.len(), 3 + 2 + 3 + 3);
+    assert!(units.iter().all(|u| u["state"] == "done"), "{v}");
+    let log = fs::read_to_string(
+        study
+            .path()
+            .join(".nfslurm/logs/qsiprep/sub-001/attempt-1.out"),
+    )
+    .unwrap();
+    assert!(
+        log.contains("--participant-label 001 --nthreads 1 --mem 2048"),
+        "{log}"
+    );
+    let script = fs::read_to_string(
+        study
+            .path()
+            .join(".nfslurm/scripts/qsiprep/sub-001/attempt-1.sbatch"),
+    )
+    .unwrap();
+    assert!(script.contains("#SBATCH --partition=bigmem"), "{script}");
+}
