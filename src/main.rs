@@ -12,7 +12,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.global.verbose, cli.global.quiet);
     nfslurm::output::init_color(cli.global.no_color);
-    match run(cli) {
+    let start = std::time::Instant::now();
+    let result = run(cli);
+    let calls = nfslurm::executor::slurm::process_calls();
+    tracing::info!(
+        sbatch = calls.sbatch,
+        squeue = calls.squeue,
+        sacct = calls.sacct,
+        scancel = calls.scancel,
+        elapsed_ms = start.elapsed().as_millis() as u64,
+        "slurm calls"
+    );
+    match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(err) => report(&err),
     }

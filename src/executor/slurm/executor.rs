@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use backon::{BlockingRetryable, ExponentialBuilder};
@@ -31,11 +32,35 @@ pub struct CallCounts {
     pub scancel: u32,
 }
 
+/// Calls made by this process, all executors together (for `-v` and benchmarks).
+static PROCESS_CALLS: [AtomicU32; 4] = [const { AtomicU32::new(0) }; 4];
+
+fn record_call(program: &str) {
+    let i = match program {
+        "sbatch" => 0,
+        "squeue" => 1,
+        "sacct" => 2,
+        "scancel" => 3,
+        _ => return,
+    };
+    PROCESS_CALLS[i].fetch_add(1, Ordering::Relaxed);
+}
+
+/// Slurm commands this process has run so far.
+pub fn process_calls() -> CallCounts {
+    let get = |i: usize| PROCESS_CALLS[i].load(Ordering::Relaxed);
+    CallCounts {
+        sbatch: get(0),
+        squeue: get(1),
+        sacct: get(2),
+        scancel: get(3),
+    }
+}
+
 pub struct SlurmExecutor {
     config: Config,
     scheduler: Scheduler,
     user: String,
-    pub calls: CallCounts,
     /// Attempts for a transient failure (controller timeouts), backoff between.
     pub transient_attempts: usize,
 }
@@ -66,7 +91,6 @@ impl SlurmExecutor {
             config: config.clone(),
             scheduler: config.site.scheduler.clone(),
             user: current_user(),
-            calls: CallCounts::default(),
             transient_attempts: std::env::var("NFSLURM_TRANSIENT_ATTEMPTS")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -76,13 +100,7 @@ impl SlurmExecutor {
 
     /// Runs a Slurm tool, retrying transient errors with exponential backoff and jitter.
     fn call(&mut self, program: &str, args: &[String]) -> Result<String, CallError> {
-        match program {
-            "sbatch" => self.calls.sbatch += 1,
-            "squeue" => self.calls.squeue += 1,
-            "sacct" => self.calls.sacct += 1,
-            "scancel" => self.calls.scancel += 1,
-            _ => {}
-        }
+        record_call(program);
         let once = || -> Result<String, CallError> {
             tracing::debug!(program, ?args, "calling");
             let output: Output = Command::new(program)
@@ -396,7 +414,10 @@ impl Executor for SlurmExecutor {
         for run in ask_sacct {
             let id = run.job_id.as_deref().unwrap_or_default();
             match jobs.get(id) {
-                Some(job) if !job.placeholder => {
+                // A finished row is final only with its end time: right after
+                // the end (and after slurmdbd restarts) sacct shows the final
+                // state with `End=Unknown` and no steps for a few seconds.
+                Some(job) if !job.placeholder && !(job.state.is_finished() && job.end.is_none()) => {
                     let u = update_from_sacct(run, job);
                     if u.state.is_some_and(|s| s != run.state)
                         || u.reason.is_some()

@@ -3,4 +3,4 @@
 mod executor;
 pub mod parse;
 
-pub use executor::{CallCounts, SlurmExecutor, run_state_of};
+pub use executor::{CallCounts, SlurmExecutor, process_calls, run_state_of};
