@@ -10,7 +10,7 @@ use nfslurm::config::ExecutorKind;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.global.verbose, cli.global.quiet);
+    init_tracing(cli.global.verbose, cli.global.quiet, cli.global.no_color);
     nfslurm::output::init_color(cli.global.no_color);
     let start = std::time::Instant::now();
     let result = run(cli);
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(verbose: u8, quiet: bool) {
+fn init_tracing(verbose: u8, quiet: bool, no_color: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
@@ -38,8 +38,12 @@ fn init_tracing(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("nfslurm={default}")));
+    let ansi = !no_color
+        && std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
