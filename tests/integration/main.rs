@@ -3,5 +3,6 @@
 //! `scripts/slurm-test-cluster.sh` starts.
 
 mod common;
+mod failures;
 mod local;
 mod slurm;

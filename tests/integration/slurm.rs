@@ -14,7 +14,7 @@ use crate::common::{Study, chain_study_named};
 static CLUSTER: Mutex<()> = Mutex::new(());
 
 /// The cluster, held for the whole test; `None` when Slurm tests are not asked for.
-fn cluster() -> Option<MutexGuard<'static, ()>> {
+pub(crate) fn cluster() -> Option<MutexGuard<'static, ()>> {
     if std::env::var_os("NFSLURM_SLURM_TESTS").is_none() {
         eprintln!(
             "skipped: set NFSLURM_SLURM_TESTS=1 (scripts/test.sh does) to run the real-Slurm tests"
@@ -36,7 +36,7 @@ fn cluster() -> Option<MutexGuard<'static, ()>> {
     Some(guard)
 }
 
-fn cluster_script(action: &str) {
+pub(crate) fn cluster_script(action: &str) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/slurm-test-cluster.sh");
     let out = Command::new(script).arg(action).output().unwrap();
     assert!(
@@ -47,13 +47,13 @@ fn cluster_script(action: &str) {
     );
 }
 
-fn sh(cmd: &str) -> String {
+pub(crate) fn sh(cmd: &str) -> String {
     let out = Command::new("bash").args(["-c", cmd]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Syncs until every unit is in a final state (done, failed, blocked, invalid).
-fn sync_until_settled(study: &Study, timeout: Duration) -> BTreeMap<String, String> {
+pub(crate) fn sync_until_settled(study: &Study, timeout: Duration) -> BTreeMap<String, String> {
     let start = Instant::now();
     loop {
         let out = study.run(&["sync"]);
@@ -105,11 +105,11 @@ fn sacct_jobs_by_name(prefix: &str, since: &str) -> BTreeMap<String, Vec<String>
 }
 
 /// The cluster's idea of now, for sacct windows that leave out earlier test runs.
-fn slurm_now() -> String {
+pub(crate) fn slurm_now() -> String {
     sh("date +%Y-%m-%dT%H:%M:%S").trim().to_string()
 }
 
-fn assert_one_job_per_unit(study: &Study, prefix: &str, since: &str, units: usize) {
+pub(crate) fn assert_one_job_per_unit(study: &Study, prefix: &str, since: &str, units: usize) {
     // sacct lags a few seconds behind.
     let start = Instant::now();
     let jobs = loop {
