@@ -417,9 +417,7 @@ impl Executor for SlurmExecutor {
                 // A finished row is final only with its end time: right after
                 // the end (and after slurmdbd restarts) sacct shows the final
                 // state with `End=Unknown` and no steps for a few seconds.
-                Some(job)
-                    if !job.placeholder && !(job.state.is_finished() && job.end.is_none()) =>
-                {
+                Some(job) if !(job.placeholder || job.state.is_finished() && job.end.is_none()) => {
                     let u = update_from_sacct(run, job);
                     if u.state.is_some_and(|s| s != run.state)
                         || u.reason.is_some()
