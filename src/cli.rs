@@ -195,6 +195,15 @@ pub enum Command {
         #[command(subcommand)]
         action: WorkerAction,
     },
+    /// Manage the crontab line that runs `nfslurm sync` (no root needed)
+    #[command(after_help = "Examples:\n  nfslurm cron install --every 15m\n  nfslurm cron show\n  nfslurm cron remove")]
+    Cron {
+        #[command(subcommand)]
+        action: CronAction,
+    },
+    /// Check config, templates, Slurm tools, cluster, images, paths, state and cron
+    #[command(after_help = "Examples:\n  nfslurm doctor\n  nfslurm doctor --json")]
+    Doctor,
     /// Print a shell completion script
     #[command(
         after_help = "Examples:\n  nfslurm completions bash > ~/.local/share/bash-completion/completions/nfslurm"
@@ -203,6 +212,20 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CronAction {
+    /// Add (or update) this study's line in the user's crontab
+    Install {
+        /// How often: 5m, 15m, 1h, … (whole minutes or hours)
+        #[arg(long, default_value = "15m")]
+        every: String,
+    },
+    /// Print this study's crontab line and its log file
+    Show,
+    /// Remove this study's line; other entries are untouched
+    Remove,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

@@ -143,6 +143,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             WorkerAction::Status => commands::worker::status(&settings),
             WorkerAction::Run => commands::worker::run(&settings),
         },
+        Command::Cron { action } => commands::cron::run(&settings, action),
+        Command::Doctor => commands::doctor::run(&settings),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -1,6 +1,8 @@
 //! One module per subcommand. Each takes resolved [`Settings`], never clap types.
 
+pub mod cron;
 pub mod demo;
+pub mod doctor;
 pub mod discover;
 pub mod init;
 pub mod inspect;
