@@ -196,7 +196,9 @@ pub enum Command {
         action: WorkerAction,
     },
     /// Manage the crontab line that runs `nfslurm sync` (no root needed)
-    #[command(after_help = "Examples:\n  nfslurm cron install --every 15m\n  nfslurm cron show\n  nfslurm cron remove")]
+    #[command(
+        after_help = "Examples:\n  nfslurm cron install --every 15m\n  nfslurm cron show\n  nfslurm cron remove"
+    )]
     Cron {
         #[command(subcommand)]
         action: CronAction,

@@ -212,6 +212,25 @@ pub fn submit_actions(
     if plan.actions.is_empty() {
         return Ok((Vec::new(), SubmitOutcome::default()));
     }
+    // Submit limits: max_submitted for the study, max_concurrent per pipeline.
+    let budget = submit_budget(config, store, executor.name())?;
+    let (limited, deferred) = crate::plan::limits::limit(plan, &budget, &store.subject_ages()?);
+    if deferred > 0 {
+        tracing::info!(
+            deferred,
+            "submit limits reached: the rest waits for a later sync"
+        );
+    }
+    let plan = &limited;
+    if plan.actions.is_empty() {
+        return Ok((
+            Vec::new(),
+            SubmitOutcome {
+                deferred,
+                ..Default::default()
+            },
+        ));
+    }
     let kind = match executor.name() {
         "local" => ExecutorKind::Local,
         _ => ExecutorKind::Slurm,
@@ -304,6 +323,8 @@ pub fn submit_actions(
             cpus: run.cpus,
             mem_mb: run.mem_mb,
             time_limit_s: run.time_limit_s,
+            gpus: run.gpus,
+            retry: run.plan_reason == crate::model::Reason::Retry.as_str(),
             depends_on: run
                 .depends_on
                 .iter()
@@ -311,7 +332,8 @@ pub fn submit_actions(
                 .collect(),
         })
         .collect();
-    let outcome = executor.submit(store, &prepared, now)?;
+    let mut outcome = executor.submit(store, &prepared, now)?;
+    outcome.deferred += deferred;
     if !outcome.withdrawn.is_empty() {
         store.withdraw_runs(&outcome.withdrawn, "not submitted", now)?;
     }
@@ -350,6 +372,31 @@ pub fn submit_actions(
         })
         .collect();
     Ok((rows, outcome))
+}
+
+/// What may be submitted now: `max_submitted` and `max_concurrent` less what is in flight.
+fn submit_budget(
+    config: &Config,
+    store: &Store,
+    executor: &str,
+) -> Result<crate::plan::limits::Budget, StateError> {
+    let open = store.open_runs()?;
+    let mine: Vec<_> = open.iter().filter(|r| r.executor == executor).collect();
+    let total = (config.site.scheduler.max_submitted as usize).saturating_sub(mine.len());
+    let arrays = executor == "slurm"
+        && config.site.scheduler.submission == crate::config::SubmissionMode::Arrays;
+    let mut per_pipeline = HashMap::new();
+    for p in &config.pipelines {
+        // In arrays mode `max_concurrent` is the array's throttle (`%N`) instead.
+        if let (Some(max), false) = (p.max_concurrent, arrays) {
+            let in_flight = mine.iter().filter(|r| r.key.pipeline == p.name).count();
+            per_pipeline.insert(p.name.clone(), (max as usize).saturating_sub(in_flight));
+        }
+    }
+    Ok(crate::plan::limits::Budget {
+        total,
+        per_pipeline,
+    })
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), SubmitError> {

@@ -2,8 +2,8 @@
 
 pub mod cron;
 pub mod demo;
-pub mod doctor;
 pub mod discover;
+pub mod doctor;
 pub mod init;
 pub mod inspect;
 pub mod manage;

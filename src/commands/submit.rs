@@ -164,6 +164,7 @@ fn submit_request(
     request: &Request,
 ) -> anyhow::Result<(Vec<SubmittedRun>, Option<String>)> {
     let snapshot = store.snapshot()?;
+
     let plan = plan::plan(config, &snapshot, engine::now(), request);
     if plan.actions.is_empty() {
         return Ok((Vec::new(), None));
@@ -185,6 +186,12 @@ fn submit_request(
     })?;
     for (run, why) in &outcome.rejected {
         eprintln!("error: run {run} was refused: {why}");
+    }
+    if outcome.deferred > 0 {
+        println!(
+            "{} units wait for a later sync: `max_submitted` or `max_concurrent` reached",
+            outcome.deferred
+        );
     }
     Ok((rows, outcome.unreachable))
 }

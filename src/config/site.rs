@@ -65,7 +65,7 @@ pub(crate) fn default_scheduler() -> Scheduler {
         poll_interval_s: 30,
         requeue: false,
         sacct_chunk: 200,
-        submission: SubmissionMode::Jobs,
+        submission: SubmissionMode::Arrays,
     }
 }
 

@@ -235,7 +235,7 @@ fn minimal_config_gets_every_default() {
     assert_eq!(s.poll_interval_s, 30);
     assert!(!s.requeue);
     assert_eq!(s.sacct_chunk, 200);
-    assert_eq!(s.submission, SubmissionMode::Jobs);
+    assert_eq!(s.submission, SubmissionMode::Arrays);
     assert!(c.local.cpus >= 1);
     assert!(c.local.mem_mb > 0);
 }

@@ -22,6 +22,9 @@ pub struct Prepared {
     pub cpus: u32,
     pub mem_mb: u64,
     pub time_limit_s: u64,
+    pub gpus: u32,
+    /// A retry of a failed run: always a single job, never an array task.
+    pub retry: bool,
     /// Runs it waits for: earlier in this batch, or already in flight.
     pub depends_on: Vec<i64>,
 }
@@ -36,6 +39,8 @@ pub struct SubmitOutcome {
     /// Runs never handed over (an upstream run could not be submitted, or a
     /// submit limit was hit): their intents are withdrawn.
     pub withdrawn: Vec<i64>,
+    /// Units left for a later sync by `max_submitted` or `max_concurrent`.
+    pub deferred: usize,
     /// Set when the cluster could not be reached: the command exits 2.
     pub unreachable: Option<String>,
 }

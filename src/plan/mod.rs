@@ -6,6 +6,7 @@
 //! the upstream units they wait on, each with the dependencies to pass to the
 //! executor. Executors and the store are the shell around it.
 
+pub mod limits;
 pub mod policy;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

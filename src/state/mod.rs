@@ -521,6 +521,15 @@ impl Store {
         Ok(changes)
     }
 
+    /// When each subject's first session was discovered (for "oldest first").
+    pub fn subject_ages(&self) -> Result<HashMap<Label, i64>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT subject, MIN(discovered_at) FROM sessions GROUP BY subject")?;
+        let rows = stmt.query_map([], |r| Ok((label_from_db(r.get(0)?)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn sessions(&self) -> Result<Vec<SessionRow>> {
         let mut stmt = self.conn.prepare(
             "SELECT scan_id, subject, session, dicom_dir, valid, problem, n_files FROM sessions \
@@ -712,6 +721,19 @@ impl Store {
         }
         tx.commit()?;
         Ok(ids)
+    }
+
+    /// Gives runs new tokens (array tasks: `<array token>_<task>`), before sbatch.
+    pub fn set_tokens(&mut self, tokens: &[(i64, String)]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("UPDATE runs SET token = ?2 WHERE id = ?1")?;
+            for (id, token) in tokens {
+                stmt.execute(params![id, token])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Sets the script path of a run once its ID (and so its file name) is known.

@@ -142,6 +142,12 @@ fn whole_chain_is_submitted_at_once_with_afterok_edges_and_finishes() {
     let Some(_cluster) = cluster() else { return };
     let since = slurm_now();
     let study = chain_study_named("slurm", "ch", 3, 2, "sleep 2");
+    // One job per unit here; arrays have tests of their own.
+    let config = std::fs::read_to_string(study.config_path()).unwrap();
+    study.write(
+        "nfslurm.yaml",
+        &format!("{config}scheduler:\n  submission: jobs\n"),
+    );
     study.ok(&["discover"]);
     let out = study.ok(&["--json", "submit", "--all"]);
     let submitted: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -2,15 +2,17 @@
 //! `squeue` and chunked `sacct` calls per reconciliation, adoption of runs
 //! whose sbatch answer was lost.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use backon::{BlockingRetryable, ExponentialBuilder};
 
+use super::arrays::{self, Submission};
 use super::parse::{self, SACCT_FORMAT, SQUEUE_FORMAT, SacctJob, SlurmState, SqueueRow};
-use crate::config::{Config, Scheduler};
+use crate::config::{Config, Scheduler, SubmissionMode};
 use crate::engine;
 use crate::executor::{ExecError, Executor, Prepared, SubmitOutcome};
 use crate::model::RunState;
@@ -22,6 +24,8 @@ use crate::state::{RunRow, RunUpdate, Store};
 /// a queued job is in squeue at once, and one that already ended and left
 /// squeue is in sacct, which lags a few seconds (5 s at most, seen here).
 const SUBMITTING_GRACE_S: i64 = 15;
+/// The largest array index used: Slurm's default `MaxArraySize` is 1001.
+const MAX_ARRAY_INDEX: u32 = 1000;
 
 /// Calls made, for the figures the closing notes and benchmarks report.
 #[derive(Debug, Default, Clone, Copy)]
@@ -130,6 +134,95 @@ impl SlurmExecutor {
         .when(|e| matches!(e, CallError::Transient(_)))
         .notify(|e, after| tracing::warn!("{e:?}; retrying in {after:?}"))
         .call()
+    }
+
+    /// Writes the array's script: the job's directives, and a `case` on the
+    /// task index that runs each unit's own script into its own log. It is
+    /// the manifest of the array, written once and never rewritten. The runs'
+    /// tokens become `<array token>_<task>` before sbatch is called.
+    fn write_array_script(
+        &self,
+        store: &mut Store,
+        batch: &[Prepared],
+        members: &[(usize, u32)],
+    ) -> Result<PathBuf, ExecError> {
+        let first = &batch[members[0].0];
+        let token = engine::new_token();
+        let tokens: Vec<(i64, String)> = members
+            .iter()
+            .map(|&(i, t)| (batch[i].run_id, format!("{token}_{t}")))
+            .collect();
+        store.set_tokens(&tokens)?;
+        let pipeline = self.config.pipeline(&first.key.pipeline);
+        let scheduler = pipeline.map(|p| &p.scheduler).unwrap_or(&self.scheduler);
+        let throttle = pipeline.and_then(|p| p.max_concurrent);
+        let state_dir = &self.config.paths.state_dir;
+        let dir = state_dir
+            .join("scripts")
+            .join("arrays")
+            .join(&first.key.pipeline);
+        let logs = state_dir
+            .join("logs")
+            .join("arrays")
+            .join(&first.key.pipeline);
+        let io =
+            |e: std::io::Error| ExecError::Other(format!("cannot write the array script: {e}"));
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        std::fs::create_dir_all(&logs).map_err(io)?;
+        let indices: Vec<u32> = members.iter().map(|m| m.1).collect();
+        let mut text = String::from("#!/bin/bash\n");
+        let mut directive = |d: String| text.push_str(&format!("#SBATCH {d}\n"));
+        directive(format!(
+            "--array={}",
+            arrays::array_spec(&indices, throttle)
+        ));
+        directive(format!("--cpus-per-task={}", first.cpus));
+        directive(format!("--mem={}M", first.mem_mb));
+        directive(format!(
+            "--time={}",
+            crate::config::format_slurm_time(first.time_limit_s)
+        ));
+        if first.gpus > 0 {
+            directive(format!("--gres=gpu:{}", first.gpus));
+        }
+        for (flag, value) in [
+            ("--partition", &scheduler.partition),
+            ("--account", &scheduler.account),
+            ("--qos", &scheduler.qos),
+        ] {
+            if let Some(v) = value {
+                directive(format!("{flag}={v}"));
+            }
+        }
+        for extra in &scheduler.extra_directives {
+            directive(extra.clone());
+        }
+        directive(format!("--output={}/%A_%a.out", logs.display()));
+        directive(format!("--comment={token}"));
+        if !scheduler.requeue {
+            directive("--no-requeue".into());
+        }
+        text.push_str(&format!(
+            "# nfslurm array of {} units of `{}`: task index = subject\nset -euo pipefail\ncase \"$SLURM_ARRAY_TASK_ID\" in\n",
+            members.len(),
+            first.key.pipeline
+        ));
+        for &(i, t) in members {
+            let p = &batch[i];
+            text.push_str(&format!(
+                "  {t}) unit={} script={} log={} ;;\n",
+                crate::render::shell_quote(&p.key.to_string()),
+                crate::render::shell_quote(&p.script_path.to_string_lossy()),
+                crate::render::shell_quote(&p.log_path.to_string_lossy()),
+            ));
+        }
+        text.push_str(
+            "  *) echo \"nfslurm: no unit for task $SLURM_ARRAY_TASK_ID\" >&2; exit 2 ;;\nesac\n",
+        );
+        text.push_str("echo \"[nfslurm] array task $SLURM_ARRAY_TASK_ID runs $unit\"\nexec bash \"$script\" > \"$log\" 2>&1\n");
+        let path = dir.join(format!("{token}.sbatch"));
+        std::fs::write(&path, text).map_err(io)?;
+        Ok(path)
     }
 
     fn cluster_args(&self) -> Vec<String> {
@@ -315,7 +408,7 @@ fn update_from_sacct(run: &RunRow, job: &SacctJob) -> RunUpdate {
     update
 }
 
-fn update_from_squeue(run: &RunRow, row: &SqueueRow) -> Option<RunUpdate> {
+fn update_from_squeue(run: &RunRow, row: &SqueueRow, job_id: &str) -> Option<RunUpdate> {
     let state = run_state_of(&row.state, 0, &row.reason)?;
     if !state.in_flight() {
         // Finished: squeue has no exit code or MaxRSS; sacct confirms it.
@@ -324,7 +417,7 @@ fn update_from_squeue(run: &RunRow, row: &SqueueRow) -> Option<RunUpdate> {
     Some(RunUpdate {
         run_id: run.id,
         state: Some(state),
-        job_id: (run.job_id.as_deref() != Some(row.job_id.as_str())).then(|| row.job_id.clone()),
+        job_id: (run.job_id.as_deref() != Some(job_id)).then(|| job_id.to_string()),
         slurm_state: Some(row.state.as_str().to_string()),
         reason: (state == RunState::Pending && !row.reason.is_empty() && row.reason != "None")
             .then(|| row.reason.clone()),
@@ -346,24 +439,47 @@ impl Executor for SlurmExecutor {
         now: i64,
     ) -> Result<Vec<RunUpdate>, ExecError> {
         let queue = self.squeue()?;
-        let by_id: HashMap<&str, &SqueueRow> =
-            queue.iter().map(|r| (r.job_id.as_str(), r)).collect();
-        let by_token: HashMap<&str, &SqueueRow> = queue
-            .iter()
-            .filter(|r| !r.comment.is_empty())
-            .map(|r| (r.comment.as_str(), r))
-            .collect();
+        // Job IDs as nfslurm records them (`123`, `123_4`), including the tasks of
+        // pending arrays that squeue folds into one `123_[1,4%2]` row; and the
+        // run tokens they carry (`<comment>` or, for array tasks, `<comment>_<task>`).
+        let mut by_id: HashMap<String, &SqueueRow> = HashMap::new();
+        let mut by_token: HashMap<String, (String, &SqueueRow)> = HashMap::new();
+        for row in &queue {
+            let ids: Vec<(String, Option<u32>)> = match row.job_id.split_once("_[") {
+                Some((array, _)) => arrays::summary_indices(&row.job_id, array)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|t| (format!("{array}_{t}"), Some(t)))
+                    .collect(),
+                None => {
+                    let task = row.job_id.split_once('_').and_then(|(_, t)| t.parse().ok());
+                    vec![(row.job_id.clone(), task)]
+                }
+            };
+            for (id, task) in ids {
+                if !row.comment.is_empty() {
+                    let token = match task {
+                        Some(t) => format!("{}_{t}", row.comment),
+                        None => row.comment.clone(),
+                    };
+                    by_token.insert(token, (id.clone(), row));
+                }
+                by_id.insert(id, row);
+            }
+        }
 
         let mut updates = Vec::new();
         let mut ask_sacct: Vec<&RunRow> = Vec::new();
         let mut unknown_tokens: Vec<&RunRow> = Vec::new();
         for run in open {
             let row = match &run.job_id {
-                Some(id) => by_id.get(id.as_str()).copied(),
-                None => by_token.get(run.token.as_str()).copied(),
+                Some(id) => by_id.get(id.as_str()).map(|r| (id.clone(), *r)),
+                None => by_token
+                    .get(run.token.as_str())
+                    .map(|(id, r)| (id.clone(), *r)),
             };
             match (row, &run.job_id) {
-                (Some(row), _) => match update_from_squeue(run, row) {
+                (Some((job_id, row)), _) => match update_from_squeue(run, row, &job_id) {
                     Some(u) => {
                         if u.state != Some(run.state) || u.job_id.is_some() || u.node != run.node {
                             updates.push(u);
@@ -402,7 +518,12 @@ impl Executor for SlurmExecutor {
                 Some(list) => {
                     for job in list {
                         if !job.comment.is_empty() {
-                            token_jobs.insert(job.comment.clone(), job);
+                            // Array tasks carry the array's token: `<comment>_<task>`.
+                            let token = match job.job_id.split_once('_') {
+                                Some((_, task)) => format!("{}_{task}", job.comment),
+                                None => job.comment.clone(),
+                            };
+                            token_jobs.insert(token, job);
                         }
                     }
                 }
@@ -511,56 +632,119 @@ impl Executor for SlurmExecutor {
             .filter(|r| r.state.in_flight())
             .filter_map(|r| r.job_id.map(|j| (r.id, j)))
             .collect();
-        let in_batch: std::collections::HashSet<i64> = batch.iter().map(|p| p.run_id).collect();
+        let in_batch: HashSet<i64> = batch.iter().map(|p| p.run_id).collect();
+        let shape = match self.scheduler.submission {
+            SubmissionMode::Arrays => arrays::shape(batch, MAX_ARRAY_INDEX),
+            SubmissionMode::Jobs => (0..batch.len()).map(Submission::Single).collect(),
+        };
+        // Array job ID of each submitted array, by its index in `shape`.
+        let mut array_job: HashMap<usize, String> = HashMap::new();
         let mut pending_updates: Vec<RunUpdate> = Vec::new();
-        let mut stop: Option<String> = None;
+        let mut stopped = false;
+        let mut calls = 0usize;
 
-        for (index, p) in batch.iter().enumerate() {
-            if stop.is_some() {
-                outcome.withdrawn.push(p.run_id);
-                continue;
-            }
-            // An upstream run of this batch that was not submitted: this one waits for a later sync.
-            let mut deps = Vec::new();
-            let mut missing = false;
-            for d in &p.depends_on {
-                match job_of.get(d) {
-                    Some(job) => deps.push(job.clone()),
-                    None if in_batch.contains(d) => missing = true,
-                    // Upstream finished since planning (succeeded): nothing to wait for.
-                    None => {}
+        for (sub_index, submission) in shape.iter().enumerate() {
+            let members: Vec<(usize, Option<u32>)> = match submission {
+                Submission::Single(i) => vec![(*i, None)],
+                Submission::Array { members, .. } => {
+                    members.iter().map(|&(i, t)| (i, Some(t))).collect()
                 }
-            }
-            if missing {
-                outcome.withdrawn.push(p.run_id);
+            };
+            let withdraw_all = |outcome: &mut SubmitOutcome| {
+                for &(i, _) in &members {
+                    outcome.withdrawn.push(batch[i].run_id);
+                }
+            };
+            if stopped {
+                withdraw_all(&mut outcome);
                 continue;
             }
+            // The dependency: afterok on exact jobs, or aftercorr on whole arrays.
+            let dependency = match submission {
+                Submission::Single(i) => {
+                    let p = &batch[*i];
+                    let mut deps = Vec::new();
+                    let mut missing = false;
+                    for d in &p.depends_on {
+                        match job_of.get(d) {
+                            Some(job) => deps.push(job.clone()),
+                            None if in_batch.contains(d) => missing = true,
+                            // Upstream finished since planning (succeeded): nothing to wait for.
+                            None => {}
+                        }
+                    }
+                    if missing {
+                        // An upstream run of this batch was not submitted: a later sync.
+                        withdraw_all(&mut outcome);
+                        continue;
+                    }
+                    (!deps.is_empty()).then(|| format!("afterok:{}", deps.join(":")))
+                }
+                Submission::Array { after, .. } => {
+                    let ids: Option<Vec<&String>> =
+                        after.iter().map(|a| array_job.get(a)).collect();
+                    match ids {
+                        None => {
+                            withdraw_all(&mut outcome);
+                            continue;
+                        }
+                        Some(ids) if ids.is_empty() => None,
+                        Some(ids) => Some(format!(
+                            "aftercorr:{}",
+                            ids.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(":")
+                        )),
+                    }
+                }
+            };
+            let (name, script) = match submission {
+                Submission::Single(i) => (
+                    batch[*i].key.job_name(),
+                    batch[*i].script_path.to_string_lossy().into_owned(),
+                ),
+                Submission::Array { members, .. } => {
+                    let path = self.write_array_script(store, batch, members)?;
+                    (
+                        format!("nf-{}-array", batch[members[0].0].key.pipeline),
+                        path.to_string_lossy().into_owned(),
+                    )
+                }
+            };
             let mut args = vec![
                 "--parsable".to_string(),
-                format!("--job-name={}", p.key.job_name()),
+                format!("--job-name={name}"),
                 "--kill-on-invalid-dep=yes".into(),
             ];
-            if !deps.is_empty() {
-                args.push(format!("--dependency=afterok:{}", deps.join(":")));
+            if let Some(dep) = dependency {
+                args.push(format!("--dependency={dep}"));
             }
             args.extend(self.cluster_args());
-            args.push(p.script_path.to_string_lossy().into_owned());
+            args.push(script);
             let result = self.call("sbatch", &args);
             #[cfg(debug_assertions)]
-            let result = fault_point(result, index);
-            let _ = index;
+            let result = fault_point(result, calls);
+            calls += 1;
             match result {
                 Ok(out) => match parse::parse_sbatch_parsable(&out) {
                     Ok(job) => {
-                        job_of.insert(p.run_id, job.job_id.clone());
-                        outcome.submitted.push((p.run_id, job.job_id.clone()));
-                        pending_updates.push(RunUpdate {
-                            run_id: p.run_id,
-                            state: Some(RunState::Pending),
-                            job_id: Some(job.job_id),
-                            submitted_at: Some(now),
-                            ..Default::default()
-                        });
+                        if matches!(submission, Submission::Array { .. }) {
+                            array_job.insert(sub_index, job.job_id.clone());
+                        }
+                        for &(i, task) in &members {
+                            let id = match task {
+                                Some(t) => format!("{}_{t}", job.job_id),
+                                None => job.job_id.clone(),
+                            };
+                            let run_id = batch[i].run_id;
+                            job_of.insert(run_id, id.clone());
+                            outcome.submitted.push((run_id, id.clone()));
+                            pending_updates.push(RunUpdate {
+                                run_id,
+                                state: Some(RunState::Pending),
+                                job_id: Some(id),
+                                submitted_at: Some(now),
+                                ..Default::default()
+                            });
+                        }
                         if pending_updates.len() >= 100 {
                             store.apply(&pending_updates, &[], now)?;
                             pending_updates.clear();
@@ -569,39 +753,38 @@ impl Executor for SlurmExecutor {
                     Err(e) => {
                         // Queued, but the answer is unreadable: leave it `submitting` for adoption.
                         tracing::warn!("unreadable sbatch answer: {e}");
-                        stop = Some(format!("unreadable sbatch answer: {e}"));
+                        stopped = true;
                     }
                 },
                 Err(CallError::Failed(msg)) if parse::is_submit_limit(&msg) => {
                     // A submit limit means "later", not "failed".
-                    outcome.withdrawn.push(p.run_id);
-                    stop = Some(String::new());
                     tracing::info!("submit limit reached: {msg}");
+                    withdraw_all(&mut outcome);
+                    stopped = true;
                 }
                 Err(CallError::Transient(msg)) | Err(CallError::Spawn(msg)) => {
-                    // The job may be queued all the same: the run stays `submitting`
-                    // and the next sync adopts it by token or resubmits it.
-                    outcome.unreachable = Some(msg.clone());
-                    stop = Some(msg);
+                    // The job may be queued all the same: these runs stay
+                    // `submitting` and the next sync adopts them by token or
+                    // resubmits them.
+                    outcome.unreachable = Some(msg);
+                    stopped = true;
                 }
                 Err(CallError::Failed(msg)) => {
-                    pending_updates.push(RunUpdate {
-                        run_id: p.run_id,
-                        state: Some(RunState::Failed),
-                        reason: Some(format!("sbatch refused it: {msg}")),
-                        ended_at: Some(now),
-                        ..Default::default()
-                    });
-                    outcome.rejected.push((p.run_id, msg));
+                    for &(i, _) in &members {
+                        pending_updates.push(RunUpdate {
+                            run_id: batch[i].run_id,
+                            state: Some(RunState::Failed),
+                            reason: Some(format!("sbatch refused it: {msg}")),
+                            ended_at: Some(now),
+                            ..Default::default()
+                        });
+                        outcome.rejected.push((batch[i].run_id, msg.clone()));
+                    }
                 }
             }
         }
         // Failed submissions go through the failure policy like any failure.
         engine::apply_updates(&self.config, store, &pending_updates, now)?;
-        if stop.as_deref() == Some("") {
-            stop = None;
-        }
-        let _ = stop;
         Ok(outcome)
     }
 

@@ -1,5 +1,6 @@
 //! The Slurm executor: `run_*` functions do I/O, `parse_*` functions are pure.
 
+pub mod arrays;
 mod executor;
 pub mod parse;
 
