@@ -298,12 +298,20 @@ pub fn follow(
         );
         bar
     };
-    let base = Duration::from_secs(config.site.scheduler.poll_interval_s.max(1));
-    let mut interval = if config.executor == ExecutorKind::Local {
+    // Slurm: from the site's poll_interval, growing by half while nothing
+    // changes, up to 8 times it (squeue and sacct are RPCs on a shared
+    // controller). Local: the state is a file here, look often.
+    let base = if config.executor == ExecutorKind::Local {
         Duration::from_millis(500)
     } else {
-        Duration::from_secs(2).min(base)
+        Duration::from_secs(config.site.scheduler.poll_interval_s.max(1))
     };
+    let cap = if config.executor == ExecutorKind::Local {
+        base * 2
+    } else {
+        base * 8
+    };
+    let mut interval = base;
     let mut last_done = 0;
     loop {
         {
@@ -348,11 +356,11 @@ pub fn follow(
             return Ok(if failed.is_empty() { 0 } else { 3 });
         }
         // Poll less often while nothing changes, never slower than the site's interval.
-        if done == last_done {
-            interval = (interval * 3 / 2).min(base.max(Duration::from_secs(1)));
-        } else if config.executor == ExecutorKind::Local {
-            interval = Duration::from_millis(500);
-        }
+        interval = if done == last_done {
+            (interval * 3 / 2).min(cap)
+        } else {
+            base
+        };
         last_done = done;
         let until = Instant::now() + interval;
         while Instant::now() < until {

@@ -25,6 +25,7 @@ const TOP_KEYS: &[&str] = &[
     "pipelines",
     "retry",
     "local",
+    "notifications",
 ];
 const PATHS_KEYS: &[&str] = &[
     "dicom_root",
@@ -51,6 +52,7 @@ const RETRY_KEYS: &[&str] = &[
 const OOM_KEYS: &[&str] = &["mem_factor", "max_mem"];
 const TIMEOUT_KEYS: &[&str] = &["time_factor", "max_time"];
 const LOCAL_KEYS: &[&str] = &["cpus", "mem"];
+const NOTIFICATIONS_KEYS: &[&str] = &["webhook", "command", "events", "unreachable_after"];
 const RESOURCE_KEYS: &[&str] = &["cpus", "mem", "time", "gpus"];
 const PIPELINE_OWN_KEYS: &[&str] = &[
     "level",
@@ -127,6 +129,7 @@ pub(crate) fn load_config(text: &str, file: &Path, env: EnvLookup) -> Result<Con
     let discovery = read_discovery(&ctx, top.get("discovery"), &dir)?;
     let retry = read_retry(&ctx, top.get("retry"))?;
     let local = read_local(&ctx, top.get("local"))?;
+    let notifications = read_notifications(&ctx, top.get("notifications"))?;
     let pipelines = read_pipelines(&ctx, top.get("pipelines"), &dir, &site, &retry)?;
 
     Ok(Config {
@@ -140,6 +143,7 @@ pub(crate) fn load_config(text: &str, file: &Path, env: EnvLookup) -> Result<Con
         pipelines,
         retry,
         local,
+        notifications,
     })
 }
 
@@ -450,6 +454,74 @@ fn read_local(ctx: &Ctx, v: Option<Val>) -> Result<LocalLimits, ConfigError> {
         }
     }
     Ok(limits)
+}
+
+fn read_notifications(ctx: &Ctx, v: Option<Val>) -> Result<Notifications, ConfigError> {
+    let mut n = Notifications::default();
+    let Some(v) = v else {
+        return Ok(n);
+    };
+    let m = Map::open(ctx, v.node, v.path, NOTIFICATIONS_KEYS)?;
+    if let Some(v) = m.get("webhook") {
+        // `$VAR` is expanded, so the URL (a secret) can live in the environment.
+        let url = v.string(ctx)?;
+        let url = url.trim();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ctx.src.at(
+                v.loc(),
+                v.path,
+                format!("`{}` must be an `http://` or `https://` URL, found `{url}`", v.path),
+                Some(
+                    "write the incoming-webhook URL, e.g. `https://hooks.slack.com/services/…`"
+                        .to_string(),
+                ),
+            ));
+        }
+        n.webhook = Some(url.to_string());
+    }
+    if let Some(v) = m.get("command") {
+        // A shell command: `$1` and `$VAR` belong to the shell, as in pipeline commands.
+        let command = v.raw_str(ctx)?.trim().to_string();
+        if command.is_empty() {
+            return Err(ctx.src.at(
+                v.loc(),
+                v.path,
+                format!("`{}` is empty", v.path),
+                Some(
+                    "write a command such as `mail -s \"$1\" you@example.org` \
+                     (the subject is `$1`, the message comes on standard input), or omit the key"
+                        .to_string(),
+                ),
+            ));
+        }
+        n.command = Some(command);
+    }
+    if let Some(v) = m.get("events") {
+        let mut events = Vec::new();
+        for (text, loc, path) in v.raw_list(ctx)? {
+            let Some(event) = NotifyEvent::parse(text.trim()) else {
+                let names: Vec<&str> = NotifyEvent::ALL.iter().map(|e| e.as_str()).collect();
+                let hint = match closest(text.trim(), &names) {
+                    Some(near) => format!("did you mean `{near}`? the events are {}", backticked(&names)),
+                    None => format!("the events are {}", backticked(&names)),
+                };
+                return Err(ctx.src.at(
+                    loc,
+                    &path,
+                    format!("`{path}` is not an event: `{text}`"),
+                    Some(hint),
+                ));
+            };
+            if !events.contains(&event) {
+                events.push(event);
+            }
+        }
+        n.events = events;
+    }
+    if let Some(v) = m.get("unreachable_after") {
+        n.unreachable_after = v.u32_min(ctx, 1)?;
+    }
+    Ok(n)
 }
 
 /// `MemTotal` from `/proc/meminfo`, in MB.

@@ -836,3 +836,57 @@ fn bad_env_name() {
     let text = format!("{MINIMAL}pipelines:\n  a:\n    command: x\n    env: {{ 1BAD: x }}\n");
     insta::assert_snapshot!("bad_env_name", err(&text));
 }
+
+#[test]
+fn notifications_default_to_no_channel_and_every_event() {
+    let n = ok(MINIMAL).notifications;
+    assert!(!n.enabled());
+    assert_eq!(n, Notifications::default());
+    assert_eq!(n.events, NotifyEvent::ALL.to_vec());
+    assert_eq!(n.unreachable_after, 3);
+}
+
+#[test]
+fn notifications_block_is_read() {
+    let c = ok(&format!(
+        "{MINIMAL}notifications:\n  webhook: https://hooks.example.org/$USER\n  command: mail -s \"$1\" $USER@example.org\n  events: [failed, unreachable]\n  unreachable_after: 5\n"
+    ));
+    let n = c.notifications;
+    assert!(n.enabled());
+    // The URL is expanded; the command is the shell's, kept as written.
+    assert_eq!(n.webhook.as_deref(), Some("https://hooks.example.org/ada"));
+    assert_eq!(
+        n.command.as_deref(),
+        Some("mail -s \"$1\" $USER@example.org")
+    );
+    assert_eq!(n.events, vec![NotifyEvent::Failed, NotifyEvent::Unreachable]);
+    assert!(!n.wants(NotifyEvent::Finished));
+    assert_eq!(n.unreachable_after, 5);
+    // A single event is a list of one.
+    let c = ok(&format!("{MINIMAL}notifications:\n  command: cat\n  events: failed\n"));
+    assert_eq!(c.notifications.events, vec![NotifyEvent::Failed]);
+}
+
+#[test]
+fn bad_notifications() {
+    insta::assert_snapshot!(
+        "bad_notify_event",
+        err(&format!(
+            "{MINIMAL}notifications:\n  command: cat\n  events: [failed, finshed]\n"
+        ))
+    );
+    insta::assert_snapshot!(
+        "bad_notify_webhook",
+        err(&format!("{MINIMAL}notifications:\n  webhook: hooks.example.org/x\n"))
+    );
+    insta::assert_snapshot!(
+        "bad_notify_key",
+        err(&format!("{MINIMAL}notifications:\n  webhok: https://x\n"))
+    );
+    insta::assert_snapshot!(
+        "bad_notify_unreachable_after",
+        err(&format!(
+            "{MINIMAL}notifications:\n  command: cat\n  unreachable_after: 0\n"
+        ))
+    );
+}

@@ -36,6 +36,9 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// Local executor limits (`local:` block); defaults to this machine.
     pub local: LocalLimits,
+    /// Where `sync` reports failures, finished pipelines and an unreachable
+    /// cluster (`notifications:` block); no channel when the block is absent.
+    pub notifications: Notifications,
 }
 
 impl Config {
@@ -197,4 +200,73 @@ pub struct RetryPolicy {
 pub struct LocalLimits {
     pub cpus: u32,
     pub mem_mb: u64,
+}
+
+/// What `sync` tells people about, and how (`notifications:` block).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notifications {
+    /// Slack-style incoming webhook: a JSON POST `{"text": "..."}`.
+    pub webhook: Option<String>,
+    /// A shell command (run by `sh -c`): the subject is `$1`, the message is
+    /// on its standard input.
+    pub command: Option<String>,
+    /// The events to report; all of them unless the config narrows it.
+    pub events: Vec<NotifyEvent>,
+    /// Consecutive syncs that could not reach the cluster before saying so.
+    pub unreachable_after: u32,
+}
+
+impl Default for Notifications {
+    fn default() -> Notifications {
+        Notifications {
+            webhook: None,
+            command: None,
+            events: NotifyEvent::ALL.to_vec(),
+            unreachable_after: 3,
+        }
+    }
+}
+
+impl Notifications {
+    /// True when at least one channel (webhook or command) is set.
+    pub fn enabled(&self) -> bool {
+        self.webhook.is_some() || self.command.is_some()
+    }
+
+    pub fn wants(&self, event: NotifyEvent) -> bool {
+        self.events.contains(&event)
+    }
+}
+
+/// A kind of notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NotifyEvent {
+    /// A unit reached `failed`: its attempts are exhausted.
+    Failed,
+    /// A pipeline has nothing left to run: every unit is done, failed,
+    /// blocked, cancelled or invalid.
+    Finished,
+    /// The cluster did not answer for `unreachable_after` syncs in a row (and
+    /// answers again).
+    Unreachable,
+}
+
+impl NotifyEvent {
+    pub const ALL: [NotifyEvent; 3] = [
+        NotifyEvent::Failed,
+        NotifyEvent::Finished,
+        NotifyEvent::Unreachable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyEvent::Failed => "failed",
+            NotifyEvent::Finished => "finished",
+            NotifyEvent::Unreachable => "unreachable",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<NotifyEvent> {
+        NotifyEvent::ALL.into_iter().find(|e| e.as_str() == text)
+    }
 }

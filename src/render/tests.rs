@@ -150,6 +150,7 @@ fn config(runtime: ContainerRuntime) -> Config {
             cpus: 2,
             mem_mb: 4096,
         },
+        notifications: Default::default(),
     }
 }
 
