@@ -116,9 +116,14 @@ pub enum Command {
     },
     /// What cron runs: discover, reconcile, apply retries, submit what is due
     #[command(
-        after_help = "Examples:\n  nfslurm sync\n  nfslurm sync -q    # cron: silent unless something changed"
+        after_help = "Examples:\n  nfslurm sync                  prints one line per change, nothing when nothing changed\n  nfslurm sync --json           the changes as data\n  nfslurm cron install          run it from cron every 15 minutes"
     )]
-    Sync,
+    Sync {
+        /// Append this run's output and errors, time-stamped, to FILE, rotated
+        /// past 1 MiB (what the crontab line of `nfslurm cron install` uses)
+        #[arg(long, value_name = "FILE", hide = true)]
+        log: Option<PathBuf>,
+    },
     /// Per-pipeline counts, runs, or the sessions x pipelines matrix
     #[command(
         after_help = "Examples:\n  nfslurm status\n  nfslurm status runs --state failed\n  nfslurm status matrix\n  nfslurm status --json"
@@ -197,14 +202,16 @@ pub enum Command {
     },
     /// Manage the crontab line that runs `nfslurm sync` (no root needed)
     #[command(
-        after_help = "Examples:\n  nfslurm cron install --every 15m\n  nfslurm cron show\n  nfslurm cron remove"
+        after_help = "Examples:\n  nfslurm cron install               every 15 minutes, logging to <state_dir>/cron.log\n  nfslurm cron install --every 1h\n  nfslurm cron show\n  nfslurm cron remove\n\nThe line is in your own crontab on this login node; other entries are left alone."
     )]
     Cron {
         #[command(subcommand)]
         action: CronAction,
     },
     /// Check config, templates, Slurm tools, cluster, images, paths, state and cron
-    #[command(after_help = "Examples:\n  nfslurm doctor\n  nfslurm doctor --json")]
+    #[command(
+        after_help = "Examples:\n  nfslurm doctor\n  nfslurm doctor --executor local   checks for a laptop run\n  nfslurm doctor --json\n\nEach line is `ok`, `warn` or `fail`, with a hint; the exit code is 1 if any check fails."
+    )]
     Doctor,
     /// Print a shell completion script
     #[command(
@@ -219,8 +226,11 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum CronAction {
     /// Add (or update) this study's line in the user's crontab
+    #[command(
+        after_help = "Examples:\n  nfslurm cron install\n  nfslurm cron install --every 5m\n  nfslurm cron install --every 6h"
+    )]
     Install {
-        /// How often: 5m, 15m, 1h, … (whole minutes or hours)
+        /// How often: minutes that divide an hour (5m, 15m, 30m) or hours that divide a day (1h, 6h, 24h)
         #[arg(long, default_value = "15m")]
         every: String,
     },

@@ -10,6 +10,7 @@ pub mod config;
 pub mod engine;
 pub mod executor;
 pub mod model;
+pub mod notify;
 pub mod output;
 pub mod plan;
 pub mod render;

@@ -4,12 +4,41 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use nfslurm::cli::{Cli, Command, ExecutorArg, StatusView, WorkerAction};
+use nfslurm::cli::{Cli, Command, CronAction, ExecutorArg, StatusView, WorkerAction};
 use nfslurm::commands::{self, Failure, SelectionSpec, Settings};
 use nfslurm::config::ExecutorKind;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A closed pipe (`nfslurm status | head`) ends the process quietly, as
+    // for any Unix filter, instead of a panic in `println!`.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // Usage errors are user errors: exit 1 (2 means "cluster unreachable").
+            let code = if err.use_stderr() { 1 } else { 0 };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
+    // Under cron, `sync --log FILE` sends its own output, time-stamped, to a
+    // rotated log; set up first, so that logging and errors go there too.
+    let log = match &cli.command {
+        Command::Sync { log: Some(path) } => match commands::cron::SyncLog::start(path) {
+            Ok(log) => Some(log),
+            Err(err) => {
+                eprintln!("error: cannot write the log `{}`: {err}", path.display());
+                eprintln!(
+                    "hint: check that its folder is writable, or run `nfslurm cron install` again"
+                );
+                return ExitCode::from(1);
+            }
+        },
+        _ => None,
+    };
     init_tracing(cli.global.verbose, cli.global.quiet, cli.global.no_color);
     nfslurm::output::init_color(cli.global.no_color);
     let start = std::time::Instant::now();
@@ -23,10 +52,14 @@ fn main() -> ExitCode {
         elapsed_ms = start.elapsed().as_millis() as u64,
         "slurm calls"
     );
-    match result {
+    let code = match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(err) => report(&err),
+    };
+    if let Some(log) = log {
+        log.finish();
     }
+    code
 }
 
 fn init_tracing(verbose: u8, quiet: bool, no_color: bool) {
@@ -108,7 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             dry_run,
             wait,
         } => commands::submit::run_submit(&settings, &selection(&s), force, dry_run, wait),
-        Command::Sync => commands::submit::run_sync(&settings),
+        Command::Sync { log: _ } => commands::submit::run_sync(&settings),
         Command::Status {
             view,
             selection: s,
@@ -143,7 +176,14 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             WorkerAction::Status => commands::worker::status(&settings),
             WorkerAction::Run => commands::worker::run(&settings),
         },
-        Command::Cron { action } => commands::cron::run(&settings, action),
+        Command::Cron { action } => {
+            let action = match action {
+                CronAction::Install { every } => commands::cron::CronSettings::Install { every },
+                CronAction::Show => commands::cron::CronSettings::Show,
+                CronAction::Remove => commands::cron::CronSettings::Remove,
+            };
+            commands::cron::run(&settings, action)
+        }
         Command::Doctor => commands::doctor::run(&settings),
         Command::Completions { shell } => {
             clap_complete::generate(

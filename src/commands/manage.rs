@@ -157,29 +157,31 @@ pub fn retry(
         println!("nothing to retry");
         return Ok(0);
     }
-    // Submit them and their downstream chain.
-    let snapshot = store.snapshot()?;
-    let mut request = Request::default();
-    request.selection.pipelines.clear();
-    let plan = plan::plan(&config, &snapshot, engine::now(), &request);
-    let renderer =
-        crate::render::Renderer::new(&config).map_err(|e| Failure::user(e.to_string(), None))?;
-    let mut exec = super::make_executor(&config);
-    let (rows, _) = engine::submit_actions(
-        &config,
-        &mut store,
-        exec.as_mut(),
-        &plan,
-        &snapshot,
-        &renderer,
-        now,
-    )?;
+    // Submit them and their downstream chain: their subjects' due units.
+    let mut subjects: Vec<crate::model::Label> = chosen.iter().map(|k| k.subject.clone()).collect();
+    subjects.sort();
+    subjects.dedup();
+    let request = Request {
+        selection: crate::plan::Selection {
+            subjects,
+            ..Default::default()
+        },
+        force: false,
+    };
+    let submitted = super::submit::submit_request(&config, &mut store, &request)?;
+    let rows = &submitted.rows;
     drop(lock);
     if !settings.quiet {
         for k in &chosen {
             println!("retrying {k}");
         }
         println!("{} runs submitted", rows.len());
+    }
+    submitted.report_problems(settings);
+    if let Some(err) = submitted
+        .failure("the budgets are reset: `nfslurm sync` submits them once the cluster answers")
+    {
+        return Err(err);
     }
     Ok(0)
 }

@@ -1,16 +1,22 @@
 //! `nfslurm status`: the summary, `runs`, and `matrix`, for people and `--json`.
+//!
+//! Views are rendered to a string first, so that `--watch` can redraw in
+//! place (cursor home, each line cleared to its end, the rest of the screen
+//! cleared) without the flicker of clearing the whole screen. Colour only on
+//! a terminal (see `output`). The JSON fields are a contract (SPEC §4).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
+use comfy_table::{CellAlignment, Table};
 use serde_json::json;
 
 use super::{Failure, SelectionSpec, Settings};
 use crate::config::Config;
 use crate::engine;
-use crate::model::{Label, RunState, UnitState};
+use crate::model::{Label, Level, RunState, UnitState};
 use crate::output;
-use crate::plan::{self, Plan, Request, Selection};
+use crate::plan::{self, Plan, Request, Selection, UnitPlan};
 use crate::state::{RunRow, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +24,27 @@ pub enum View {
     Summary,
     Runs,
     Matrix,
+}
+
+/// A rendered view: text for people or a JSON document.
+enum Rendered {
+    Text(String),
+    Json(serde_json::Value),
+}
+
+/// The width views try to fit: the terminal's, else 80.
+fn width() -> usize {
+    terminal_width().unwrap_or(80)
+}
+
+fn terminal_width() -> Option<usize> {
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    // SAFETY: TIOCGWINSZ fills a winsize struct; the result is checked.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) } == 0;
+    (ok && ws.ws_col > 0).then_some(ws.ws_col as usize)
 }
 
 pub fn run(
@@ -36,29 +63,57 @@ pub fn run(
         };
         if !ok {
             let words: Vec<&str> = UnitState::ALL.iter().map(|s| s.as_str()).collect();
+            let runs: Vec<&str> = RunState::ALL.iter().map(|s| s.as_str()).collect();
+            let hint = match view {
+                View::Runs => format!(
+                    "run states: {}; unit states: {}",
+                    runs.join(", "),
+                    words.join(", ")
+                ),
+                _ => format!("unit states: {}", words.join(", ")),
+            };
             return Err(Failure::user(
                 format!("`--state {s}` is not a state"),
-                Some(&format!("unit states: {}", words.join(", "))),
+                Some(&hint),
             ));
         }
     }
-    match watch {
-        None => render(settings, &config, view, &selection, states),
-        Some(secs) => loop {
-            let mut out = std::io::stdout();
-            // Clear the screen and go home, then draw.
-            let _ = write!(out, "\x1b[2J\x1b[H");
-            println!(
-                "{}",
-                output::dim(&format!(
-                    "every {secs}s: nfslurm status   {}",
-                    output::local_time(engine::now())
-                ))
-            );
-            render(settings, &config, view, &selection, states)?;
-            let _ = out.flush();
-            std::thread::sleep(std::time::Duration::from_secs(secs.max(1)));
-        },
+    let Some(secs) = watch else {
+        match render(settings, &config, view, &selection, states)? {
+            Rendered::Text(text) => print!("{text}"),
+            Rendered::Json(value) => output::print_json(&value),
+        }
+        return Ok(0);
+    };
+    let secs = secs.max(1);
+    let live = std::io::stdout().is_terminal();
+    let mut out = std::io::stdout();
+    if live && !settings.json {
+        write!(out, "\x1b[2J")?;
+    }
+    loop {
+        let rendered = render(settings, &config, view, &selection, states)?;
+        let title = format!(
+            "every {secs}s: nfslurm status   {}   (Ctrl-C to stop)",
+            output::local_time(engine::now())
+        );
+        match rendered {
+            // One document per line, for a consumer reading a stream.
+            Rendered::Json(value) => writeln!(out, "{value}")?,
+            Rendered::Text(text) if live => {
+                // Home, then every line cleared to its end, then the rest.
+                let mut frame = format!("\x1b[H{}\x1b[K\n\x1b[K\n", output::dim(&title));
+                for line in text.lines() {
+                    frame.push_str(line);
+                    frame.push_str("\x1b[K\n");
+                }
+                frame.push_str("\x1b[J");
+                write!(out, "{frame}")?;
+            }
+            Rendered::Text(text) => write!(out, "{title}\n\n{text}\n")?,
+        }
+        out.flush()?;
+        std::thread::sleep(std::time::Duration::from_secs(secs));
     }
 }
 
@@ -68,26 +123,116 @@ fn render(
     view: View,
     selection: &Selection,
     states: &[String],
-) -> anyhow::Result<i32> {
+) -> anyhow::Result<Rendered> {
     let (store, snapshot) = super::read_snapshot(config)?;
-    let plan = plan::plan(config, &snapshot, engine::now(), &Request::default());
+    let now = engine::now();
+    let plan = plan::plan(config, &snapshot, now, &Request::default());
     let wanted = |state: UnitState| states.is_empty() || states.iter().any(|s| s == state.as_str());
-    match view {
-        View::Summary => summary(settings, config, &plan, selection, &wanted),
+    Ok(match view {
+        View::Summary => summary(settings, config, &plan, store.as_ref(), selection, &wanted),
         View::Matrix => matrix(settings, config, &plan, selection, &wanted),
-        View::Runs => runs(settings, store.as_ref(), selection, states)?,
+        View::Runs => runs(settings, config, store.as_ref(), selection, states, now)?,
+    })
+}
+
+/// The summary's state columns, in reading order (SPEC §3's words).
+const SUMMARY_STATES: [UnitState; 10] = [
+    UnitState::Done,
+    UnitState::Running,
+    UnitState::Queued,
+    UnitState::Waiting,
+    UnitState::Retrying,
+    UnitState::Failed,
+    UnitState::Blocked,
+    UnitState::Stale,
+    UnitState::Cancelled,
+    UnitState::Invalid,
+];
+
+/// Short column headers, used when the full words do not fit.
+fn short_header(state: UnitState) -> &'static str {
+    match state {
+        UnitState::Done => "done",
+        UnitState::Running => "run",
+        UnitState::Queued => "queue",
+        UnitState::Waiting => "wait",
+        UnitState::Retrying => "retry",
+        UnitState::Failed => "fail",
+        UnitState::Blocked => "block",
+        UnitState::Stale => "stale",
+        UnitState::Cancelled => "cancel",
+        UnitState::Invalid => "inval",
     }
-    Ok(0)
+}
+
+/// The widest line of a table as printed.
+fn table_width(table: &Table) -> usize {
+    table
+        .to_string()
+        .lines()
+        .map(|l| strip_ansi(l.trim_end()).chars().count())
+        .max()
+        .unwrap_or(0)
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A table as text, each line right-trimmed and without the one space of
+/// padding before the first column.
+fn table_text(table: &Table) -> String {
+    let mut out = String::new();
+    for line in table.to_string().lines() {
+        let line = line.trim_end();
+        out.push_str(line.strip_prefix(' ').unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// Cuts `text` to `max` characters with `…` (on a terminal only).
+fn fit(text: &str, max: Option<usize>) -> String {
+    match max {
+        Some(max) if text.chars().count() > max && max > 1 => {
+            let mut s: String = text.chars().take(max - 1).collect();
+            s.push('…');
+            s
+        }
+        _ => text.to_string(),
+    }
+}
+
+fn ago(secs: i64) -> String {
+    if secs < 60 {
+        "just now".into()
+    } else {
+        format!("{} ago", output::duration(secs))
+    }
 }
 
 fn summary(
     settings: &Settings,
     config: &Config,
     plan: &Plan,
+    store: Option<&Store>,
     selection: &Selection,
     wanted: &dyn Fn(UnitState) -> bool,
-) {
-    let units: Vec<_> = plan
+) -> Rendered {
+    let units: Vec<&UnitPlan> = plan
         .units
         .iter()
         .filter(|u| selection.matches(&u.key) && wanted(u.state))
@@ -118,75 +263,169 @@ fn summary(
                 })
             })
             .collect();
-        output::print_json(&json!({ "units": list, "counts": counts }));
-        return;
+        return Rendered::Json(json!({ "units": list, "counts": counts }));
     }
+    let mut out = String::new();
     if plan.units.is_empty() {
-        println!("no sessions registered yet: run `nfslurm discover` or `nfslurm sync`");
-        return;
+        out.push_str("no sessions registered yet: run `nfslurm discover` or `nfslurm sync`\n");
+        return Rendered::Text(out);
     }
-    let shown = [
-        UnitState::Done,
-        UnitState::Running,
-        UnitState::Queued,
-        UnitState::Waiting,
-        UnitState::Retrying,
-        UnitState::Failed,
-        UnitState::Blocked,
-        UnitState::Stale,
-        UnitState::Cancelled,
-        UnitState::Invalid,
-    ];
-    let mut header = vec!["pipeline", "level"];
-    header.extend(shown.iter().map(|s| s.as_str()));
-    header.push("total");
-    let mut table = output::table(&header);
-    for p in &config.pipelines {
-        let mine: Vec<_> = units.iter().filter(|u| u.key.pipeline == p.name).collect();
-        if mine.is_empty() && !selection.pipelines.is_empty() {
-            continue;
-        }
-        let mut row = vec![p.name.clone(), p.level.to_string()];
-        for s in shown {
-            let n = mine.iter().filter(|u| u.state == s).count();
-            row.push(if n == 0 {
-                output::dim("-")
-            } else if s == UnitState::Done {
-                n.to_string()
-            } else {
-                output::unit_state(s).replace(s.as_str(), &n.to_string())
-            });
-        }
-        row.push(mine.len().to_string());
-        table.add_row(row);
-    }
-    output::print_table(&table);
-    let attention: Vec<_> = units
+    let pipelines: Vec<_> = config
+        .pipelines
         .iter()
-        .filter(|u| {
-            matches!(
-                u.state,
-                UnitState::Failed | UnitState::Retrying | UnitState::Blocked
-            )
-        })
+        .filter(|p| selection.pipelines.is_empty() || selection.pipelines.contains(&p.name))
         .collect();
-    if !attention.is_empty() {
-        println!();
-        for u in attention.iter().take(20) {
-            println!(
-                "{} {}: {}",
-                output::unit_state(u.state),
-                u.key,
-                u.detail.as_deref().unwrap_or("")
-            );
+    let count = |pipeline: &str, state: UnitState| {
+        units
+            .iter()
+            .filter(|u| u.key.pipeline == pipeline && u.state == state)
+            .count()
+    };
+    // Only the states some pipeline has: the table stays narrow.
+    let shown: Vec<UnitState> = SUMMARY_STATES
+        .into_iter()
+        .filter(|&s| pipelines.iter().any(|p| count(&p.name, s) > 0))
+        .collect();
+    let build = |short: bool, with_level: bool| {
+        let mut header: Vec<&str> = vec!["pipeline"];
+        if with_level {
+            header.push("level");
         }
-        if attention.len() > 20 {
-            println!(
-                "… and {} more: `nfslurm status --state failed`",
-                attention.len() - 20
-            );
+        header.extend(
+            shown
+                .iter()
+                .map(|&s| if short { short_header(s) } else { s.as_str() }),
+        );
+        header.push("total");
+        let mut table = output::table(&header);
+        for p in &pipelines {
+            let mut row = vec![p.name.clone()];
+            if with_level {
+                row.push(p.level.to_string());
+            }
+            for &s in &shown {
+                let n = count(&p.name, s);
+                row.push(if n == 0 {
+                    output::dim("-")
+                } else if s == UnitState::Done {
+                    n.to_string()
+                } else {
+                    output::unit_state(s).replace(s.as_str(), &n.to_string())
+                });
+            }
+            let total = units.iter().filter(|u| u.key.pipeline == p.name).count();
+            row.push(total.to_string());
+            table.add_row(row);
+        }
+        let first_count = if with_level { 2 } else { 1 };
+        for i in first_count..header.len() {
+            if let Some(col) = table.column_mut(i) {
+                col.set_cell_alignment(CellAlignment::Right);
+            }
+        }
+        table
+    };
+    let max = width();
+    let table = [(false, true), (false, false), (true, false)]
+        .into_iter()
+        .map(|(short, level)| build(short, level))
+        .find(|t| table_width(t) <= max)
+        .unwrap_or_else(|| build(true, false));
+    out.push_str(&table_text(&table));
+
+    // What needs a person: failures one per line, blocked units grouped by
+    // the unit that blocks them, retries with their time.
+    let fit_to = terminal_width();
+    let mut notes: Vec<String> = Vec::new();
+    for u in units.iter().filter(|u| u.state == UnitState::Failed) {
+        notes.push(format!(
+            "{} {}: {}",
+            output::unit_state(u.state),
+            u.key,
+            u.detail.as_deref().unwrap_or("attempts used up")
+        ));
+    }
+    let mut blocked: BTreeMap<String, usize> = BTreeMap::new();
+    for u in units.iter().filter(|u| u.state == UnitState::Blocked) {
+        let by = u
+            .blocked_by
+            .as_ref()
+            .map(|k| k.to_string())
+            .unwrap_or_else(|| "an upstream unit".into());
+        *blocked.entry(by).or_default() += 1;
+    }
+    for (by, n) in &blocked {
+        let what = if *n == 1 { "unit waits" } else { "units wait" };
+        notes.push(format!(
+            "{} {n} {what} on {by}",
+            output::unit_state(UnitState::Blocked)
+        ));
+    }
+    for u in units.iter().filter(|u| u.state == UnitState::Retrying) {
+        notes.push(format!(
+            "{} {}: {}",
+            output::unit_state(u.state),
+            u.key,
+            u.detail.as_deref().unwrap_or("")
+        ));
+    }
+    if !notes.is_empty() {
+        out.push('\n');
+        let limit = 12;
+        for n in notes.iter().take(limit) {
+            out.push_str(&fit(n, fit_to));
+            out.push('\n');
+        }
+        if notes.len() > limit {
+            out.push_str(&format!(
+                "… and {} more: `nfslurm status --state failed`, `--state blocked`\n",
+                notes.len() - limit
+            ));
+        }
+        if units.iter().any(|u| u.state == UnitState::Failed) {
+            out.push_str(&output::dim(
+                "`nfslurm show UNIT` tells why; `nfslurm retry --failed` runs failed units again",
+            ));
+            out.push('\n');
         }
     }
+
+    // The queue and the last sync.
+    let in_flight = units
+        .iter()
+        .filter(|u| matches!(u.state, UnitState::Queued | UnitState::Running))
+        .count();
+    let mut footer = vec![format!(
+        "{in_flight} {} in flight (cap {})",
+        if in_flight == 1 { "job" } else { "jobs" },
+        config.site.scheduler.max_submitted
+    )];
+    let last = store.map(crate::notify::last_sync).unwrap_or_default();
+    match last.at {
+        Some(at) => footer.push(format!(
+            "last sync {} ({})",
+            output::local_time(at),
+            ago(engine::now() - at)
+        )),
+        None => footer.push("no sync yet".into()),
+    }
+    out.push('\n');
+    out.push_str(&output::dim(&footer.join(" · ")));
+    out.push('\n');
+    if last.unreachable_count > 0 {
+        let why = last.unreachable_error.as_deref().unwrap_or("no answer");
+        let syncs = if last.unreachable_count == 1 {
+            "the last sync".to_string()
+        } else {
+            format!("the last {} syncs", last.unreachable_count)
+        };
+        out.push_str(&fit(
+            &output::yellow(&format!("the cluster did not answer {syncs}: {why}")),
+            fit_to,
+        ));
+        out.push('\n');
+    }
+    Rendered::Text(out)
 }
 
 fn matrix(
@@ -195,7 +434,7 @@ fn matrix(
     plan: &Plan,
     selection: &Selection,
     wanted: &dyn Fn(UnitState) -> bool,
-) {
+) -> Rendered {
     // Rows: one per (subject, session); subject-level units fill every row of their subject.
     let mut rows: BTreeSet<(Label, Label)> = BTreeSet::new();
     let mut cell: BTreeMap<(String, Label, Option<Label>), UnitState> = BTreeMap::new();
@@ -215,11 +454,25 @@ fn matrix(
             u.state,
         );
     }
+    // A subject with only subject-level units still gets its row.
+    let with_rows: BTreeSet<Label> = rows.iter().map(|(s, _)| s.clone()).collect();
+    let lone: Vec<Label> = cell
+        .keys()
+        .filter(|(_, sub, ses)| ses.is_none() && !with_rows.contains(sub))
+        .map(|(_, sub, _)| sub.clone())
+        .collect();
     let pipelines: Vec<_> = config
         .pipelines
         .iter()
         .filter(|p| selection.pipelines.is_empty() || selection.pipelines.contains(&p.name))
         .collect();
+    let state_of = |p: &crate::config::Pipeline, sub: &Label, ses: Option<&Label>| {
+        let ses_key = match p.level {
+            Level::Session => ses.cloned(),
+            Level::Subject => None,
+        };
+        cell.get(&(p.name.clone(), sub.clone(), ses_key)).copied()
+    };
     if settings.json {
         let list: Vec<_> = rows
             .iter()
@@ -227,70 +480,107 @@ fn matrix(
                 let states: BTreeMap<&str, Option<&str>> = pipelines
                     .iter()
                     .map(|p| {
-                        let ses_key = match p.level {
-                            crate::model::Level::Session => Some(ses.clone()),
-                            crate::model::Level::Subject => None,
-                        };
                         (
                             p.name.as_str(),
-                            cell.get(&(p.name.clone(), sub.clone(), ses_key))
-                                .map(|s| s.as_str()),
+                            state_of(p, sub, Some(ses)).map(|s| s.as_str()),
                         )
                     })
                     .collect();
                 json!({"subject": sub, "session": ses, "states": states})
             })
             .collect();
-        output::print_json(&json!({ "rows": list }));
-        return;
+        return Rendered::Json(json!({ "rows": list }));
+    }
+    let mut out = String::new();
+    if cell.is_empty() {
+        out.push_str("no sessions registered yet: run `nfslurm discover` or `nfslurm sync`\n");
+        return Rendered::Text(out);
     }
     let mut header: Vec<String> = vec!["subject".into(), "session".into()];
-    header.extend(pipelines.iter().map(|p| truncate(&p.name, 10)));
+    header.extend(pipelines.iter().map(|p| fit(&p.name, Some(10))));
     let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
     let mut table = output::table(&header_refs);
-    for (sub, ses) in &rows {
-        let mut row = vec![format!("sub-{sub}"), format!("ses-{ses}")];
-        let mut any = false;
-        for p in &pipelines {
-            let ses_key = match p.level {
-                crate::model::Level::Session => Some(ses.clone()),
-                crate::model::Level::Subject => None,
-            };
-            match cell.get(&(p.name.clone(), sub.clone(), ses_key)) {
-                Some(&s) => {
-                    any |= wanted(s);
+    let mut present: BTreeSet<UnitState> = BTreeSet::new();
+    let mut last_subject: Option<Label> = None;
+    let mut all_rows: Vec<(Label, Option<Label>)> = rows
+        .iter()
+        .map(|(s, e)| (s.clone(), Some(e.clone())))
+        .collect();
+    all_rows.extend(lone.into_iter().map(|s| (s, None)));
+    all_rows.sort();
+    all_rows.dedup();
+    for (sub, ses) in &all_rows {
+        let cells: Vec<Option<UnitState>> = pipelines
+            .iter()
+            .map(|p| state_of(p, sub, ses.as_ref()))
+            .collect();
+        if !cells.iter().flatten().any(|&s| wanted(s)) {
+            continue;
+        }
+        // The subject is written once, on its first row.
+        let subject = if last_subject.as_ref() == Some(sub) {
+            String::new()
+        } else {
+            format!("sub-{sub}")
+        };
+        last_subject = Some(sub.clone());
+        let mut row = vec![
+            subject,
+            ses.as_ref().map(|s| format!("ses-{s}")).unwrap_or_default(),
+        ];
+        for c in cells {
+            match c {
+                Some(s) => {
+                    present.insert(s);
                     row.push(output::unit_symbol(s));
                 }
-                None => row.push(" ".into()),
+                None => row.push(String::new()),
             }
         }
-        if any {
-            table.add_row(row);
+        table.add_row(row);
+    }
+    for i in 2..header_refs.len() {
+        if let Some(col) = table.column_mut(i) {
+            col.set_cell_alignment(CellAlignment::Center);
         }
     }
-    output::print_table(&table);
-    let legend: Vec<String> = UnitState::ALL
+    out.push_str(&table_text(&table));
+    // The legend: the states on screen, in SPEC §3's order, wrapped to fit.
+    let entries: Vec<String> = UnitState::ALL
         .iter()
+        .filter(|s| present.contains(s))
         .map(|&s| format!("{} {}", output::unit_symbol(s), s.as_str()))
         .collect();
-    println!();
-    println!("{}", legend[..5].join("  "));
-    println!("{}", legend[5..].join("  "));
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_string()
-    } else {
-        let mut s: String = text.chars().take(max - 1).collect();
-        s.push('…');
-        s
+    out.push('\n');
+    let max = width();
+    let mut line = String::new();
+    let mut line_width = 0;
+    for e in entries {
+        let w = strip_ansi(&e).chars().count();
+        if line_width > 0 && line_width + 2 + w > max {
+            out.push_str(&line);
+            out.push('\n');
+            line.clear();
+            line_width = 0;
+        }
+        if line_width > 0 {
+            line.push_str("  ");
+            line_width += 2;
+        }
+        line.push_str(&e);
+        line_width += w;
     }
+    if !line.is_empty() {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    Rendered::Text(out)
 }
 
-fn efficiency(run: &RunRow) -> Option<String> {
+/// MaxRSS as a share of the memory asked for.
+fn efficiency(run: &RunRow) -> Option<u64> {
     let rss = run.max_rss_mb?;
-    (run.mem_mb > 0).then(|| format!("{}%", (rss as f64 * 100.0 / run.mem_mb as f64).round()))
+    (run.mem_mb > 0).then(|| (rss as f64 * 100.0 / run.mem_mb as f64).round() as u64)
 }
 
 pub fn run_json(run: &RunRow) -> serde_json::Value {
@@ -301,7 +591,6 @@ pub fn run_json(run: &RunRow) -> serde_json::Value {
         "session": run.key.session,
         "attempt": run.attempt,
         "job_id": run.job_id,
-        "token": run.token,
         "state": run.state.as_str(),
         "slurm_state": run.slurm_state,
         "exit_code": run.exit_code,
@@ -320,12 +609,43 @@ pub fn run_json(run: &RunRow) -> serde_json::Value {
     })
 }
 
+/// Elapsed time: as recorded, or so far for a running job.
+fn elapsed(run: &RunRow, now: i64) -> Option<i64> {
+    run.elapsed_s.or_else(|| {
+        (run.state == RunState::Running)
+            .then_some(run.started_at)
+            .flatten()
+            .map(|t| now - t)
+    })
+}
+
+/// What a person needs to know about why a run is in its state.
+fn run_reason(run: &RunRow) -> String {
+    let mut reason = run.reason.clone().unwrap_or_default();
+    if let Some(code) = run.exit_code
+        && code != 0
+        && !reason.contains("exit")
+    {
+        reason = if reason.is_empty() {
+            format!("exit {code}")
+        } else {
+            format!("exit {code}: {reason}")
+        };
+    }
+    if reason.is_empty() {
+        reason = run.plan_reason.clone();
+    }
+    reason
+}
+
 fn runs(
     settings: &Settings,
+    config: &Config,
     store: Option<&Store>,
     selection: &Selection,
     states: &[String],
-) -> anyhow::Result<()> {
+    now: i64,
+) -> anyhow::Result<Rendered> {
     let all = match store {
         Some(s) => s.all_runs()?,
         None => Vec::new(),
@@ -336,33 +656,90 @@ fn runs(
         .filter(|r| states.is_empty() || states.iter().any(|s| s == r.state.as_str()))
         .collect();
     if settings.json {
-        output::print_json(&json!({ "runs": runs.iter().map(run_json).collect::<Vec<_>>() }));
-        return Ok(());
+        return Ok(Rendered::Json(
+            json!({ "runs": runs.iter().map(run_json).collect::<Vec<_>>() }),
+        ));
     }
+    let mut out = String::new();
     if runs.is_empty() {
-        println!("no runs");
-        return Ok(());
+        out.push_str("no runs\n");
+        return Ok(Rendered::Text(out));
     }
-    let mut table = output::table(&[
-        "job", "unit", "try", "state", "slurm", "exit", "elapsed", "maxrss", "mem", "eff", "time",
-        "reason",
-    ]);
+    let mut table = output::table(&["job", "unit", "try", "state", "elapsed", "memory", "reason"]);
+    let reason_width = terminal_width().map(|w| w.saturating_sub(70).max(12));
     for r in &runs {
+        let memory = match (r.max_rss_mb, efficiency(r)) {
+            (Some(rss), Some(eff)) => format!(
+                "{}/{} {eff:>3}%",
+                output::megabytes(rss),
+                output::megabytes(r.mem_mb as i64)
+            ),
+            _ => format!("-/{}", output::megabytes(r.mem_mb as i64)),
+        };
+        let memory = if r.state == RunState::Oom {
+            output::red(&memory)
+        } else {
+            memory
+        };
         table.add_row(vec![
             r.job_id.clone().unwrap_or_else(|| "-".into()),
             r.key.to_string(),
             r.attempt.to_string(),
             output::run_state(r.state),
-            r.slurm_state.clone().unwrap_or_default(),
-            r.exit_code.map(|c| c.to_string()).unwrap_or_default(),
-            r.elapsed_s.map(output::duration).unwrap_or_default(),
-            r.max_rss_mb.map(output::megabytes).unwrap_or_default(),
-            output::megabytes(r.mem_mb as i64),
-            efficiency(r).unwrap_or_default(),
-            crate::config::format_slurm_time(r.time_limit_s),
-            r.reason.clone().unwrap_or_else(|| r.plan_reason.clone()),
+            elapsed(r, now).map(output::duration).unwrap_or_default(),
+            memory,
+            fit(&run_reason(r), reason_width),
         ]);
     }
-    output::print_table(&table);
-    Ok(())
+    for i in [2, 4, 5] {
+        if let Some(col) = table.column_mut(i) {
+            col.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    out.push_str(&table_text(&table));
+    // Per pipeline: the most memory a successful run used, against the ask.
+    let mut peaks: Vec<(&str, i64, u64)> = Vec::new();
+    for p in &config.pipelines {
+        let peak = runs
+            .iter()
+            .filter(|r| r.key.pipeline == p.name && r.state == RunState::Succeeded)
+            .filter_map(|r| r.max_rss_mb.map(|rss| (rss, r.mem_mb)))
+            .max_by_key(|(rss, _)| *rss);
+        if let Some((rss, mem)) = peak {
+            peaks.push((p.name.as_str(), rss, mem));
+        }
+    }
+    let by_state = {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in &runs {
+            *counts.entry(r.state.as_str()).or_default() += 1;
+        }
+        counts
+            .iter()
+            .map(|(s, n)| format!("{n} {s}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    out.push('\n');
+    let noun = if runs.len() == 1 { "run" } else { "runs" };
+    out.push_str(&output::dim(&format!("{} {noun}: {by_state}", runs.len())));
+    out.push('\n');
+    if !peaks.is_empty() {
+        let list: Vec<String> = peaks
+            .iter()
+            .map(|(p, rss, mem)| {
+                format!(
+                    "{p} {}/{}",
+                    output::megabytes(*rss),
+                    output::megabytes(*mem as i64)
+                )
+            })
+            .collect();
+        out.push_str(&output::dim(&format!(
+            "peak memory of successful runs: {}",
+            list.join(", ")
+        )));
+        out.push('\n');
+    }
+    Ok(Rendered::Text(out))
 }

@@ -9,7 +9,7 @@ use super::{Failure, SelectionSpec, Settings};
 use crate::config::{Config, ExecutorKind};
 use crate::engine::{self, SubmittedRun};
 use crate::executor::ExecError;
-use crate::model::{RunState, UnitKey};
+use crate::model::UnitKey;
 use crate::output;
 use crate::plan::{self, Dependency, Plan, Request};
 use crate::render::Renderer;
@@ -157,17 +157,61 @@ pub fn run_plan(settings: &Settings, spec: &SelectionSpec, force: bool) -> anyho
     Ok(0)
 }
 
-/// Submits what the request asks for; returns the rows and whether the cluster was reachable.
-fn submit_request(
+/// What a submission did, for the command to report.
+#[derive(Debug, Default)]
+pub struct Submitted {
+    pub rows: Vec<SubmittedRun>,
+    /// The cluster could not be reached (exit 2).
+    pub unreachable: Option<String>,
+    /// Runs sbatch refused (a bad request: exit 1).
+    pub rejected: Vec<(UnitKey, String)>,
+    /// Units left for a later sync by submit limits.
+    pub deferred: usize,
+}
+
+impl Submitted {
+    /// Says on stderr what did not go as planned (stdout stays data).
+    pub fn report_problems(&self, settings: &Settings) {
+        for (key, why) in &self.rejected {
+            eprintln!("error: {key} was refused: {why}");
+        }
+        if self.deferred > 0 && !settings.quiet {
+            eprintln!(
+                "{} {} for a later sync: a submit limit was reached (`max_submitted`, `max_concurrent` or the cluster's own)",
+                self.deferred,
+                if self.deferred == 1 {
+                    "unit waits"
+                } else {
+                    "units wait"
+                }
+            );
+        }
+    }
+
+    /// The exit error, if any: unreachable (2), then refused (1).
+    pub fn failure(&self, hint: &str) -> Option<anyhow::Error> {
+        if let Some(msg) = &self.unreachable {
+            return Some(Failure::unreachable(msg.clone(), Some(hint)));
+        }
+        (!self.rejected.is_empty()).then(|| {
+            Failure::user(
+                format!("sbatch refused {} run(s)", self.rejected.len()),
+                Some("fix the request (partition, account, resources) in the config; `nfslurm retry` submits them again"),
+            )
+        })
+    }
+}
+
+/// Submits what the request asks for.
+pub fn submit_request(
     config: &Config,
     store: &mut Store,
     request: &Request,
-) -> anyhow::Result<(Vec<SubmittedRun>, Option<String>)> {
+) -> anyhow::Result<Submitted> {
     let snapshot = store.snapshot()?;
-
     let plan = plan::plan(config, &snapshot, engine::now(), request);
     if plan.actions.is_empty() {
-        return Ok((Vec::new(), None));
+        return Ok(Submitted::default());
     }
     let renderer = Renderer::new(config).map_err(|e| Failure::user(e.to_string(), None))?;
     let mut executor = super::make_executor(config);
@@ -184,16 +228,25 @@ fn submit_request(
         engine::SubmitError::Exec(x) => exec_failure(x),
         other => anyhow::Error::new(other),
     })?;
-    for (run, why) in &outcome.rejected {
-        eprintln!("error: run {run} was refused: {why}");
-    }
-    if outcome.deferred > 0 {
-        println!(
-            "{} units wait for a later sync: `max_submitted` or `max_concurrent` reached",
-            outcome.deferred
-        );
-    }
-    Ok((rows, outcome.unreachable))
+    let rejected = outcome
+        .rejected
+        .iter()
+        .map(|(run, why)| {
+            let key = rows
+                .iter()
+                .find(|r| r.run_id == *run)
+                .map(|r| r.key.clone())
+                .or_else(|| store.run(*run).ok().map(|r| r.key));
+            (key, why.clone())
+        })
+        .filter_map(|(k, w)| k.map(|k| (k, w)))
+        .collect();
+    Ok(Submitted {
+        rows,
+        unreachable: outcome.unreachable,
+        rejected,
+        deferred: outcome.deferred,
+    })
 }
 
 fn print_submitted(settings: &Settings, rows: &[SubmittedRun]) {
@@ -251,66 +304,63 @@ pub fn run_submit(
     let lock = plan_lock(&config, true)?;
     let mut store = super::open_store(&config)?;
     reconcile_all(&config, &mut store)?;
-    let (rows, unreachable) = submit_request(&config, &mut store, &request)?;
+    let submitted = submit_request(&config, &mut store, &request)?;
     drop(lock);
-    print_submitted(settings, &rows);
-    if let Some(msg) = unreachable {
-        return Err(Failure::unreachable(
-            msg,
-            Some(
-                "the runs that reached the cluster are recorded; `nfslurm sync` submits the rest later",
-            ),
-        ));
+    print_submitted(settings, &submitted.rows);
+    submitted.report_problems(settings);
+    if let Some(err) = submitted.failure(
+        "the runs that reached the cluster are recorded; `nfslurm sync` submits the rest later",
+    ) {
+        return Err(err);
     }
     if wait {
         // Follow what was submitted and what of the selection was already in flight.
-        let mut ids: Vec<i64> = rows.iter().map(|r| r.run_id).collect();
+        let mut ids: Vec<i64> = submitted.rows.iter().map(|r| r.run_id).collect();
         for run in store.open_runs()? {
             if request.selection.matches(&run.key) && !ids.contains(&run.id) {
                 ids.push(run.id);
             }
         }
-        return follow(settings, &config, &mut store, ids);
+        return follow(settings, &config, &mut store, &request, ids);
     }
     Ok(0)
 }
 
-/// Follows runs until all have ended (and their retries, when due within the wait).
+/// A retry due within this long is waited for by `--wait`.
+const MAX_RETRY_WAIT_S: i64 = 15 * 60;
+
+/// Follows runs until they have all ended, submitting the retries that come
+/// due (and waiting for those due within 15 minutes) on the way. Exit 3 when
+/// a followed unit did not end `done`.
 pub fn follow(
     settings: &Settings,
     config: &Config,
     store: &mut Store,
-    ids: Vec<i64>,
+    request: &Request,
+    mut ids: Vec<i64>,
 ) -> anyhow::Result<i32> {
     if ids.is_empty() {
         return Ok(0);
     }
-    let total = ids.len() as u64;
-    let bar = if settings.quiet || settings.json {
-        indicatif::ProgressBar::hidden()
+    let multi = if settings.quiet || settings.json {
+        indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
     } else {
-        let bar = indicatif::ProgressBar::new(total);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
+        indicatif::MultiProgress::new()
     };
+    let style = indicatif::ProgressStyle::with_template("{prefix:>12} {bar:30} {pos}/{len} {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    // One bar per pipeline, in config order.
+    let mut bars: BTreeMap<usize, (String, indicatif::ProgressBar)> = BTreeMap::new();
     // Slurm: from the site's poll_interval, growing by half while nothing
     // changes, up to 8 times it (squeue and sacct are RPCs on a shared
     // controller). Local: the state is a file here, look often.
-    let base = if config.executor == ExecutorKind::Local {
+    let local = config.executor == ExecutorKind::Local;
+    let base = if local {
         Duration::from_millis(500)
     } else {
         Duration::from_secs(config.site.scheduler.poll_interval_s.max(1))
     };
-    let cap = if config.executor == ExecutorKind::Local {
-        base * 2
-    } else {
-        base * 8
-    };
+    let cap = if local { base * 2 } else { base * 8 };
     let mut interval = base;
     let mut last_done = 0;
     loop {
@@ -320,83 +370,185 @@ pub fn follow(
         }
         let runs = store.runs_by_ids(&ids)?;
         let done = runs.iter().filter(|r| !r.state.in_flight()).count();
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for r in &runs {
-            *counts.entry(r.state.as_str()).or_default() += 1;
-        }
-        bar.set_position(done as u64);
-        bar.set_message(
-            counts
+        for (index, pipeline) in config.pipelines.iter().enumerate() {
+            let mine: Vec<_> = runs
                 .iter()
-                .map(|(s, n)| format!("{s} {n}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-        );
-        if done == runs.len() {
-            bar.finish_and_clear();
-            let failed: Vec<_> = runs
-                .iter()
-                .filter(|r| r.state != RunState::Succeeded)
+                .filter(|r| r.key.pipeline == pipeline.name)
                 .collect();
-            if !settings.quiet && !settings.json {
-                println!(
-                    "{} of {} runs succeeded",
-                    runs.len() - failed.len(),
-                    runs.len()
-                );
-                for r in &failed {
-                    println!(
-                        "  {} {}: {}",
-                        r.key,
-                        output::run_state(r.state),
-                        r.reason.as_deref().unwrap_or("")
-                    );
+            if mine.is_empty() {
+                continue;
+            }
+            let (_, bar) = bars.entry(index).or_insert_with(|| {
+                let bar = multi.add(indicatif::ProgressBar::new(0));
+                bar.set_style(style.clone());
+                bar.set_prefix(pipeline.name.clone());
+                (pipeline.name.clone(), bar)
+            });
+            let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+            for r in &mine {
+                *counts.entry(r.state.as_str()).or_default() += 1;
+            }
+            bar.set_length(mine.len() as u64);
+            bar.set_position(mine.iter().filter(|r| !r.state.in_flight()).count() as u64);
+            bar.set_message(
+                counts
+                    .iter()
+                    .map(|(s, n)| format!("{s} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
+        }
+        let mut wait_until: Option<Instant> = None;
+        if done == runs.len() {
+            let now = engine::now();
+            let followed: HashSet<&UnitKey> = runs.iter().map(|r| &r.key).collect();
+            let plan = plan::plan(config, &store.snapshot()?, now, request);
+            if plan.actions.iter().any(|a| followed.contains(&a.key)) {
+                // Retries (and their chains) are due: submit them and go on.
+                let submitted = {
+                    let _lock = plan_lock(config, true)?;
+                    submit_request(config, store, request)?
+                };
+                submitted.report_problems(settings);
+                if let Some(err) = submitted
+                    .failure("the runs already submitted go on; `nfslurm sync` picks up the rest")
+                {
+                    multi.clear().ok();
+                    return Err(err);
+                }
+                ids.extend(submitted.rows.iter().map(|r| r.run_id));
+                continue;
+            }
+            let next_retry = plan
+                .units
+                .iter()
+                .filter(|u| {
+                    followed.contains(&u.key) && u.state == crate::model::UnitState::Retrying
+                })
+                .filter_map(|u| u.next_attempt_at)
+                .filter(|&t| t - now <= MAX_RETRY_WAIT_S)
+                .min();
+            match next_retry {
+                Some(t) => {
+                    for (_, bar) in bars.values() {
+                        bar.set_message(format!("next retry at {}", output::local_time(t)));
+                    }
+                    wait_until =
+                        Some(Instant::now() + Duration::from_secs((t - now).max(1) as u64));
+                }
+                None => {
+                    multi.clear().ok();
+                    return Ok(finish_follow(settings, &plan, &followed));
                 }
             }
-            return Ok(if failed.is_empty() { 0 } else { 3 });
         }
-        // Poll less often while nothing changes, never slower than the site's interval.
+        // Poll less often while nothing changes, never slower than 8 poll intervals.
         interval = if done == last_done {
             (interval * 3 / 2).min(cap)
         } else {
             base
         };
         last_done = done;
-        let until = Instant::now() + interval;
+        let until = wait_until.unwrap_or_else(|| Instant::now() + interval);
         while Instant::now() < until {
-            bar.tick();
+            for (_, bar) in bars.values() {
+                bar.tick();
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
 
+/// The end of `--wait`: how the followed units ended; 3 if any is not done.
+fn finish_follow(settings: &Settings, plan: &Plan, followed: &HashSet<&UnitKey>) -> i32 {
+    let units: Vec<_> = plan
+        .units
+        .iter()
+        .filter(|u| followed.contains(&u.key))
+        .collect();
+    let not_done: Vec<_> = units
+        .iter()
+        .filter(|u| u.state != crate::model::UnitState::Done)
+        .collect();
+    if !settings.quiet && !settings.json {
+        println!(
+            "{} of {} units done",
+            units.len() - not_done.len(),
+            units.len()
+        );
+        for u in &not_done {
+            println!(
+                "  {} {}: {}",
+                u.key,
+                output::unit_state(u.state),
+                u.detail.as_deref().unwrap_or("")
+            );
+        }
+    }
+    if not_done.is_empty() { 0 } else { 3 }
+}
+
 /// What `sync` reports: one line per change.
 fn describe_change(key: &UnitKey, row: &state::AuditRow) -> String {
     let old = row.old_state.as_deref().unwrap_or("-");
-    format!("{key}: {old} -> {} ({})", row.new_state, row.reason)
+    if row.reason.is_empty() {
+        format!("{key}: {old} -> {}", row.new_state)
+    } else {
+        format!("{key}: {old} -> {} ({})", row.new_state, row.reason)
+    }
 }
+
+/// Where the previous sync stopped reporting changes (meta `sync.audit_cursor`).
+const AUDIT_CURSOR: &str = "sync.audit_cursor";
 
 pub fn run_sync(settings: &Settings) -> anyhow::Result<i32> {
     let config = super::load_config(settings)?;
     let Some(lock) = plan_lock(&config, false)? else {
-        if !settings.quiet {
+        if settings.json {
+            output::print_json(&json!({"locked": true}));
+        } else if !settings.quiet {
             println!("another sync holds the lock; leaving this one to it");
         }
         return Ok(0);
     };
     let mut store = super::open_store(&config)?;
-    let first_audit = store.last_audit_id()?;
+    // Changes since the previous sync, whoever made them (the local worker,
+    // `submit`, `cancel`), are reported once, by the next sync.
+    let cursor: i64 = match store.meta(AUDIT_CURSOR)? {
+        Some(v) => v.parse().unwrap_or(0),
+        None => store.last_audit_id()?,
+    };
     let now = engine::now();
-    let (report, changes) = super::discover::discover_and_register(&config, &mut store, now)?;
+    // Reconcile first: what Slurm did is recorded even when the mapping sheet
+    // or a template is broken and the rest of the sync stops with an error.
     let reconciled = reconcile_all(&config, &mut store);
-    let (rows, unreachable) = match reconciled {
-        Ok(_) => submit_request(&config, &mut store, &Request::default())?,
-        Err(e) => (Vec::new(), Some(format!("{e:#}"))),
+    let unreachable_err = match reconciled {
+        Ok(_) => None,
+        Err(e) if e.downcast_ref::<Failure>().is_some_and(|f| f.code == 2) => {
+            Some(format!("{e:#}"))
+        }
+        Err(e) => return Err(e),
+    };
+    let (report, _) = super::discover::discover_and_register(&config, &mut store, now)?;
+    // With the controller unreachable nothing is submitted on a view of the
+    // queue nfslurm could not refresh.
+    let submitted = match unreachable_err {
+        None => submit_request(&config, &mut store, &Request::default())?,
+        Some(msg) => Submitted {
+            unreachable: Some(msg),
+            ..Default::default()
+        },
     };
     drop(lock);
 
     let keys = store.unit_keys()?;
-    let audit = store.audit_since(first_audit)?;
+    let audit = store.audit_since(cursor)?;
+    if let Some((last, _)) = audit.last() {
+        store.set_meta(AUDIT_CURSOR, &last.to_string())?;
+    } else if store.meta(AUDIT_CURSOR)?.is_none() {
+        store.set_meta(AUDIT_CURSOR, &cursor.to_string())?;
+    }
+    crate::notify::after_sync(&config, &store, submitted.unreachable.as_deref());
     if settings.json {
         let changes_json: Vec<_> = audit
             .iter()
@@ -406,9 +558,12 @@ pub fn run_sync(settings: &Settings) -> anyhow::Result<i32> {
                        "new_state": a.new_state, "reason": a.reason, "at": output::rfc3339(Some(a.at))})
             })
             .collect();
-        output::print_json(&json!({"changes": changes_json, "submitted": rows.len(),
-            "unmapped": report.unmapped.len(), "unreachable": unreachable}));
-    } else {
+        output::print_json(
+            &json!({"changes": changes_json, "submitted": submitted.rows.len(),
+            "deferred": submitted.deferred, "unmapped": report.unmapped.len(),
+            "unreachable": submitted.unreachable}),
+        );
+    } else if !settings.quiet {
         for (_, a) in &audit {
             match (a.unit_id.and_then(|u| keys.get(&u)), &a.scan_id) {
                 (Some(key), _) => println!("{}", describe_change(key, a)),
@@ -416,8 +571,9 @@ pub fn run_sync(settings: &Settings) -> anyhow::Result<i32> {
                 _ => {}
             }
         }
-        if !rows.is_empty() && !settings.quiet {
-            println!("{} runs submitted", rows.len());
+        if !submitted.rows.is_empty() {
+            let n = submitted.rows.len();
+            println!("{n} {} submitted", if n == 1 { "run" } else { "runs" });
         }
         // Standing conditions are not changes: shown with -v (and by `discover`).
         if settings.verbose > 0 {
@@ -431,13 +587,12 @@ pub fn run_sync(settings: &Settings) -> anyhow::Result<i32> {
                 println!("mapping: {p}");
             }
         }
-        let _ = changes;
     }
-    if let Some(msg) = unreachable {
-        return Err(Failure::unreachable(
-            msg,
-            Some("state is unchanged for what could not be checked; the next sync picks it up"),
-        ));
+    submitted.report_problems(settings);
+    if let Some(err) = submitted
+        .failure("state is unchanged for what could not be checked; the next sync picks it up")
+    {
+        return Err(err);
     }
     Ok(0)
 }

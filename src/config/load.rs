@@ -470,7 +470,10 @@ fn read_notifications(ctx: &Ctx, v: Option<Val>) -> Result<Notifications, Config
             return Err(ctx.src.at(
                 v.loc(),
                 v.path,
-                format!("`{}` must be an `http://` or `https://` URL, found `{url}`", v.path),
+                format!(
+                    "`{}` must be an `http://` or `https://` URL, found `{url}`",
+                    v.path
+                ),
                 Some(
                     "write the incoming-webhook URL, e.g. `https://hooks.slack.com/services/…`"
                         .to_string(),
@@ -502,7 +505,10 @@ fn read_notifications(ctx: &Ctx, v: Option<Val>) -> Result<Notifications, Config
             let Some(event) = NotifyEvent::parse(text.trim()) else {
                 let names: Vec<&str> = NotifyEvent::ALL.iter().map(|e| e.as_str()).collect();
                 let hint = match closest(text.trim(), &names) {
-                    Some(near) => format!("did you mean `{near}`? the events are {}", backticked(&names)),
+                    Some(near) => format!(
+                        "did you mean `{near}`? the events are {}",
+                        backticked(&names)
+                    ),
                     None => format!("the events are {}", backticked(&names)),
                 };
                 return Err(ctx.src.at(

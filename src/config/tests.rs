@@ -859,11 +859,16 @@ fn notifications_block_is_read() {
         n.command.as_deref(),
         Some("mail -s \"$1\" $USER@example.org")
     );
-    assert_eq!(n.events, vec![NotifyEvent::Failed, NotifyEvent::Unreachable]);
+    assert_eq!(
+        n.events,
+        vec![NotifyEvent::Failed, NotifyEvent::Unreachable]
+    );
     assert!(!n.wants(NotifyEvent::Finished));
     assert_eq!(n.unreachable_after, 5);
     // A single event is a list of one.
-    let c = ok(&format!("{MINIMAL}notifications:\n  command: cat\n  events: failed\n"));
+    let c = ok(&format!(
+        "{MINIMAL}notifications:\n  command: cat\n  events: failed\n"
+    ));
     assert_eq!(c.notifications.events, vec![NotifyEvent::Failed]);
 }
 
@@ -877,7 +882,9 @@ fn bad_notifications() {
     );
     insta::assert_snapshot!(
         "bad_notify_webhook",
-        err(&format!("{MINIMAL}notifications:\n  webhook: hooks.example.org/x\n"))
+        err(&format!(
+            "{MINIMAL}notifications:\n  webhook: hooks.example.org/x\n"
+        ))
     );
     insta::assert_snapshot!(
         "bad_notify_key",

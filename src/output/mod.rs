@@ -39,6 +39,18 @@ pub fn dim(text: &str) -> String {
     paint("2", text)
 }
 
+pub fn green(text: &str) -> String {
+    paint("32", text)
+}
+
+pub fn yellow(text: &str) -> String {
+    paint("33", text)
+}
+
+pub fn red(text: &str) -> String {
+    paint("31;1", text)
+}
+
 /// ANSI colour code of a unit state.
 fn unit_color(state: UnitState) -> &'static str {
     match state {
@@ -132,6 +144,15 @@ pub fn duration(secs: i64) -> String {
         format!("{}m{:02}s", s / 60, s % 60)
     } else {
         format!("{s}s")
+    }
+}
+
+/// A short wait as `750ms` or `1.9s`.
+pub fn duration_ms(d: std::time::Duration) -> String {
+    if d.as_millis() < 1000 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
     }
 }
 

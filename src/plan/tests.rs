@@ -450,3 +450,27 @@ fn upstream_failed_run_is_resubmitted_with_its_upstream_without_an_attempt() {
     assert_eq!(q.reason, Some(Reason::New));
     assert_eq!(q.attempts, 0);
 }
+
+#[test]
+fn subject_level_after_subject_level_waits_for_the_same_subject() {
+    let text = CONFIG.replace(
+        "retry:\n",
+        "  report:\n    level: subject\n    depends_on: [qsiprep]\n    command: echo report\nretry:\n",
+    );
+    let config = crate::config::load_str(&text, Path::new("/study/nfslurm.yaml")).unwrap();
+    let snap = Snapshot {
+        sessions: vec![session("01", "1", true), session("02", "1", true)],
+        ..Default::default()
+    };
+    let plan = plan(&config, &snap, 0, &Request::default());
+    let report = plan
+        .actions
+        .iter()
+        .find(|a| a.key == key("report", "02", None))
+        .unwrap();
+    assert_eq!(report.depends_on.len(), 1);
+    let Dependency::Planned(up) = report.depends_on[0] else {
+        panic!()
+    };
+    assert_eq!(plan.actions[up].key, key("qsiprep", "02", None));
+}

@@ -125,11 +125,15 @@ fn bulk_import_in_arrays_ends_done_with_one_task_per_unit() {
     let states = sync_until_settled(&study, Duration::from_secs(240));
     assert_eq!(states.len(), 8 + 4 + 8 + 8);
     assert!(states.values().all(|s| s == "done"), "{states:?}");
+    let runs = study.runs();
+    let singles: Vec<_> = runs
+        .iter()
+        .filter(|r| !r["job_id"].as_str().unwrap().contains('_'))
+        .collect();
     assert!(
-        study
-            .runs()
-            .iter()
-            .all(|r| r["job_id"].as_str().unwrap().contains('_'))
+        singles.is_empty(),
+        "every run an array task: {singles:#?}\n{}",
+        study.ok(&["status", "runs"])
     );
     assert_one_task_per_run(&study, &since);
     // Per-task logs in the units' own log files.

@@ -320,8 +320,18 @@ pub fn run_worker(config: &Config) -> anyhow::Result<()> {
                 finished.push(run_id);
             }
         }
-        for id in finished {
-            children.remove(&id);
+        for id in &finished {
+            children.remove(id);
+        }
+        // A job killed by `nfslurm cancel` is already recorded `cancelled`: keep it so.
+        if !finished.is_empty() {
+            let cancelled: Vec<i64> = store
+                .runs_by_ids(&finished)?
+                .into_iter()
+                .filter(|r| r.state == RunState::Cancelled)
+                .map(|r| r.id)
+                .collect();
+            updates.retain(|u| !cancelled.contains(&u.run_id));
         }
 
         // Pending runs: start, wait, or fail for their upstream.

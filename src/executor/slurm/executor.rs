@@ -77,6 +77,19 @@ enum CallError {
     Transient(String),
     /// The tool answered with an error.
     Failed(String),
+    /// An account or QOS submit limit: try again later.
+    Limit(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Spawn(m)
+            | CallError::Transient(m)
+            | CallError::Failed(m)
+            | CallError::Limit(m) => f.write_str(m),
+        }
+    }
 }
 
 fn current_user() -> String {
@@ -111,7 +124,12 @@ impl SlurmExecutor {
                 .args(args)
                 .output()
                 .map_err(|e| CallError::Spawn(format!("cannot run `{program}`: {e}")))?;
-            let stderr = tool_message(program, &String::from_utf8_lossy(&output.stderr));
+            let raw = String::from_utf8_lossy(&output.stderr);
+            let stderr = tool_message(program, &raw);
+            // A submit limit means "later": classify on Slurm's own lines.
+            if parse::is_submit_limit(&raw) {
+                return Err(CallError::Limit(format!("`{program}` failed: {stderr}")));
+            }
             if output.status.success() {
                 return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
             }
@@ -129,10 +147,11 @@ impl SlurmExecutor {
                 .with_min_delay(Duration::from_millis(500))
                 .with_max_delay(Duration::from_secs(5))
                 .with_jitter()
+                .with_jitter_seed(rand::random())
                 .with_max_times(attempts - 1),
         )
         .when(|e| matches!(e, CallError::Transient(_)))
-        .notify(|e, after| tracing::warn!("{e:?}; retrying in {after:?}"))
+        .notify(|e, after| tracing::warn!("{e}; retrying in {}", crate::output::duration_ms(after)))
         .call()
     }
 
@@ -245,7 +264,7 @@ impl SlurmExecutor {
             Err(CallError::Transient(m)) | Err(CallError::Spawn(m)) => {
                 Err(ExecError::Unreachable(m))
             }
-            Err(CallError::Failed(m)) => Err(ExecError::Unreachable(m)),
+            Err(CallError::Failed(m)) | Err(CallError::Limit(m)) => Err(ExecError::Unreachable(m)),
         }
     }
 
@@ -269,7 +288,7 @@ impl SlurmExecutor {
                     }
                 },
                 Err(e) => {
-                    tracing::warn!("sacct did not answer, finished runs stay open: {e:?}");
+                    tracing::warn!("sacct did not answer, finished runs stay open: {e}");
                     return None;
                 }
             }
@@ -373,8 +392,11 @@ fn update_from_sacct(run: &RunRow, job: &SacctJob) -> RunUpdate {
                 update.ended_at = ts(job.end);
                 update.elapsed_s = job.elapsed_s.map(|e| e as i64);
                 update.max_rss_mb = job.max_rss_mb.map(|m| m as i64);
-                update.exit_code = Some(if job.exit_code.signal != 0 && code == 0 {
-                    128 + job.exit_code.signal
+                // `3:0` is exit 3; `0:9` is killed by signal 9 (shell style 137);
+                // OUT_OF_MEMORY's `0:125` is Slurm's marker, not a signal.
+                let signal = job.exit_code.signal;
+                update.exit_code = Some(if code == 0 && (1..=64).contains(&signal) {
+                    128 + signal
                 } else {
                     code
                 });
@@ -602,13 +624,16 @@ impl Executor for SlurmExecutor {
         for u in updates.iter_mut() {
             if let Some(run) = open.iter().find(|r| r.id == u.run_id)
                 && run.state == RunState::Submitting
-                && u.job_id.is_some()
-                && u.reason.is_none()
+                && let Some(job) = u.job_id.clone()
             {
-                u.reason = Some(format!(
-                    "adopted job {} found by its token",
-                    u.job_id.as_deref().unwrap_or_default()
-                ));
+                let adopted = format!("adopted job {job} found by its token");
+                u.reason = Some(match u.reason.take() {
+                    Some(r) if !r.starts_with("adopted") => format!("{adopted}; {r}"),
+                    Some(r) => r,
+                    None => adopted,
+                });
+                // The intent was written just before sbatch: close enough.
+                u.submitted_at = u.submitted_at.or(Some(run.created_at));
             }
         }
         Ok(updates)
@@ -641,6 +666,7 @@ impl Executor for SlurmExecutor {
         let mut array_job: HashMap<usize, String> = HashMap::new();
         let mut pending_updates: Vec<RunUpdate> = Vec::new();
         let mut stopped = false;
+        let mut limit_hit = false;
         let mut calls = 0usize;
 
         for (sub_index, submission) in shape.iter().enumerate() {
@@ -756,11 +782,12 @@ impl Executor for SlurmExecutor {
                         stopped = true;
                     }
                 },
-                Err(CallError::Failed(msg)) if parse::is_submit_limit(&msg) => {
+                Err(CallError::Limit(msg)) => {
                     // A submit limit means "later", not "failed".
                     tracing::info!("submit limit reached: {msg}");
                     withdraw_all(&mut outcome);
                     stopped = true;
+                    limit_hit = true;
                 }
                 Err(CallError::Transient(msg)) | Err(CallError::Spawn(msg)) => {
                     // The job may be queued all the same: these runs stay
@@ -783,6 +810,10 @@ impl Executor for SlurmExecutor {
                 }
             }
         }
+        if limit_hit {
+            // Everything not submitted after the limit waits for a later sync.
+            outcome.deferred += outcome.withdrawn.len();
+        }
         // Failed submissions go through the failure policy like any failure.
         engine::apply_updates(&self.config, store, &pending_updates, now)?;
         Ok(outcome)
@@ -800,7 +831,9 @@ impl Executor for SlurmExecutor {
             args.extend(ids);
             match self.call("scancel", &args) {
                 Ok(_) => {}
-                Err(CallError::Failed(msg)) => tracing::warn!("scancel: {msg}"),
+                Err(CallError::Failed(msg)) | Err(CallError::Limit(msg)) => {
+                    tracing::warn!("scancel: {msg}")
+                }
                 Err(CallError::Transient(m)) | Err(CallError::Spawn(m)) => {
                     return Err(ExecError::Unreachable(m));
                 }

@@ -1,0 +1,506 @@
+//! `cargo bench --bench scale`: the figures of the Scale issue, measured on
+//! synthetic studies generated under a temporary folder (deleted at the end).
+//!
+//! Benchmarks print figures; they assert nothing. Each figure with a target
+//! is marked `met` or `not met`. `docs/performance.md` explains the
+//! scenarios, the figures on the project's machine and where the time goes;
+//! `scripts/bench.sh` runs this and the real-Slurm benchmark together.
+//!
+//! ```text
+//! cargo bench --bench scale -- [--only plan,discover,sync,submit] [--reps N] [--tsv FILE]
+//! ```
+//!
+//! Library figures whose memory matters run in a child process of this
+//! benchmark (`--child …`), so that the peak RSS is theirs alone; commands are
+//! the release `nfslurm` binary, timed with `wait4`.
+
+mod measure;
+mod study;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Instant, SystemTime};
+
+use measure::{median, median_run, ms};
+use nfslurm::engine;
+use nfslurm::plan::{self, Request};
+use nfslurm::render::Renderer;
+use nfslurm::state::Store;
+use study::{RecordingExecutor, Study};
+
+const NFSLURM: &str = env!("CARGO_BIN_EXE_nfslurm");
+
+/// One line of the table.
+struct Figure {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    /// The value must stay at or below this.
+    target: Option<f64>,
+}
+
+impl Figure {
+    fn status(&self) -> &'static str {
+        match self.target {
+            Some(max) if self.value <= max => "met",
+            Some(_) => "not met",
+            None => "",
+        }
+    }
+}
+
+struct Report {
+    figures: Vec<Figure>,
+}
+
+impl Report {
+    fn add(&mut self, name: &str, value: f64, unit: &'static str, target: Option<f64>) {
+        let figure = Figure {
+            name: name.to_string(),
+            value,
+            unit,
+            target,
+        };
+        eprintln!(
+            "  {:<58} {:>10.1} {:<3} {}",
+            figure.name,
+            figure.value,
+            figure.unit,
+            figure.status()
+        );
+        self.figures.push(figure);
+    }
+
+    fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<60} {:>12} {:>12}  status",
+            "figure", "value", "target"
+        );
+        for f in &self.figures {
+            let target = f
+                .target
+                .map(|t| format!("<= {t} {}", f.unit))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{:<60} {:>8.1} {:<3} {:>12}  {}",
+                f.name,
+                f.value,
+                f.unit,
+                target,
+                f.status()
+            );
+        }
+        out
+    }
+
+    fn tsv(&self) -> String {
+        let mut out = String::new();
+        for f in &self.figures {
+            let target = f.target.map(|t| t.to_string()).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{}\t{:.1}\t{}\t{}\t{}",
+                f.name,
+                f.value,
+                f.unit,
+                target,
+                f.status()
+            );
+        }
+        out
+    }
+}
+
+struct Options {
+    only: Vec<String>,
+    reps: usize,
+    tsv: Option<PathBuf>,
+}
+
+fn parse_options(args: &[String]) -> Options {
+    let mut options = Options {
+        only: Vec::new(),
+        reps: 5,
+        tsv: None,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            // `cargo bench` passes `--bench` to harness-less benchmarks.
+            "--bench" => {}
+            "--only" => {
+                let list = it.next().expect("--only takes a list");
+                options.only = list.split(',').map(str::to_string).collect();
+            }
+            "--reps" => {
+                options.reps = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--reps takes a number");
+            }
+            "--tsv" => options.tsv = Some(PathBuf::from(it.next().expect("--tsv takes a file"))),
+            other => panic!("unknown argument `{other}`"),
+        }
+    }
+    options
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--child") {
+        child(&args[1], Path::new(&args[2]));
+        return;
+    }
+    let options = parse_options(&args);
+    let wanted = |name: &str| options.only.is_empty() || options.only.iter().any(|o| o == name);
+    let root = tempfile::Builder::new()
+        .prefix("nfslurm-bench-")
+        .tempdir()
+        .expect("a temporary folder");
+    let mut report = Report {
+        figures: Vec::new(),
+    };
+    eprintln!(
+        "nfslurm scale benchmarks (release build, data in {})",
+        root.path().display()
+    );
+    if wanted("plan") {
+        bench_plan(&mut report, &root.path().join("plan"), options.reps.min(3));
+    }
+    if wanted("discover") {
+        bench_discover(
+            &mut report,
+            &root.path().join("discover"),
+            options.reps.min(3),
+        );
+    }
+    if wanted("sync") {
+        bench_sync(&mut report, &root.path().join("sync"), options.reps);
+    }
+    if wanted("submit") {
+        bench_submit(&mut report, &root.path().join("submit"), options.reps);
+    }
+    println!();
+    print!("{}", report.table());
+    if let Some(path) = options.tsv {
+        std::fs::write(&path, report.tsv()).expect("write the TSV file");
+    }
+}
+
+fn nfslurm(study: &Study, args: &[&str]) -> Command {
+    let mut cmd = Command::new(NFSLURM);
+    cmd.arg("--config")
+        .arg(study.config_path())
+        .args(args)
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+/// Library work run in a child process; figures on stderr as `key=value` words.
+fn child(what: &str, config_path: &Path) {
+    let mut words = Vec::new();
+    let mut lap = Instant::now();
+    let mut mark = |words: &mut Vec<String>, name: &str| {
+        words.push(format!("{name}={:.1}", ms(lap.elapsed())));
+        lap = Instant::now();
+    };
+    let start = Instant::now();
+    let config = nfslurm::config::load(config_path).expect("config");
+    mark(&mut words, "config_ms");
+    let mut store = Store::open(&config.paths.state_dir).expect("open");
+    mark(&mut words, "open_ms");
+    let snapshot = store.snapshot().expect("snapshot");
+    mark(&mut words, "snapshot_ms");
+    let now = engine::now();
+    let plan = plan::plan(&config, &snapshot, now, &Request::default());
+    mark(&mut words, "plan_ms");
+    words.push(format!("units={}", plan.units.len()));
+    words.push(format!("actions={}", plan.actions.len()));
+    if what == "submit" {
+        let renderer = Renderer::new(&config).expect("renderer");
+        mark(&mut words, "renderer_ms");
+        let mut executor = RecordingExecutor::new(&config);
+        let (rows, _) = engine::submit_actions(
+            &config,
+            &mut store,
+            &mut executor,
+            &plan,
+            &snapshot,
+            &renderer,
+            now,
+        )
+        .expect("submit");
+        mark(&mut words, "submit_actions_ms");
+        words.push(format!("submitted={}", rows.len()));
+        words.push(format!("calls={}", executor.calls.len()));
+    }
+    words.push(format!("total_ms={:.1}", ms(start.elapsed())));
+    words.push(format!("peak_rss_mb={:.1}", measure::own_peak_rss_mb()));
+    eprintln!("{}", words.join(" "));
+}
+
+fn word(text: &str, key: &str) -> f64 {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn run_child(what: &str, study: &Study, reps: usize) -> (measure::Usage, String) {
+    let exe = std::env::current_exe().expect("this benchmark's path");
+    median_run(reps, || {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("--child").arg(what).arg(study.config_path());
+        cmd
+    })
+}
+
+/// `plan` for 100,000 sessions × 4 pipelines, all new.
+fn bench_plan(report: &mut Report, dir: &Path, reps: usize) {
+    eprintln!("plan: 50,000 subjects x 2 sessions x 4 pipelines, all new");
+    let study = Study::create(dir, 50_000, 2);
+    let start = Instant::now();
+    study.register();
+    report.add(
+        "plan 100k: register 100,000 sessions (setup)",
+        ms(start.elapsed()),
+        "ms",
+        None,
+    );
+    let (_, text) = run_child("plan", &study, reps);
+    eprintln!("    {}", text.trim());
+    report.add(
+        "plan 100k: library snapshot (state load)",
+        word(&text, "snapshot_ms"),
+        "ms",
+        None,
+    );
+    report.add(
+        "plan 100k: library plan()",
+        word(&text, "plan_ms"),
+        "ms",
+        None,
+    );
+    report.add(
+        "plan 100k: library open + snapshot + plan",
+        word(&text, "open_ms") + word(&text, "snapshot_ms") + word(&text, "plan_ms"),
+        "ms",
+        Some(2000.0),
+    );
+    report.add(
+        "plan 100k: library peak RSS",
+        word(&text, "peak_rss_mb"),
+        "MB",
+        Some(300.0),
+    );
+    let (usage, _) = median_run(reps, || nfslurm(&study, &["plan", "--json"]));
+    report.add(
+        "plan 100k: `nfslurm plan --json > /dev/null` wall",
+        ms(usage.wall),
+        "ms",
+        Some(2000.0),
+    );
+    report.add(
+        "plan 100k: `nfslurm plan --json` CPU",
+        ms(usage.cpu()),
+        "ms",
+        None,
+    );
+    report.add(
+        "plan 100k: `nfslurm plan --json` peak RSS",
+        usage.max_rss_mb,
+        "MB",
+        Some(300.0),
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `discover` over 100,000 session folders (warm file-system cache).
+fn bench_discover(report: &mut Report, dir: &Path, reps: usize) {
+    eprintln!("discover: 100,000 session folders with 2 files each");
+    let study = Study::create(dir, 50_000, 2);
+    let start = Instant::now();
+    study.make_folders();
+    eprintln!("    folders written in {:.0} ms", ms(start.elapsed()));
+    let config = study.config();
+    let (time, found) = median(reps, || {
+        nfslurm::study::discover(
+            &config.discovery,
+            &config.paths.dicom_root,
+            SystemTime::now(),
+        )
+        .expect("discover")
+    });
+    eprintln!(
+        "    {} sessions, {} valid",
+        found.sessions.len(),
+        found.valid().count()
+    );
+    report.add(
+        "discover 100k: library study::discover",
+        ms(time),
+        "ms",
+        None,
+    );
+    let state = config.paths.state_dir.clone();
+    let mut first = Vec::new();
+    for _ in 0..reps {
+        let _ = std::fs::remove_dir_all(&state);
+        first.push(measure::run(&mut nfslurm(&study, &["discover"])).0);
+    }
+    first.sort_by_key(|u| u.wall);
+    let usage = first[first.len() / 2];
+    report.add(
+        "discover 100k: `nfslurm discover`, all new (registers)",
+        ms(usage.wall),
+        "ms",
+        None,
+    );
+    report.add(
+        "discover 100k: `nfslurm discover`, all new, peak RSS",
+        usage.max_rss_mb,
+        "MB",
+        None,
+    );
+    let (usage, _) = median_run(reps, || nfslurm(&study, &["discover"]));
+    report.add(
+        "discover 100k: `nfslurm discover`, nothing new",
+        ms(usage.wall),
+        "ms",
+        None,
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A `sync` with nothing to do, and `status`, on 10,000 sessions whose 35,000 units are done.
+fn bench_sync(report: &mut Report, dir: &Path, reps: usize) {
+    eprintln!("sync/status: 5,000 subjects x 2 sessions, 35,000 units all done");
+    let study = Study::create(dir, 5_000, 2);
+    study.make_folders();
+    study.register();
+    let start = Instant::now();
+    let runs = study.complete_all();
+    eprintln!(
+        "    {runs} runs created and marked succeeded in {:.0} ms",
+        ms(start.elapsed())
+    );
+    // Sanity: a no-op sync prints nothing, and no unit is left to run.
+    let out = nfslurm(&study, &["sync"]).output().expect("sync");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !printed.trim().is_empty() {
+        eprintln!(
+            "    warning: the sync is not a no-op: {printed}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let config = study.config();
+    let store = Store::open(&config.paths.state_dir).expect("open");
+    let (time, snapshot) = median(reps, || store.snapshot().expect("snapshot"));
+    report.add(
+        "sync 10k: library snapshot (state load)",
+        ms(time),
+        "ms",
+        None,
+    );
+    let (time, plan) = median(reps, || {
+        plan::plan(&config, &snapshot, engine::now(), &Request::default())
+    });
+    let done = plan
+        .units
+        .iter()
+        .filter(|u| u.state == nfslurm::model::UnitState::Done)
+        .count();
+    eprintln!(
+        "    {} units, {done} done, {} actions",
+        plan.units.len(),
+        plan.actions.len()
+    );
+    report.add("sync 10k: library plan()", ms(time), "ms", None);
+    let (time, _) = median(reps, || {
+        nfslurm::study::discover(
+            &config.discovery,
+            &config.paths.dicom_root,
+            SystemTime::now(),
+        )
+        .expect("discover")
+    });
+    report.add("sync 10k: library study::discover", ms(time), "ms", None);
+    drop(store);
+    let (usage, stderr) = median_run(reps, || nfslurm(&study, &["-v", "sync"]));
+    if let Some(line) = stderr.lines().find(|l| l.contains("slurm calls")) {
+        eprintln!("    {}", line.trim());
+    }
+    report.add(
+        "sync 10k: `nfslurm sync`, nothing to do",
+        ms(usage.wall),
+        "ms",
+        Some(250.0),
+    );
+    report.add(
+        "sync 10k: `nfslurm sync` peak RSS",
+        usage.max_rss_mb,
+        "MB",
+        None,
+    );
+    let (usage, _) = median_run(reps, || nfslurm(&study, &["status"]));
+    report.add(
+        "sync 10k: `nfslurm status`",
+        ms(usage.wall),
+        "ms",
+        Some(250.0),
+    );
+    let (usage, _) = median_run(reps, || nfslurm(&study, &["status", "--json"]));
+    report.add(
+        "sync 10k: `nfslurm status --json`",
+        ms(usage.wall),
+        "ms",
+        Some(250.0),
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Submitting 1,000 new sessions (3,500 units) through the library, with an
+/// executor that records the sbatch calls instead of making them.
+fn bench_submit(report: &mut Report, dir: &Path, reps: usize) {
+    eprintln!("submit: 500 subjects x 2 sessions, 3,500 new units, recorded sbatch calls");
+    let study = Study::create(dir, 500, 2);
+    study.register();
+    let state = study.config().paths.state_dir;
+    let template = dir.join("state-template.db");
+    std::fs::copy(state.join("state.db"), &template).expect("copy the state");
+    let exe = std::env::current_exe().expect("this benchmark's path");
+    let (_, text) = median_run(reps, || {
+        // A fresh state for every repetition: the sessions, no runs, no scripts.
+        std::fs::copy(&template, state.join("state.db")).expect("restore the state");
+        for sub in ["scripts", "logs"] {
+            let _ = std::fs::remove_dir_all(state.join(sub));
+        }
+        let mut cmd = Command::new(&exe);
+        cmd.arg("--child").arg("submit").arg(study.config_path());
+        cmd
+    });
+    eprintln!("    {}", text.trim());
+    report.add(
+        "submit 1k sessions: render + write scripts + intents + job IDs",
+        word(&text, "submit_actions_ms"),
+        "ms",
+        None,
+    );
+    report.add(
+        "submit 1k sessions: client time outside sbatch (all)",
+        word(&text, "total_ms"),
+        "ms",
+        Some(1000.0),
+    );
+    report.add(
+        "submit 1k sessions: peak RSS",
+        word(&text, "peak_rss_mb"),
+        "MB",
+        None,
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
