@@ -52,6 +52,10 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
         output::print_json(&json!({
             "new": changes.new.iter().map(session).collect::<Vec<_>>(),
             "changed": changes.changed.iter().map(session).collect::<Vec<_>>(),
+            "remapped": changes.remapped.iter().map(|(s, sub, ses)| json!({"scan_id": s.scan_id,
+                "from": {"subject": sub, "session": ses}, "to": {"subject": s.subject, "session": s.session}})).collect::<Vec<_>>(),
+            "conflicts": changes.conflicts.iter().map(|(s, sub, ses)| json!({"scan_id": s.scan_id,
+                "registered": {"subject": sub, "session": ses}, "sheet": {"subject": s.subject, "session": s.session}})).collect::<Vec<_>>(),
             "sessions": report.sessions.len(),
             "unmapped": report.unmapped.iter().map(|u| json!({"scan_id": u.scan_id, "folder": u.folder})).collect::<Vec<_>>(),
             "invalid": report.sessions.iter().filter(|s| s.problem.is_some())
@@ -84,6 +88,18 @@ pub fn print_report(report: &DiscoveryReport, changes: &SessionChanges) {
         let mark = if s.valid { "new" } else { "new, invalid" };
         println!(
             "  {mark}: `{}` -> sub-{} ses-{}",
+            s.scan_id, s.subject, s.session
+        );
+    }
+    for (s, sub, ses) in &changes.remapped {
+        println!(
+            "  re-mapped: `{}` from sub-{sub} ses-{ses} to sub-{} ses-{} (nothing had run for it)",
+            s.scan_id, s.subject, s.session
+        );
+    }
+    for (s, sub, ses) in &changes.conflicts {
+        println!(
+            "  kept: `{}` stays sub-{sub} ses-{ses}: the mapping sheet now says sub-{} ses-{}, but runs used the old labels; restore the row, or register the data under a new scan ID",
             s.scan_id, s.subject, s.session
         );
     }

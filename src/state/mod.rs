@@ -132,6 +132,12 @@ pub struct SessionChanges {
     pub new: Vec<SessionRow>,
     /// Sessions whose validity changed (e.g. an invalid one got its files).
     pub changed: Vec<SessionRow>,
+    /// Sessions the mapping sheet now gives other labels, re-mapped because
+    /// nothing ran for them yet: (new row, old subject, old session).
+    pub remapped: Vec<(SessionRow, Label, Label)>,
+    /// Sessions the sheet now gives other labels but that already ran: they
+    /// keep their registered labels (outputs and history use them).
+    pub conflicts: Vec<(SessionRow, Label, Label)>,
 }
 
 /// One run, as stored.
@@ -444,17 +450,29 @@ impl Store {
         let mut changes = SessionChanges::default();
         {
             let mut known = HashMap::new();
-            let mut stmt = tx.prepare("SELECT scan_id, valid, problem FROM sessions")?;
+            let mut labels: HashMap<String, (Label, Label)> = HashMap::new();
+            let mut stmt =
+                tx.prepare("SELECT scan_id, valid, problem, subject, session FROM sessions")?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     (r.get::<_, bool>(1)?, r.get::<_, Option<String>>(2)?),
+                    (label_from_db(r.get(3)?)?, label_from_db(r.get(4)?)?),
                 ))
             })?;
             for row in rows {
-                let (scan, state) = row?;
+                let (scan, state, pair) = row?;
+                labels.insert(scan.clone(), pair);
                 known.insert(scan, state);
             }
+            let mut ran = tx.prepare(
+                "SELECT COUNT(*) FROM runs r JOIN units u ON u.id = r.unit_id \
+                 WHERE u.subject = ?1 AND (u.session = ?2 OR u.session = '')",
+            )?;
+            let mut relabel = tx.prepare(
+                "UPDATE OR IGNORE sessions SET subject = ?2, session = ?3, updated_at = ?4 \
+                 WHERE scan_id = ?1",
+            )?;
             let mut add_subject =
                 tx.prepare("INSERT OR IGNORE INTO subjects (label, created_at) VALUES (?1, ?2)")?;
             let mut insert = tx.prepare(
@@ -467,6 +485,36 @@ impl Store {
                  updated_at = ?6 WHERE scan_id = ?1",
             )?;
             for s in found {
+                // The sheet gives a registered session other labels.
+                if let Some((old_sub, old_ses)) = labels.get(&s.scan_id)
+                    && (old_sub != &s.subject || old_ses != &s.session)
+                {
+                    let runs: i64 = ran.query_row(
+                        params![old_sub.as_str(), old_ses.as_str()],
+                        |r| r.get(0),
+                    )?;
+                    let moved = runs == 0 && {
+                        add_subject.execute(params![s.subject.as_str(), now])?;
+                        relabel.execute(params![
+                            s.scan_id,
+                            s.subject.as_str(),
+                            s.session.as_str(),
+                            now
+                        ])? == 1
+                    };
+                    let entry = (s.clone(), old_sub.clone(), old_ses.clone());
+                    if moved {
+                        let why = format!(
+                            "re-mapped from sub-{old_sub} ses-{old_ses} to sub-{} ses-{}",
+                            s.subject, s.session
+                        );
+                        audit(&tx, now, None, None, Some(&s.scan_id), None, "remapped", &why)?;
+                        changes.remapped.push(entry);
+                    } else {
+                        changes.conflicts.push(entry);
+                        continue;
+                    }
+                }
                 match known.get(&s.scan_id) {
                     None => {
                         add_subject.execute(params![s.subject.as_str(), now])?;
@@ -1045,6 +1093,33 @@ mod tests {
         store.withdraw_runs(&ids2, "test", 103).unwrap();
         let snap = store.snapshot().unwrap();
         assert_eq!(snap.last_run(&a).unwrap().id, ids[0]);
+    }
+
+    #[test]
+    fn a_session_re_maps_only_while_nothing_ran_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let row = |scan: &str, sub: &str| SessionRow {
+            scan_id: scan.into(),
+            subject: label(sub),
+            session: label("1"),
+            dicom_dir: format!("/d/{scan}").into(),
+            valid: true,
+            problem: None,
+            n_files: 9,
+        };
+        store.register_sessions(&[row("A", "01"), row("B", "02")], 1).unwrap();
+        // A never ran: the new labels are taken.
+        let c = store.register_sessions(&[row("A", "07")], 2).unwrap();
+        assert_eq!(c.remapped.len(), 1);
+        assert_eq!(store.sessions().unwrap().iter().find(|s| s.scan_id == "A").unwrap().subject, label("07"));
+        // B ran: it keeps its labels and the conflict is reported.
+        let key = UnitKey::new("bids", &label("02"), Some(&label("1")));
+        store.create_runs(&[new_run(&key, "tb")], 3).unwrap();
+        let c = store.register_sessions(&[row("B", "08")], 4).unwrap();
+        assert_eq!(c.conflicts.len(), 1);
+        assert!(c.remapped.is_empty());
+        assert_eq!(store.sessions().unwrap().iter().find(|s| s.scan_id == "B").unwrap().subject, label("02"));
     }
 
     #[test]
