@@ -21,7 +21,7 @@ pub fn discover_and_register(
         &config.paths.dicom_root,
         SystemTime::now(),
     )
-    .map_err(|e| Failure::user(e.to_string(), None))?;
+    .map_err(|e| Failure::user(super::error_chain(&e), None))?;
     let rows: Vec<SessionRow> = report
         .sessions
         .iter()
@@ -65,7 +65,9 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
         }));
         return Ok(0);
     }
-    print_report(&report, &changes);
+    if !settings.quiet {
+        print_report(&report, &changes);
+    }
     Ok(0)
 }
 

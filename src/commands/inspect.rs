@@ -281,7 +281,8 @@ pub fn render_unit(
     let resources = engine::effective_resources(config, &snapshot, &key);
     let log = engine::logs_dir(config, &key).join(format!("attempt-{attempt}.out"));
     let work_dir = crate::render::work_dir_for(config, &key);
-    let renderer = Renderer::new(config).map_err(|e| Failure::user(e.to_string(), None))?;
+    let renderer =
+        Renderer::new(config).map_err(|e| Failure::user(super::error_chain(&e), None))?;
     let input = ScriptInput {
         config,
         pipeline: p,

@@ -158,8 +158,27 @@ pub fn executor_named(config: &Config, name: &str) -> Box<dyn Executor> {
     }
 }
 
+/// An error with its causes, `outer: inner: root`, for one-line messages.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 pub fn display_path(path: &Path) -> String {
     let cwd = std::env::current_dir().unwrap_or_default();
+    if cwd.parent().is_none() {
+        // At `/` every absolute path would lose its leading slash.
+        return path.display().to_string();
+    }
     path.strip_prefix(&cwd)
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| path.display().to_string())

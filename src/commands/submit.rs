@@ -66,7 +66,12 @@ pub fn reconcile_all(
     Ok(all)
 }
 
-fn dep_keys(plan: &Plan, deps: &[Dependency], store: Option<&Store>) -> Vec<String> {
+fn dep_keys(
+    plan: &Plan,
+    deps: &[Dependency],
+    store: Option<&Store>,
+    with_jobs: bool,
+) -> Vec<String> {
     deps.iter()
         .map(|d| match d {
             Dependency::Planned(i) => plan.actions[*i].key.to_string(),
@@ -74,10 +79,10 @@ fn dep_keys(plan: &Plan, deps: &[Dependency], store: Option<&Store>) -> Vec<Stri
                 let key = store
                     .and_then(|s| s.run(*run_id).ok())
                     .map(|r| r.key.to_string())
-                    .unwrap_or_else(|| format!("run {run_id}"));
-                match job_id {
-                    Some(j) => format!("{key} (job {j})"),
-                    None => key,
+                    .unwrap_or_else(|| format!("run:{run_id}"));
+                match (job_id, with_jobs) {
+                    (Some(j), true) => format!("{key} (job {j})"),
+                    _ => key,
                 }
             }
         })
@@ -95,7 +100,11 @@ pub fn print_plan(settings: &Settings, plan: &Plan, store: Option<&Store>) {
                     "subject": a.key.subject,
                     "session": a.key.session,
                     "reason": a.reason.as_str(),
-                    "depends_on": dep_keys(plan, &a.depends_on, store),
+                    "depends_on": dep_keys(plan, &a.depends_on, store, false),
+                    "depends_on_jobs": a.depends_on.iter().filter_map(|d| match d {
+                        Dependency::InFlight { job_id, .. } => job_id.clone(),
+                        Dependency::Planned(_) => None,
+                    }).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -110,7 +119,7 @@ pub fn print_plan(settings: &Settings, plan: &Plan, store: Option<&Store>) {
             table.add_row(vec![
                 a.key.to_string(),
                 a.reason.to_string(),
-                dep_keys(plan, &a.depends_on, store).join(", "),
+                dep_keys(plan, &a.depends_on, store, true).join(", "),
             ]);
         }
         output::print_table(&table);
@@ -213,7 +222,8 @@ pub fn submit_request(
     if plan.actions.is_empty() {
         return Ok(Submitted::default());
     }
-    let renderer = Renderer::new(config).map_err(|e| Failure::user(e.to_string(), None))?;
+    let renderer =
+        Renderer::new(config).map_err(|e| Failure::user(super::error_chain(&e), None))?;
     let mut executor = super::make_executor(config);
     let (rows, outcome) = engine::submit_actions(
         config,

@@ -131,6 +131,7 @@ fn find_config_with(
 pub(crate) fn display_name(path: &Path) -> String {
     if path.is_absolute()
         && let Ok(cwd) = std::env::current_dir()
+        && cwd.parent().is_some()
         && let Ok(rel) = path.strip_prefix(&cwd)
     {
         return rel.display().to_string();

@@ -50,6 +50,15 @@ fn parse_slurm_time(text: &str) -> Result<u64, String> {
         .split(':')
         .map(number)
         .collect::<Result<Vec<u64>, String>>()?;
+    // The leading field may be large (`90:00` is 90 minutes); the ones after a
+    // colon are minutes or seconds, and 60 or more there is a typo.
+    if parts.iter().skip(1).any(|&v| v >= 60)
+        || (days.is_some() && parts.len() > 1 && parts[0] >= 24)
+    {
+        return Err(format!(
+            "`{text}` has a field out of range (minutes and seconds stop at 59, hours after a day at 23)"
+        ));
+    }
     let p: Vec<u128> = parts.iter().map(|&v| u128::from(v)).collect();
     let secs: u128 = match (days.map(u128::from), p.as_slice()) {
         // Slurm: "minutes", "minutes:seconds", "hours:minutes:seconds".

@@ -168,8 +168,10 @@ fn failure_detail(run: &RunRow) -> String {
     {
         text.push_str(&format!(" (exit {code})"));
     }
+    // Say the exit code once: Slurm's reason often repeats it.
     if let Some(reason) = &run.reason
         && !reason.is_empty()
+        && !reason.starts_with("exit code")
     {
         text.push_str(": ");
         text.push_str(reason);

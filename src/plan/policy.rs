@@ -84,7 +84,10 @@ pub fn on_run_end(
             update.audit = Some((
                 run.state.to_string(),
                 new.to_string(),
-                format!("attempt {attempts} of {max} {}{change}", run.state),
+                format!(
+                    "{} (failure {attempts} of {max} allowed){change}",
+                    run.state
+                ),
             ));
         }
         RunState::InfraFailed | RunState::Lost => {

@@ -489,10 +489,8 @@ impl Store {
                 if let Some((old_sub, old_ses)) = labels.get(&s.scan_id)
                     && (old_sub != &s.subject || old_ses != &s.session)
                 {
-                    let runs: i64 = ran.query_row(
-                        params![old_sub.as_str(), old_ses.as_str()],
-                        |r| r.get(0),
-                    )?;
+                    let runs: i64 =
+                        ran.query_row(params![old_sub.as_str(), old_ses.as_str()], |r| r.get(0))?;
                     let moved = runs == 0 && {
                         add_subject.execute(params![s.subject.as_str(), now])?;
                         relabel.execute(params![
@@ -508,7 +506,16 @@ impl Store {
                             "re-mapped from sub-{old_sub} ses-{old_ses} to sub-{} ses-{}",
                             s.subject, s.session
                         );
-                        audit(&tx, now, None, None, Some(&s.scan_id), None, "remapped", &why)?;
+                        audit(
+                            &tx,
+                            now,
+                            None,
+                            None,
+                            Some(&s.scan_id),
+                            None,
+                            "remapped",
+                            &why,
+                        )?;
                         changes.remapped.push(entry);
                     } else {
                         changes.conflicts.push(entry);
@@ -1108,18 +1115,38 @@ mod tests {
             problem: None,
             n_files: 9,
         };
-        store.register_sessions(&[row("A", "01"), row("B", "02")], 1).unwrap();
+        store
+            .register_sessions(&[row("A", "01"), row("B", "02")], 1)
+            .unwrap();
         // A never ran: the new labels are taken.
         let c = store.register_sessions(&[row("A", "07")], 2).unwrap();
         assert_eq!(c.remapped.len(), 1);
-        assert_eq!(store.sessions().unwrap().iter().find(|s| s.scan_id == "A").unwrap().subject, label("07"));
+        assert_eq!(
+            store
+                .sessions()
+                .unwrap()
+                .iter()
+                .find(|s| s.scan_id == "A")
+                .unwrap()
+                .subject,
+            label("07")
+        );
         // B ran: it keeps its labels and the conflict is reported.
         let key = UnitKey::new("bids", &label("02"), Some(&label("1")));
         store.create_runs(&[new_run(&key, "tb")], 3).unwrap();
         let c = store.register_sessions(&[row("B", "08")], 4).unwrap();
         assert_eq!(c.conflicts.len(), 1);
         assert!(c.remapped.is_empty());
-        assert_eq!(store.sessions().unwrap().iter().find(|s| s.scan_id == "B").unwrap().subject, label("02"));
+        assert_eq!(
+            store
+                .sessions()
+                .unwrap()
+                .iter()
+                .find(|s| s.scan_id == "B")
+                .unwrap()
+                .subject,
+            label("02")
+        );
     }
 
     #[test]

@@ -6,4 +6,5 @@ mod arrays;
 mod common;
 mod failures;
 mod local;
+mod ops;
 mod slurm;
