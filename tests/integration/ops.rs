@@ -69,6 +69,16 @@ impl Drop for SavedCrontab {
     }
 }
 
+/// `nfslurm` as a plain process (to spawn and kill), set up as `Study::cmd`.
+fn std_cmd(study: &Study) -> Command {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("nfslurm"));
+    cmd.current_dir(study.path())
+        .env_remove("NFSLURM_CONFIG")
+        .env("NO_COLOR", "1")
+        .env("NFSLURM_TRANSIENT_ATTEMPTS", "1");
+    cmd
+}
+
 fn local_study() -> Study {
     let study = Study::new();
     study.write(
@@ -342,7 +352,7 @@ fn a_second_sync_prints_one_line_and_a_killed_sync_leaves_a_state_the_next_repai
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
 
     // The first sync stops inside `sbatch`, holding the plan lock.
-    let mut first = study.cmd().env("PATH", &path).arg("sync").spawn().unwrap();
+    let mut first = std_cmd(&study).env("PATH", &path).arg("sync").spawn().unwrap();
     let start = Instant::now();
     while !started.exists() {
         assert!(
@@ -697,8 +707,7 @@ fn status_views_for_people() {
 fn status_watch_redraws_until_stopped() {
     let study = status_study();
     study.ok(&["discover"]);
-    let mut child = study
-        .cmd()
+    let mut child = std_cmd(&study)
         .args(["status", "--watch", "1"])
         .stdout(std::process::Stdio::piped())
         .spawn()
