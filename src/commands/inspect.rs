@@ -100,8 +100,8 @@ pub fn show(settings: &Settings, target: &str) -> anyhow::Result<i32> {
                 .unwrap_or_default()
         );
         println!(
-            "  requested {} CPUs, {} memory, {} · reason: {}",
-            r.cpus,
+            "  requested {}, {} memory, {} · reason: {}",
+            output::count(r.cpus as usize, "CPU", "CPUs"),
             output::megabytes(r.mem_mb as i64),
             crate::config::format_slurm_time(r.time_limit_s),
             r.plan_reason

@@ -175,7 +175,10 @@ pub fn retry(
         for k in &chosen {
             println!("retrying {k}");
         }
-        println!("{} runs submitted", rows.len());
+        println!(
+            "{} submitted",
+            crate::output::count(rows.len(), "run", "runs")
+        );
     }
     submitted.report_problems(settings);
     if let Some(err) = submitted

@@ -290,8 +290,12 @@ fn print_submitted(settings: &Settings, rows: &[SubmittedRun]) {
     }
     output::print_table(&table);
     println!(
-        "{} runs submitted",
-        rows.iter().filter(|r| r.job_id.is_some()).count()
+        "{} submitted",
+        output::count(
+            rows.iter().filter(|r| r.job_id.is_some()).count(),
+            "run",
+            "runs"
+        )
     );
 }
 

@@ -147,6 +147,11 @@ pub fn duration(secs: i64) -> String {
     }
 }
 
+/// `1 run`, `3 runs`.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// A short wait as `750ms` or `1.9s`.
 pub fn duration_ms(d: std::time::Duration) -> String {
     if d.as_millis() < 1000 {

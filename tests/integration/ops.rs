@@ -352,7 +352,11 @@ fn a_second_sync_prints_one_line_and_a_killed_sync_leaves_a_state_the_next_repai
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
 
     // The first sync stops inside `sbatch`, holding the plan lock.
-    let mut first = std_cmd(&study).env("PATH", &path).arg("sync").spawn().unwrap();
+    let mut first = std_cmd(&study)
+        .env("PATH", &path)
+        .arg("sync")
+        .spawn()
+        .unwrap();
     let start = Instant::now();
     while !started.exists() {
         assert!(
@@ -603,6 +607,7 @@ fn filtered(study: &Study) -> Vec<(String, String)> {
 #[test]
 fn status_views_for_people() {
     let study = status_study();
+    study.ok(&["discover"]);
     let out = study.run(&["submit", "--all", "--wait"]);
     assert_eq!(
         out.status.code(),
