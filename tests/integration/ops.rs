@@ -630,7 +630,7 @@ fn status_views_for_people() {
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
-    insta::with_settings!({ filters => filters.clone(), prepend_module_to_snapshot => false }, {
+    insta::with_settings!({ filters => filters.clone() }, {
         insta::assert_snapshot!("status_summary", summary);
         insta::assert_snapshot!("status_matrix", matrix);
     });
@@ -642,7 +642,7 @@ fn status_views_for_people() {
         (r"\b\d+%", "[EFF]%"),
         (r" {2,}", "  "),
     ]);
-    insta::with_settings!({ filters => run_filters, prepend_module_to_snapshot => false }, {
+    insta::with_settings!({ filters => run_filters }, {
         insta::assert_snapshot!("status_runs", runs);
     });
 

@@ -561,7 +561,24 @@ impl Executor for SlurmExecutor {
                 // the end (and after slurmdbd restarts) sacct shows the final
                 // state with `End=Unknown` and no steps for a few seconds.
                 Some(job) if !(job.placeholder || job.state.is_finished() && job.end.is_none()) => {
-                    let u = update_from_sacct(run, job);
+                    let mut u = update_from_sacct(run, job);
+                    // squeue answered without this job, yet sacct says it is
+                    // live: stale accounting (a controller that lost its
+                    // state). Past its time limit and the grace, it is lost.
+                    let since = run
+                        .started_at
+                        .or(run.submitted_at)
+                        .unwrap_or(run.created_at);
+                    if u.state.is_some_and(RunState::in_flight)
+                        && now - since > run.time_limit_s as i64 + lost_after
+                    {
+                        u.state = Some(RunState::Lost);
+                        u.ended_at = Some(now);
+                        u.reason = Some(format!(
+                            "sacct says {} but Slurm no longer knows job {id}, past its time limit",
+                            job.state
+                        ));
+                    }
                     if u.state.is_some_and(|s| s != run.state)
                         || u.reason.is_some()
                         || u.slurm_state != run.slurm_state
@@ -867,5 +884,96 @@ fn fault_point(result: Result<String, CallError>, index: usize) -> Result<String
             "`sbatch`: Batch job submission failed: Socket timed out on send/recv operation".into(),
         )),
         _ => result,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Label, UnitKey};
+
+    fn run() -> RunRow {
+        RunRow {
+            id: 1,
+            unit_id: 1,
+            key: UnitKey::new("bids", &Label::new("01").unwrap(), None),
+            attempt: 1,
+            token: "t".into(),
+            executor: "slurm".into(),
+            job_id: Some("0".into()),
+            state: RunState::Running,
+            slurm_state: None,
+            exit_code: None,
+            reason: None,
+            plan_reason: "new".into(),
+            node: None,
+            created_at: 0,
+            submitted_at: None,
+            started_at: None,
+            ended_at: None,
+            elapsed_s: None,
+            max_rss_mb: None,
+            cpus: 1,
+            mem_mb: 100,
+            time_limit_s: 60,
+            gpus: 0,
+            config_hash: "h".into(),
+            inputs: vec![],
+            depends_on: vec![],
+            script_path: "s".into(),
+            log_path: "l".into(),
+            unseen_since: None,
+            pid: None,
+        }
+    }
+
+    /// The run states that real sacct rows (tests/fixtures/slurm) mean.
+    #[test]
+    fn recorded_sacct_rows_map_to_run_states() {
+        let jobs = parse::parse_sacct(include_str!(
+            "../../../tests/fixtures/slurm/sacct_mixed.txt"
+        ))
+        .unwrap();
+        let state_of = |id: &str| {
+            let job = jobs.iter().find(|j| j.job_id == id).unwrap();
+            let u = update_from_sacct(&run(), job);
+            (u.state.unwrap(), u.exit_code)
+        };
+        assert_eq!(state_of("18"), (RunState::Timeout, Some(0)));
+        assert_eq!(state_of("19"), (RunState::Succeeded, Some(0)));
+        assert_eq!(state_of("22"), (RunState::Failed, Some(3)));
+        assert_eq!(state_of("24"), (RunState::Oom, Some(0)));
+        assert_eq!(state_of("26").0, RunState::Cancelled);
+        assert_eq!(state_of("23").0, RunState::UpstreamFailed);
+        let oom = jobs.iter().find(|j| j.job_id == "25").unwrap();
+        let u = update_from_sacct(&run(), oom);
+        assert!(u.max_rss_mb.unwrap() > 0);
+        assert!(u.reason.unwrap().contains("MaxRSS"));
+    }
+
+    #[test]
+    fn unknown_states_are_never_success() {
+        assert_eq!(run_state_of(&SlurmState::parse("RESIZING"), 0, ""), None);
+        assert_eq!(
+            run_state_of(&SlurmState::parse("NODE_FAIL"), 0, ""),
+            Some(RunState::InfraFailed)
+        );
+        assert_eq!(
+            run_state_of(&SlurmState::parse("PREEMPTED"), 0, ""),
+            Some(RunState::InfraFailed)
+        );
+        assert_eq!(
+            run_state_of(&SlurmState::parse("COMPLETED"), 1, ""),
+            Some(RunState::Failed)
+        );
+    }
+
+    #[test]
+    fn tool_messages_lose_their_prefixes() {
+        let stderr = include_str!("../../../tests/fixtures/slurm/sbatch_controller_down.stderr");
+        let msg = tool_message("sbatch", stderr);
+        assert!(!msg.contains("sbatch: error:"), "{msg}");
+        assert!(msg.contains("Unable to contact slurm controller"), "{msg}");
+        assert!(parse::is_transient_error(stderr));
     }
 }
