@@ -234,9 +234,15 @@ pub enum CronAction {
         #[arg(long, default_value = "15m")]
         every: String,
     },
-    /// Print this study's crontab line and its log file
+    /// Print this study's crontab line, its log file and the last sync
+    #[command(
+        after_help = "Examples:\n  nfslurm cron show\n  nfslurm cron show --json\n  nfslurm --config /data/study cron show"
+    )]
     Show,
     /// Remove this study's line; other entries are untouched
+    #[command(
+        after_help = "Examples:\n  nfslurm cron remove\n  nfslurm --config /data/study/nfslurm.yaml cron remove"
+    )]
     Remove,
 }
 
@@ -250,14 +256,17 @@ pub enum StatusView {
 #[derive(Debug, Subcommand)]
 pub enum WorkerAction {
     /// Start the worker if runs are waiting and none is running
+    #[command(after_help = "Examples:\n  nfslurm worker start")]
     Start,
     /// Stop it: running jobs finish, nothing new starts (twice: kill them)
+    #[command(after_help = "Examples:\n  nfslurm worker stop\n  nfslurm worker stop --now")]
     Stop {
         /// Kill running jobs now (they are recorded as infrastructure failures and retried)
         #[arg(long)]
         now: bool,
     },
     /// PID, uptime and queue depth
+    #[command(after_help = "Examples:\n  nfslurm worker status\n  nfslurm worker status --json")]
     Status,
     /// Run the worker in the foreground (what `start` launches)
     #[command(hide = true)]

@@ -8,6 +8,7 @@
 //!
 //! ```text
 //! cargo bench --bench scale -- [--only plan,discover,sync,submit] [--reps N] [--tsv FILE]
+//! cargo bench --bench scale -- --setup SCENARIO DIR   # generate a study and keep it
 //! ```
 //!
 //! Library figures whose memory matters run in a child process of this
@@ -155,6 +156,19 @@ fn main() {
         child(&args[1], Path::new(&args[2]));
         return;
     }
+    if args.first().map(String::as_str) == Some("--setup") {
+        // Generate a scenario's study and keep it, to profile a command by hand.
+        let dir = Path::new(&args[2]);
+        match args[1].as_str() {
+            "plan" => setup_plan(dir),
+            "discover" => setup_discover(dir),
+            "sync" => setup_sync(dir),
+            "submit" => setup_submit(dir),
+            other => panic!("unknown scenario `{other}`"),
+        };
+        println!("{}", dir.join("nfslurm.yaml").display());
+        return;
+    }
     let options = parse_options(&args);
     let wanted = |name: &str| options.only.is_empty() || options.only.iter().any(|o| o == name);
     let root = tempfile::Builder::new()
@@ -259,17 +273,44 @@ fn run_child(what: &str, study: &Study, reps: usize) -> (measure::Usage, String)
     })
 }
 
+/// 100,000 sessions registered, no run.
+fn setup_plan(dir: &Path) -> Study {
+    let study = Study::create(dir, 50_000, 2);
+    study.register();
+    study
+}
+
+/// 100,000 session folders and their mapping, nothing registered.
+fn setup_discover(dir: &Path) -> Study {
+    let study = Study::create(dir, 50_000, 2);
+    study.make_folders();
+    study
+}
+
+/// 10,000 session folders, registered, every unit done.
+fn setup_sync(dir: &Path) -> Study {
+    let study = Study::create(dir, 5_000, 2);
+    study.make_folders();
+    study.register();
+    study.complete_all();
+    study
+}
+
+/// 1,000 sessions registered, no run.
+fn setup_submit(dir: &Path) -> Study {
+    let study = Study::create(dir, 500, 2);
+    study.register();
+    study
+}
+
 /// `plan` for 100,000 sessions × 4 pipelines, all new.
 fn bench_plan(report: &mut Report, dir: &Path, reps: usize) {
     eprintln!("plan: 50,000 subjects x 2 sessions x 4 pipelines, all new");
-    let study = Study::create(dir, 50_000, 2);
     let start = Instant::now();
-    study.register();
-    report.add(
-        "plan 100k: register 100,000 sessions (setup)",
-        ms(start.elapsed()),
-        "ms",
-        None,
+    let study = setup_plan(dir);
+    eprintln!(
+        "    100,000 sessions registered in {:.0} ms",
+        ms(start.elapsed())
     );
     let (_, text) = run_child("plan", &study, reps);
     eprintln!("    {}", text.trim());
@@ -322,9 +363,8 @@ fn bench_plan(report: &mut Report, dir: &Path, reps: usize) {
 /// `discover` over 100,000 session folders (warm file-system cache).
 fn bench_discover(report: &mut Report, dir: &Path, reps: usize) {
     eprintln!("discover: 100,000 session folders with 2 files each");
-    let study = Study::create(dir, 50_000, 2);
     let start = Instant::now();
-    study.make_folders();
+    let study = setup_discover(dir);
     eprintln!("    folders written in {:.0} ms", ms(start.elapsed()));
     let config = study.config();
     let (time, found) = median(reps, || {
@@ -379,13 +419,10 @@ fn bench_discover(report: &mut Report, dir: &Path, reps: usize) {
 /// A `sync` with nothing to do, and `status`, on 10,000 sessions whose 35,000 units are done.
 fn bench_sync(report: &mut Report, dir: &Path, reps: usize) {
     eprintln!("sync/status: 5,000 subjects x 2 sessions, 35,000 units all done");
-    let study = Study::create(dir, 5_000, 2);
-    study.make_folders();
-    study.register();
     let start = Instant::now();
-    let runs = study.complete_all();
+    let study = setup_sync(dir);
     eprintln!(
-        "    {runs} runs created and marked succeeded in {:.0} ms",
+        "    folders written, sessions registered, 35,000 runs created and marked succeeded in {:.0} ms",
         ms(start.elapsed())
     );
     // Sanity: a no-op sync prints nothing, and no unit is left to run.
@@ -467,8 +504,7 @@ fn bench_sync(report: &mut Report, dir: &Path, reps: usize) {
 /// executor that records the sbatch calls instead of making them.
 fn bench_submit(report: &mut Report, dir: &Path, reps: usize) {
     eprintln!("submit: 500 subjects x 2 sessions, 3,500 new units, recorded sbatch calls");
-    let study = Study::create(dir, 500, 2);
-    study.register();
+    let study = setup_submit(dir);
     let state = study.config().paths.state_dir;
     let template = dir.join("state-template.db");
     std::fs::copy(state.join("state.db"), &template).expect("copy the state");

@@ -726,6 +726,7 @@ fn status_watch_redraws_until_stopped() {
         .unwrap()
         .read_to_string(&mut out)
         .unwrap();
+    child.wait().unwrap();
     // Off a terminal: frames one after another, no escape codes.
     assert!(
         out.matches("every 1s: nfslurm status").count() >= 2,
