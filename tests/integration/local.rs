@@ -4,6 +4,26 @@ use std::fs;
 
 use crate::common::{Study, chain_study};
 
+/// `plan --json` actions as sorted `pipeline/subject/session:reason` strings.
+fn plan_actions(plan: &serde_json::Value) -> Vec<String> {
+    let mut actions: Vec<String> = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{}/{}/{}:{}",
+                a["pipeline"].as_str().unwrap(),
+                a["subject"].as_str().unwrap(),
+                a["session"].as_str().unwrap_or("-"),
+                a["reason"].as_str().unwrap()
+            )
+        })
+        .collect();
+    actions.sort();
+    actions
+}
+
 fn done_count(study: &Study) -> usize {
     study
         .unit_states()
@@ -34,40 +54,12 @@ fn local_study_runs_then_a_new_session_reruns_only_its_subject_chain() {
     mapping.push_str("SCAN012,01,2\n");
     study.write("mapping.csv", &mapping);
     let plan = study.json(&["plan"]);
-    let mut actions: Vec<String> = plan["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            format!(
-                "{}/{}/{}:{}",
-                a["pipeline"].as_str().unwrap(),
-                a["subject"].as_str().unwrap(),
-                a["session"].as_str().unwrap_or("-"),
-                a["reason"].as_str().unwrap()
-            )
-        })
-        .collect();
-    actions.sort();
+    let actions = plan_actions(&plan);
     // The plan before discovery knows nothing of the new session.
     assert!(actions.is_empty(), "{actions:?}");
     study.ok(&["discover"]);
     let plan = study.json(&["plan"]);
-    let mut actions: Vec<String> = plan["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            format!(
-                "{}/{}/{}:{}",
-                a["pipeline"].as_str().unwrap(),
-                a["subject"].as_str().unwrap(),
-                a["session"].as_str().unwrap_or("-"),
-                a["reason"].as_str().unwrap()
-            )
-        })
-        .collect();
-    actions.sort();
+    let actions = plan_actions(&plan);
     assert_eq!(
         actions,
         vec![

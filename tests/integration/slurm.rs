@@ -80,6 +80,13 @@ pub(crate) fn sync_until_settled(study: &Study, timeout: Duration) -> BTreeMap<S
     }
 }
 
+/// Syncs until settled; every unit done, with exactly one job each.
+fn settle_all_done(study: &Study, prefix: &str, since: &str, units: usize) {
+    let states = sync_until_settled(study, Duration::from_secs(180));
+    assert!(states.values().all(|s| s == "done"), "{states:?}");
+    assert_one_job_per_unit(study, prefix, since, units);
+}
+
 /// sacct's jobs (job rows) whose name is one of this study's, by name.
 fn sacct_jobs_by_name(prefix: &str, since: &str) -> BTreeMap<String, Vec<String>> {
     let text = sh(&format!(
@@ -290,9 +297,7 @@ fn crash_between_sbatch_and_the_database_write_is_adopted_not_duplicated() {
     let queued = sh("squeue -h -u root -o '%j' -t all");
     assert!(queued.lines().any(|l| l == "nf-bids-cr01-1"), "{queued}");
 
-    let states = sync_until_settled(&study, Duration::from_secs(180));
-    assert!(states.values().all(|s| s == "done"), "{states:?}");
-    assert_one_job_per_unit(&study, "cr", &since, 4);
+    settle_all_done(&study, "cr", &since, 4);
     let show = study.ok(&["show", "bids/sub-cr01/ses-1"]);
     assert!(show.contains("adopted job"), "{show}");
 }
@@ -321,9 +326,7 @@ fn sbatch_that_times_out_after_queuing_is_adopted_not_duplicated() {
     assert_eq!(runs.len(), 1, "only the uncertain run is kept: {runs:?}");
     assert_eq!(runs[0]["state"], "submitting");
 
-    let states = sync_until_settled(&study, Duration::from_secs(180));
-    assert!(states.values().all(|s| s == "done"), "{states:?}");
-    assert_one_job_per_unit(&study, "to", &since, 4);
+    settle_all_done(&study, "to", &since, 4);
 }
 
 #[test]
@@ -356,9 +359,7 @@ fn controller_down_exits_2_and_nothing_is_left_in_a_false_state() {
         "sync with the controller down exits 2"
     );
 
-    let states = sync_until_settled(&study, Duration::from_secs(180));
-    assert!(states.values().all(|s| s == "done"), "{states:?}");
-    assert_one_job_per_unit(&study, "cd", &since, 4);
+    settle_all_done(&study, "cd", &since, 4);
 }
 
 #[test]
@@ -399,9 +400,7 @@ fn slurmdbd_down_keeps_finished_runs_open_until_sacct_answers() {
         matches!(states["bids/sub-db01/ses-1"].as_str(), "queued" | "running"),
         "finished but unconfirmed runs stay open: {states:?}"
     );
-    let states = sync_until_settled(&study, Duration::from_secs(180));
-    assert!(states.values().all(|s| s == "done"), "{states:?}");
-    assert_one_job_per_unit(&study, "db", &since, 4);
+    settle_all_done(&study, "db", &since, 4);
 }
 
 #[test]
