@@ -8,19 +8,23 @@ use crate::slurm::{cluster, sh, slurm_now, sync_until_settled};
 
 /// sacct rows (job ID, comment) of every job that started since `since`.
 fn sacct_rows(since: &str) -> Vec<(String, String, String)> {
-    sh(&format!(
+    three_columns(&sh(&format!(
         "sacct -X -n -P -a -S {since} -E now --format=JobID,Comment,JobName"
-    ))
-    .lines()
-    .filter_map(|l| {
-        let mut p = l.split('|');
-        Some((
-            p.next()?.to_string(),
-            p.next()?.to_string(),
-            p.next()?.to_string(),
-        ))
-    })
-    .collect()
+    )))
+}
+
+/// `a|b|c` lines as triples.
+fn three_columns(text: &str) -> Vec<(String, String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut p = l.split('|');
+            Some((
+                p.next()?.to_string(),
+                p.next()?.to_string(),
+                p.next()?.to_string(),
+            ))
+        })
+        .collect()
 }
 
 /// Every run's job in sacct exactly once, found by its token (array tasks:
@@ -55,17 +59,7 @@ fn assert_one_task_per_run(study: &Study, since: &str) {
             "sacct -X -n -P -j {} --format=JobID,Comment,JobName",
             ids.join(",")
         ));
-        let mut rows: Vec<(String, String, String)> = by_id
-            .lines()
-            .filter_map(|l| {
-                let mut p = l.split('|');
-                Some((
-                    p.next()?.to_string(),
-                    p.next()?.to_string(),
-                    p.next()?.to_string(),
-                ))
-            })
-            .collect();
+        let mut rows = three_columns(&by_id);
         rows.extend(sacct_rows(since));
         rows.sort();
         rows.dedup();
