@@ -220,6 +220,7 @@ fn child(what: &str, config_path: &Path) {
     let mut lap = Instant::now();
     let mut mark = |words: &mut Vec<String>, name: &str| {
         words.push(format!("{name}={:.1}", ms(lap.elapsed())));
+        words.push(format!("rss_mb={:.0}", measure::own_rss_mb()));
         lap = Instant::now();
     };
     let start = Instant::now();

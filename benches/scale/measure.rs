@@ -81,11 +81,20 @@ pub fn run(cmd: &mut Command) -> (Usage, String) {
 
 /// This process's peak RSS in MB (`VmHWM`), for library figures run in a child.
 pub fn own_peak_rss_mb() -> f64 {
+    proc_status_mb("VmHWM:")
+}
+
+/// This process's RSS now, in MB.
+pub fn own_rss_mb() -> f64 {
+    proc_status_mb("VmRSS:")
+}
+
+fn proc_status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
         .map(|kb| kb / 1024.0)

@@ -591,6 +591,7 @@ pub fn run_json(run: &RunRow) -> serde_json::Value {
         "session": run.key.session,
         "attempt": run.attempt,
         "job_id": run.job_id,
+        "token": run.token,
         "state": run.state.as_str(),
         "slurm_state": run.slurm_state,
         "exit_code": run.exit_code,

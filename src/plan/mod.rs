@@ -9,7 +9,7 @@
 pub mod limits;
 pub mod policy;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use crate::config::{Config, Pipeline};
 use crate::model::{Label, Level, Reason, RunState, UnitKey, UnitState};
@@ -119,35 +119,62 @@ impl Plan {
 
 /// The sessions of one subject, valid ones first-class.
 struct SubjectSessions<'a> {
+    label: &'a Label,
     valid: Vec<&'a SessionRow>,
-    invalid: Vec<&'a SessionRow>,
+    /// Every session, valid or not, ordered by label: the order of the
+    /// subject's session-level units in every pipeline.
+    sorted: Vec<(&'a SessionRow, bool)>,
 }
 
-/// The upstream units of `key` under SPEC §1's level table.
+/// Where each unit is in `Plan::units`, found without hashing keys: units are
+/// laid out pipeline by pipeline, subject by subject, and a subject's
+/// session-level units follow [`SubjectSessions::sorted`].
+struct Layout {
+    /// `first[pipeline][subject]`: the index of the subject's first unit of
+    /// that pipeline, if it has any.
+    first: Vec<Vec<Option<usize>>>,
+}
+
+/// Pushes the indices of the upstream units of one unit (SPEC §1's level
+/// table) onto `out`, in a stable order; `position` is the unit's place in
+/// its subject's sorted sessions (`None` for a subject-level unit). Returns
+/// false if an upstream unit does not exist (cannot happen with a validated
+/// DAG).
 fn upstream_units(
     config: &Config,
     pipeline: &Pipeline,
-    key: &UnitKey,
+    layout: &Layout,
+    subject_index: usize,
     subject: &SubjectSessions<'_>,
-) -> Vec<UnitKey> {
-    let mut out = Vec::new();
+    position: Option<usize>,
+    out: &mut Vec<usize>,
+) -> bool {
+    let mut complete = true;
     for name in &pipeline.depends_on {
-        let Some(up) = config.pipeline(name) else {
+        let Some(up) = config.pipelines.iter().position(|p| &p.name == name) else {
             continue;
         };
-        match (pipeline.level, up.level) {
-            (Level::Session, Level::Session) => {
-                out.push(UnitKey::new(name, &key.subject, key.session.as_ref()));
-            }
+        let first = layout.first[up][subject_index];
+        let mut push = |offset: Option<usize>| match (first, offset) {
+            (Some(first), Some(offset)) => out.push(first + offset),
+            _ => complete = false,
+        };
+        match (pipeline.level, config.pipelines[up].level) {
+            (Level::Session, Level::Session) => push(position),
             (Level::Subject, Level::Session) => {
                 for s in &subject.valid {
-                    out.push(UnitKey::new(name, &key.subject, Some(&s.session)));
+                    push(
+                        subject
+                            .sorted
+                            .iter()
+                            .position(|(row, _)| std::ptr::eq(*row, *s)),
+                    );
                 }
             }
-            (_, Level::Subject) => out.push(UnitKey::new(name, &key.subject, None)),
+            (_, Level::Subject) => push(Some(0)),
         }
     }
-    out
+    complete
 }
 
 fn retrying_detail(at: i64) -> String {
@@ -180,104 +207,149 @@ fn failure_detail(run: &RunRow) -> String {
 }
 
 /// Plans the study: every unit's state, and the actions `request` asks for.
+///
+/// Built for studies of 100,000 sessions: units are found by their place in
+/// a fixed layout rather than by hashing keys, the snapshot is read once per
+/// unit, and vectors are sized before they are filled (see
+/// `docs/performance.md`).
 pub fn plan(config: &Config, snapshot: &Snapshot, now: i64, request: &Request) -> Plan {
-    let mut by_subject: BTreeMap<&Label, SubjectSessions<'_>> = BTreeMap::new();
+    let mut by_subject: BTreeMap<&Label, (Vec<&SessionRow>, Vec<&SessionRow>)> = BTreeMap::new();
     for s in &snapshot.sessions {
-        let entry = by_subject.entry(&s.subject).or_insert(SubjectSessions {
-            valid: Vec::new(),
-            invalid: Vec::new(),
-        });
+        let (valid, invalid) = by_subject.entry(&s.subject).or_default();
         if s.valid {
-            entry.valid.push(s);
+            valid.push(s);
         } else {
-            entry.invalid.push(s);
+            invalid.push(s);
         }
     }
+    let subjects: Vec<SubjectSessions<'_>> = by_subject
+        .into_iter()
+        .map(|(label, (valid, invalid))| {
+            let mut sorted: Vec<(&SessionRow, bool)> = valid
+                .iter()
+                .map(|s| (*s, true))
+                .chain(invalid.iter().map(|s| (*s, false)))
+                .collect();
+            sorted.sort_by(|a, b| a.0.session.cmp(&b.0.session));
+            SubjectSessions {
+                label,
+                valid,
+                sorted,
+            }
+        })
+        .collect();
 
-    let mut units: Vec<UnitPlan> = Vec::new();
-    let mut index: HashMap<UnitKey, usize> = HashMap::new();
-    let mut upstream_of: Vec<Vec<usize>> = Vec::new();
-
+    // The layout, and so the exact number of units.
+    let mut layout = Layout {
+        first: Vec::with_capacity(config.pipelines.len()),
+    };
+    let mut n_units = 0;
     for pipeline in &config.pipelines {
-        for (subject, sessions) in &by_subject {
-            let mut keys: Vec<(UnitKey, bool)> = Vec::new();
+        let firsts = subjects
+            .iter()
+            .map(|subject| {
+                let n = match pipeline.level {
+                    Level::Session => subject.sorted.len(),
+                    Level::Subject => usize::from(!subject.valid.is_empty()),
+                };
+                let first = (n > 0).then_some(n_units);
+                n_units += n;
+                first
+            })
+            .collect();
+        layout.first.push(firsts);
+    }
+
+    let mut units: Vec<UnitPlan> = Vec::with_capacity(n_units);
+    let mut facts: Vec<Facts<'_>> = Vec::with_capacity(n_units);
+    // Upstream unit indices of unit `i`: `up_flat[up_start[i]..up_start[i + 1]]`.
+    let mut up_start: Vec<usize> = Vec::with_capacity(n_units + 1);
+    let mut up_flat: Vec<usize> = Vec::with_capacity(n_units);
+    up_start.push(0);
+    for pipeline in &config.pipelines {
+        for (subject_index, subject) in subjects.iter().enumerate() {
+            let mut add = |key: UnitKey, valid: bool, position: Option<usize>| {
+                let from = up_flat.len();
+                let complete = !valid
+                    || upstream_units(
+                        config,
+                        pipeline,
+                        &layout,
+                        subject_index,
+                        subject,
+                        position,
+                        &mut up_flat,
+                    );
+                let up_idx = &up_flat[from..];
+                let (unit, unit_facts) = evaluate(
+                    config, pipeline, snapshot, now, request, key, valid, up_idx, complete, &units,
+                    &facts,
+                );
+                units.push(unit);
+                facts.push(unit_facts);
+                up_start.push(up_flat.len());
+            };
             match pipeline.level {
                 Level::Session => {
-                    let mut all: Vec<(&SessionRow, bool)> = sessions
-                        .valid
-                        .iter()
-                        .map(|s| (*s, true))
-                        .chain(sessions.invalid.iter().map(|s| (*s, false)))
-                        .collect();
-                    all.sort_by(|a, b| a.0.session.cmp(&b.0.session));
-                    for (s, valid) in all {
-                        keys.push((
-                            UnitKey::new(&pipeline.name, subject, Some(&s.session)),
-                            valid,
-                        ));
+                    for (position, (s, valid)) in subject.sorted.iter().enumerate() {
+                        let key = UnitKey::new(&pipeline.name, subject.label, Some(&s.session));
+                        add(key, *valid, Some(position));
                     }
                 }
                 Level::Subject => {
-                    if !sessions.valid.is_empty() {
-                        keys.push((UnitKey::new(&pipeline.name, subject, None), true));
+                    if !subject.valid.is_empty() {
+                        add(
+                            UnitKey::new(&pipeline.name, subject.label, None),
+                            true,
+                            None,
+                        );
                     }
                 }
             }
-            for (key, valid) in keys {
-                let upstream = if valid {
-                    upstream_units(config, pipeline, &key, sessions)
-                } else {
-                    Vec::new()
-                };
-                let up_idx: Vec<usize> = upstream
-                    .iter()
-                    .filter_map(|k| index.get(k).copied())
-                    .collect();
-                let unit = evaluate(
-                    config, pipeline, snapshot, now, request, &key, valid, &upstream, &up_idx,
-                    &units,
-                );
-                index.insert(key, units.len());
-                upstream_of.push(up_idx);
-                units.push(unit);
-            }
         }
     }
+    // What is left is only the units' business: free the rest before the
+    // actions add their own share to the peak.
+    drop(subjects);
+    drop(layout);
+    let upstream_of = |i: usize| &up_flat[up_start[i]..up_start[i + 1]];
 
     // Actions: the requested due units, plus the due upstream units they wait on.
     let mut wanted = vec![false; units.len()];
-    let mut stack: Vec<usize> = units
-        .iter()
-        .enumerate()
-        .filter(|(_, u)| u.due && request.selection.matches(&u.key))
-        .map(|(i, _)| i)
-        .collect();
-    while let Some(i) = stack.pop() {
-        if wanted[i] {
-            continue;
-        }
-        wanted[i] = true;
-        for &up in &upstream_of[i] {
-            if units[up].due && !wanted[up] {
-                stack.push(up);
+    {
+        let mut stack: Vec<usize> = units
+            .iter()
+            .enumerate()
+            .filter(|(_, u)| u.due && request.selection.matches(&u.key))
+            .map(|(i, _)| i)
+            .collect();
+        while let Some(i) = stack.pop() {
+            if wanted[i] {
+                continue;
+            }
+            wanted[i] = true;
+            for &up in upstream_of(i) {
+                if units[up].due && !wanted[up] {
+                    stack.push(up);
+                }
             }
         }
     }
     // Units are already in dependency order (pipelines are topologically sorted).
-    let mut actions = Vec::new();
-    let mut action_of: HashMap<usize, usize> = HashMap::new();
+    let mut actions = Vec::with_capacity(wanted.iter().filter(|w| **w).count());
+    let mut action_of: Vec<Option<usize>> = vec![None; units.len()];
     for (i, unit) in units.iter().enumerate() {
         if !wanted[i] {
             continue;
         }
-        let mut depends_on = Vec::new();
-        let mut inputs = Vec::new();
-        for &up in &upstream_of[i] {
-            let dep = if let Some(&a) = action_of.get(&up) {
+        let upstream = upstream_of(i);
+        let mut depends_on = Vec::with_capacity(upstream.len());
+        let mut inputs = Vec::with_capacity(upstream.len());
+        for &up in upstream {
+            let dep = if let Some(a) = action_of[up] {
                 Some(Dependency::Planned(a))
             } else {
-                let key = &units[up].key;
-                match snapshot.last_run(key) {
+                match facts[up].last {
                     Some(run) if run.state.in_flight() => Some(Dependency::InFlight {
                         run_id: run.id,
                         job_id: run.job_id.clone(),
@@ -291,7 +363,7 @@ pub fn plan(config: &Config, snapshot: &Snapshot, now: i64, request: &Request) -
                     inputs.push(dep);
                 }
                 None => {
-                    if let Some(success) = snapshot.success_run(&units[up].key) {
+                    if let Some(success) = facts[up].success {
                         inputs.push(Dependency::InFlight {
                             run_id: success.id,
                             job_id: None,
@@ -300,7 +372,7 @@ pub fn plan(config: &Config, snapshot: &Snapshot, now: i64, request: &Request) -
                 }
             }
         }
-        action_of.insert(i, actions.len());
+        action_of[i] = Some(actions.len());
         actions.push(Action {
             key: unit.key.clone(),
             reason: unit.reason.unwrap_or(Reason::New),
@@ -312,25 +384,60 @@ pub fn plan(config: &Config, snapshot: &Snapshot, now: i64, request: &Request) -
     Plan { units, actions }
 }
 
-/// Gives one unit its state, reason and due-ness; upstream units are already evaluated.
+/// What the planner read from the snapshot for a unit: its last and last
+/// successful runs, looked up once.
+#[derive(Clone, Copy)]
+struct Facts<'a> {
+    last: Option<&'a RunRow>,
+    success: Option<&'a RunRow>,
+    /// The unit's `success_run_id`, even if that run is not in the snapshot.
+    success_id: Option<i64>,
+}
+
+/// Whether `ids` and `other` hold the same run IDs, as sets. Both are a
+/// unit's upstream count long (one or a few), so sorting beats hashing.
+fn same_set(ids: impl Iterator<Item = i64>, other: &[i64]) -> bool {
+    let mut a: Vec<i64> = ids.collect();
+    let mut b = other.to_vec();
+    a.sort_unstable();
+    a.dedup();
+    b.sort_unstable();
+    b.dedup();
+    a == b
+}
+
+/// Gives one unit its state, reason and due-ness; upstream units (`up_idx`,
+/// indices into `done_units`) are already evaluated. `complete` is false
+/// when an upstream unit does not exist.
 #[allow(clippy::too_many_arguments)]
-fn evaluate(
+fn evaluate<'s>(
     config: &Config,
     pipeline: &Pipeline,
-    snapshot: &Snapshot,
+    snapshot: &'s Snapshot,
     now: i64,
     request: &Request,
-    key: &UnitKey,
+    key: UnitKey,
     valid: bool,
-    upstream: &[UnitKey],
     up_idx: &[usize],
+    complete: bool,
     done_units: &[UnitPlan],
-) -> UnitPlan {
-    let rec = snapshot.units.get(key);
-    let last = snapshot.last_run(key);
-    let success = snapshot.success_run(key);
+    done_facts: &[Facts<'s>],
+) -> (UnitPlan, Facts<'s>) {
+    let rec = snapshot.units.get(&key);
+    let last = rec
+        .and_then(|r| r.last_run_id)
+        .and_then(|id| snapshot.runs.get(&id));
+    let success = rec
+        .and_then(|r| r.success_run_id)
+        .and_then(|id| snapshot.runs.get(&id));
+    let facts = Facts {
+        last,
+        success,
+        success_id: rec.and_then(|r| r.success_run_id),
+    };
+    let upstream = up_idx.iter().map(|&i| done_units[i].key.clone()).collect();
     let mut unit = UnitPlan {
-        key: key.clone(),
+        key,
         level: pipeline.level,
         state: UnitState::Waiting,
         reason: None,
@@ -340,14 +447,13 @@ fn evaluate(
         job_id: last.and_then(|r| r.job_id.clone()),
         next_attempt_at: None,
         last_run_id: last.map(|r| r.id),
-        upstream: upstream.to_vec(),
+        upstream,
         due: false,
     };
-
     if !valid {
         unit.state = UnitState::Invalid;
         unit.detail = Some("session failed validation".into());
-        return unit;
+        return (unit, facts);
     }
     if let Some(run) = last
         && run.state.in_flight()
@@ -358,26 +464,22 @@ fn evaluate(
             UnitState::Queued
         };
         unit.reason = Reason::from_plan_text(&run.plan_reason);
-        return unit;
+        return (unit, facts);
     }
     if rec.is_some_and(|r| r.cancelled) {
         unit.state = UnitState::Cancelled;
         unit.detail = Some("cancelled: `nfslurm retry` resumes it".into());
-        return unit;
+        return (unit, facts);
     }
 
-    let forced = request.force && request.selection.matches(key);
+    let forced = request.force && request.selection.matches(&unit.key);
     let upstream_units: Vec<&UnitPlan> = up_idx.iter().map(|&i| &done_units[i]).collect();
     // An upstream unit that is anything but done will produce new output
     // (or is stuck trying to): this unit's output is out of date with it.
     let upstream_moving = upstream_units.iter().any(|u| u.state != UnitState::Done);
     let inputs_changed = success.is_some_and(|s| {
-        let current: HashSet<i64> = upstream
-            .iter()
-            .filter_map(|k| snapshot.units.get(k).and_then(|u| u.success_run_id))
-            .collect();
-        let consumed: HashSet<i64> = s.inputs.iter().copied().collect();
-        current != consumed
+        let current = up_idx.iter().filter_map(|&i| done_facts[i].success_id);
+        !same_set(current, &s.inputs)
     });
 
     let need = if forced {
@@ -395,7 +497,7 @@ fn evaluate(
     };
     let Some(mut reason) = need else {
         unit.state = UnitState::Done;
-        return unit;
+        return (unit, facts);
     };
     let stale = success.is_some();
 
@@ -420,7 +522,7 @@ fn evaluate(
                     },
                     failure_detail(run)
                 ));
-                return unit;
+                return (unit, facts);
             }
             reason = Reason::Retry;
             if let Some(at) = rec.next_attempt_at
@@ -430,7 +532,7 @@ fn evaluate(
                 unit.reason = Some(reason);
                 unit.next_attempt_at = Some(at);
                 unit.detail = Some(format!("{}; {}", failure_detail(run), retrying_detail(at)));
-                return unit;
+                return (unit, facts);
             }
         }
     }
@@ -444,28 +546,28 @@ fn evaluate(
                 unit.state = UnitState::Blocked;
                 unit.blocked_by = Some(up.key.clone());
                 unit.detail = Some(format!("blocked by {} ({})", up.key, up.state));
-                return unit;
+                return (unit, facts);
             }
             UnitState::Blocked => {
                 unit.state = UnitState::Blocked;
                 unit.blocked_by = up.blocked_by.clone();
                 unit.detail = up.detail.clone();
-                return unit;
+                return (unit, facts);
             }
             _ => {
                 unit.state = UnitState::Waiting;
                 unit.reason = Some(reason);
                 unit.blocked_by = Some(up.key.clone());
                 unit.detail = Some(format!("waiting for {} ({})", up.key, up.state));
-                return unit;
+                return (unit, facts);
             }
         }
     }
-    if upstream.len() != up_idx.len() {
+    if !complete {
         // An upstream unit does not exist (cannot happen with a validated DAG).
         unit.state = UnitState::Waiting;
         unit.detail = Some("an upstream unit is missing".into());
-        return unit;
+        return (unit, facts);
     }
 
     unit.due = true;
@@ -480,7 +582,7 @@ fn evaluate(
     if let (Reason::Retry, Some(run)) = (reason, last) {
         unit.detail = Some(failure_detail(run));
     }
-    unit
+    (unit, facts)
 }
 
 impl Reason {

@@ -282,11 +282,19 @@ pub struct Store {
     pub dir: PathBuf,
 }
 
-const RUN_COLUMNS: &str = "r.id, r.unit_id, u.pipeline, u.subject, u.session, r.attempt, r.token, \
-     r.executor, r.job_id, r.state, r.slurm_state, r.exit_code, r.reason, r.plan_reason, r.node, \
-     r.created_at, r.submitted_at, r.started_at, r.ended_at, r.elapsed_s, r.max_rss_mb, r.cpus, \
-     r.mem_mb, r.time_limit_s, r.gpus, r.config_hash, r.inputs, r.depends_on, r.script_path, \
-     r.log_path, r.unseen_since, r.pid";
+/// A run's own columns, in the order [`run_fields`] reads them.
+const RUN_FIELDS: &str = "r.id, r.unit_id, r.attempt, r.token, r.executor, r.job_id, r.state, \
+     r.slurm_state, r.exit_code, r.reason, r.plan_reason, r.node, r.created_at, r.submitted_at, \
+     r.started_at, r.ended_at, r.elapsed_s, r.max_rss_mb, r.cpus, r.mem_mb, r.time_limit_s, \
+     r.gpus, r.config_hash, r.inputs, r.depends_on, r.script_path, r.log_path, r.unseen_since, \
+     r.pid";
+
+/// The unit's key, then the run's own columns: what [`run_from_row`] reads.
+const RUN_COLUMNS: &str = "u.pipeline, u.subject, u.session, r.id, r.unit_id, r.attempt, \
+     r.token, r.executor, r.job_id, r.state, r.slurm_state, r.exit_code, r.reason, \
+     r.plan_reason, r.node, r.created_at, r.submitted_at, r.started_at, r.ended_at, \
+     r.elapsed_s, r.max_rss_mb, r.cpus, r.mem_mb, r.time_limit_s, r.gpus, r.config_hash, \
+     r.inputs, r.depends_on, r.script_path, r.log_path, r.unseen_since, r.pid";
 
 fn label_from_db(text: String) -> rusqlite::Result<Label> {
     Label::new(&text).map_err(|e| {
@@ -306,7 +314,22 @@ fn key_from_db(pipeline: String, subject: String, session: String) -> rusqlite::
     })
 }
 
+/// Reads a list of run IDs as the store writes it (`[1,2,3]`, see
+/// [`ids_to_json`]) without a JSON parser: the snapshot reads two per run.
+/// Anything else goes through serde_json.
 fn ids_from_json(text: &str) -> Vec<i64> {
+    if let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+        if inner.is_empty() {
+            return Vec::new();
+        }
+        if let Some(ids) = inner
+            .split(',')
+            .map(|n| n.parse().ok())
+            .collect::<Option<Vec<i64>>>()
+        {
+            return ids;
+        }
+    }
     serde_json::from_str(text).unwrap_or_default()
 }
 
@@ -314,46 +337,53 @@ fn ids_to_json(ids: &[i64]) -> String {
     serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_string())
 }
 
+/// A run from [`RUN_COLUMNS`].
 fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
-    let state_text: String = row.get(9)?;
+    let key = key_from_db(row.get(0)?, row.get(1)?, row.get(2)?)?;
+    run_fields(row, 3, key)
+}
+
+/// A run from [`RUN_FIELDS`], starting at column `at`, for the unit `key`.
+fn run_fields(row: &rusqlite::Row<'_>, at: usize, key: UnitKey) -> rusqlite::Result<RunRow> {
+    let state_text: String = row.get(at + 6)?;
     let state = RunState::parse(&state_text).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(
-            9,
+            at + 6,
             rusqlite::types::Type::Text,
             format!("unknown run state `{state_text}`").into(),
         )
     })?;
     Ok(RunRow {
-        id: row.get(0)?,
-        unit_id: row.get(1)?,
-        key: key_from_db(row.get(2)?, row.get(3)?, row.get(4)?)?,
-        attempt: row.get(5)?,
-        token: row.get(6)?,
-        executor: row.get(7)?,
-        job_id: row.get(8)?,
+        id: row.get(at)?,
+        unit_id: row.get(at + 1)?,
+        key,
+        attempt: row.get(at + 2)?,
+        token: row.get(at + 3)?,
+        executor: row.get(at + 4)?,
+        job_id: row.get(at + 5)?,
         state,
-        slurm_state: row.get(10)?,
-        exit_code: row.get(11)?,
-        reason: row.get(12)?,
-        plan_reason: row.get(13)?,
-        node: row.get(14)?,
-        created_at: row.get(15)?,
-        submitted_at: row.get(16)?,
-        started_at: row.get(17)?,
-        ended_at: row.get(18)?,
-        elapsed_s: row.get(19)?,
-        max_rss_mb: row.get(20)?,
-        cpus: row.get(21)?,
-        mem_mb: row.get::<_, i64>(22)? as u64,
-        time_limit_s: row.get::<_, i64>(23)? as u64,
-        gpus: row.get(24)?,
-        config_hash: row.get(25)?,
-        inputs: ids_from_json(&row.get::<_, String>(26)?),
-        depends_on: ids_from_json(&row.get::<_, String>(27)?),
-        script_path: PathBuf::from(row.get::<_, String>(28)?),
-        log_path: PathBuf::from(row.get::<_, String>(29)?),
-        unseen_since: row.get(30)?,
-        pid: row.get(31)?,
+        slurm_state: row.get(at + 7)?,
+        exit_code: row.get(at + 8)?,
+        reason: row.get(at + 9)?,
+        plan_reason: row.get(at + 10)?,
+        node: row.get(at + 11)?,
+        created_at: row.get(at + 12)?,
+        submitted_at: row.get(at + 13)?,
+        started_at: row.get(at + 14)?,
+        ended_at: row.get(at + 15)?,
+        elapsed_s: row.get(at + 16)?,
+        max_rss_mb: row.get(at + 17)?,
+        cpus: row.get(at + 18)?,
+        mem_mb: row.get::<_, i64>(at + 19)? as u64,
+        time_limit_s: row.get::<_, i64>(at + 20)? as u64,
+        gpus: row.get(at + 21)?,
+        config_hash: row.get(at + 22)?,
+        inputs: ids_from_json(row.get_ref(at + 23)?.as_str()?),
+        depends_on: ids_from_json(row.get_ref(at + 24)?.as_str()?),
+        script_path: PathBuf::from(row.get::<_, String>(at + 25)?),
+        log_path: PathBuf::from(row.get::<_, String>(at + 26)?),
+        unseen_since: row.get(at + 27)?,
+        pid: row.get(at + 28)?,
     })
 }
 

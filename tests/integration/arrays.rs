@@ -145,6 +145,15 @@ fn one_failing_session_in_an_array_delays_nobody_else_and_its_retry_is_a_single_
         "if [ {{ subject.label }} = af02 ] && [ {{ session.label }} = 2 ] && [ ! -f {{ paths.state_dir }}/../fixed ]; then exit 5; fi",
         "",
     );
+    // A backoff long enough to write the fix before the retry is due.
+    let config = std::fs::read_to_string(study.config_path()).unwrap();
+    study.write(
+        "nfslurm.yaml",
+        &config.replace(
+            "initial_delay: 1s\n  max_delay: 2s",
+            "initial_delay: 12s\n  max_delay: 20s",
+        ),
+    );
     study.ok(&["submit", "--all"]);
     // Let the first attempt fail and its chain be cancelled by Slurm.
     let start = Instant::now();
