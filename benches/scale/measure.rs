@@ -84,6 +84,18 @@ pub fn own_peak_rss_mb() -> f64 {
     proc_status_mb("VmHWM:")
 }
 
+/// This process's user and system CPU time so far.
+pub fn own_cpu() -> (Duration, Duration) {
+    // SAFETY: an all-zero rusage is a valid value; getrusage fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer cannot fail.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let time = |tv: libc::timeval| {
+        Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64)
+    };
+    (time(usage.ru_utime), time(usage.ru_stime))
+}
+
 /// This process's RSS now, in MB.
 pub fn own_rss_mb() -> f64 {
     proc_status_mb("VmRSS:")

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use crate::config::{Config, Pipeline};
 use crate::model::{Label, Level, Reason, RunState, UnitKey, UnitState};
-use crate::state::{RunRow, SessionRow, Snapshot};
+use crate::state::{RunRow, SessionRow, Snapshot, UnitRow};
 
 /// Which units a command is about (the shared selection flags).
 #[derive(Debug, Clone, Default)]
@@ -349,7 +349,7 @@ pub fn plan(config: &Config, snapshot: &Snapshot, now: i64, request: &Request) -
             let dep = if let Some(a) = action_of[up] {
                 Some(Dependency::Planned(a))
             } else {
-                match facts[up].last {
+                match facts[up].last(snapshot) {
                     Some(run) if run.state.in_flight() => Some(Dependency::InFlight {
                         run_id: run.id,
                         job_id: run.job_id.clone(),
@@ -363,7 +363,7 @@ pub fn plan(config: &Config, snapshot: &Snapshot, now: i64, request: &Request) -
                     inputs.push(dep);
                 }
                 None => {
-                    if let Some(success) = facts[up].success {
+                    if let Some(success) = facts[up].success(snapshot) {
                         inputs.push(Dependency::InFlight {
                             run_id: success.id,
                             job_id: None,
@@ -384,14 +384,26 @@ pub fn plan(config: &Config, snapshot: &Snapshot, now: i64, request: &Request) -
     Plan { units, actions }
 }
 
-/// What the planner read from the snapshot for a unit: its last and last
-/// successful runs, looked up once.
+/// A unit's bookkeeping row in the snapshot, looked up by key once (a
+/// pointer per unit: its runs are found by ID when needed).
 #[derive(Clone, Copy)]
-struct Facts<'a> {
-    last: Option<&'a RunRow>,
-    success: Option<&'a RunRow>,
+struct Facts<'a>(Option<&'a UnitRow>);
+
+impl<'a> Facts<'a> {
+    fn last(self, snapshot: &'a Snapshot) -> Option<&'a RunRow> {
+        self.0
+            .and_then(|r| r.last_run_id)
+            .and_then(|id| snapshot.runs.get(&id))
+    }
+
+    fn success(self, snapshot: &'a Snapshot) -> Option<&'a RunRow> {
+        self.success_id().and_then(|id| snapshot.runs.get(&id))
+    }
+
     /// The unit's `success_run_id`, even if that run is not in the snapshot.
-    success_id: Option<i64>,
+    fn success_id(self) -> Option<i64> {
+        self.0.and_then(|r| r.success_run_id)
+    }
 }
 
 /// Whether `ids` and `other` hold the same run IDs, as sets. Both are a
@@ -424,17 +436,9 @@ fn evaluate<'s>(
     done_facts: &[Facts<'s>],
 ) -> (UnitPlan, Facts<'s>) {
     let rec = snapshot.units.get(&key);
-    let last = rec
-        .and_then(|r| r.last_run_id)
-        .and_then(|id| snapshot.runs.get(&id));
-    let success = rec
-        .and_then(|r| r.success_run_id)
-        .and_then(|id| snapshot.runs.get(&id));
-    let facts = Facts {
-        last,
-        success,
-        success_id: rec.and_then(|r| r.success_run_id),
-    };
+    let facts = Facts(rec);
+    let last = facts.last(snapshot);
+    let success = facts.success(snapshot);
     let upstream = up_idx.iter().map(|&i| done_units[i].key.clone()).collect();
     let mut unit = UnitPlan {
         key,
@@ -478,7 +482,7 @@ fn evaluate<'s>(
     // (or is stuck trying to): this unit's output is out of date with it.
     let upstream_moving = upstream_units.iter().any(|u| u.state != UnitState::Done);
     let inputs_changed = success.is_some_and(|s| {
-        let current = up_idx.iter().filter_map(|&i| done_facts[i].success_id);
+        let current = up_idx.iter().filter_map(|&i| done_facts[i].success_id());
         !same_set(current, &s.inputs)
     });
 

@@ -302,15 +302,26 @@ fn label_from_db(text: String) -> rusqlite::Result<Label> {
     })
 }
 
-fn key_from_db(pipeline: String, subject: String, session: String) -> rusqlite::Result<UnitKey> {
+/// A unit key from the columns `at` (pipeline), `at + 1` (subject) and `at + 2`
+/// (session, empty for a subject-level unit), read in place: the snapshot
+/// reads one per unit, and a temporary `String` per label adds up.
+fn key_at(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<UnitKey> {
+    let session = row.get_ref(at + 2)?.as_str()?;
     Ok(UnitKey {
-        pipeline,
-        subject: label_from_db(subject)?,
+        pipeline: row.get_ref(at)?.as_str()?.to_string(),
+        subject: label_at(row, at + 1)?,
         session: if session.is_empty() {
             None
         } else {
-            Some(label_from_db(session)?)
+            Some(label_at(row, at + 2)?)
         },
+    })
+}
+
+/// A label from column `i`, read in place.
+fn label_at(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Label> {
+    Label::new(row.get_ref(i)?.as_str()?).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
     })
 }
 
@@ -339,14 +350,13 @@ fn ids_to_json(ids: &[i64]) -> String {
 
 /// A run from [`RUN_COLUMNS`].
 fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
-    let key = key_from_db(row.get(0)?, row.get(1)?, row.get(2)?)?;
-    run_fields(row, 3, key)
+    run_fields(row, 3, key_at(row, 0)?)
 }
 
 /// A run from [`RUN_FIELDS`], starting at column `at`, for the unit `key`.
 fn run_fields(row: &rusqlite::Row<'_>, at: usize, key: UnitKey) -> rusqlite::Result<RunRow> {
-    let state_text: String = row.get(at + 6)?;
-    let state = RunState::parse(&state_text).ok_or_else(|| {
+    let state_text = row.get_ref(at + 6)?.as_str()?;
+    let state = RunState::parse(state_text).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(
             at + 6,
             rusqlite::types::Type::Text,
@@ -384,6 +394,23 @@ fn run_fields(row: &rusqlite::Row<'_>, at: usize, key: UnitKey) -> rusqlite::Res
         log_path: PathBuf::from(row.get::<_, String>(at + 26)?),
         unseen_since: row.get(at + 27)?,
         pid: row.get(at + 28)?,
+    })
+}
+
+const UNIT_ROW_SQL: &str = "SELECT id, attempts, infra_attempts, next_attempt_at, mem_mb, \
+     time_s, cancelled, last_run_id, success_run_id FROM units WHERE id = ?1";
+
+fn unit_row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<UnitRow> {
+    Ok(UnitRow {
+        id: r.get(0)?,
+        attempts: r.get(1)?,
+        infra_attempts: r.get(2)?,
+        next_attempt_at: r.get(3)?,
+        mem_mb: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+        time_s: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+        cancelled: r.get(6)?,
+        last_run_id: r.get(7)?,
+        success_run_id: r.get(8)?,
     })
 }
 
@@ -620,59 +647,81 @@ impl Store {
             "SELECT scan_id, subject, session, dicom_dir, valid, problem, n_files FROM sessions \
              ORDER BY subject, session",
         )?;
+        // Sized first: a study can have 100,000 sessions.
+        let n: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0))?;
+        let mut out = Vec::with_capacity(n.max(0) as usize);
         let rows = stmt.query_map([], |r| {
             Ok(SessionRow {
                 scan_id: r.get(0)?,
-                subject: label_from_db(r.get(1)?)?,
-                session: label_from_db(r.get(2)?)?,
+                subject: label_at(r, 1)?,
+                session: label_at(r, 2)?,
                 dicom_dir: PathBuf::from(r.get::<_, String>(3)?),
                 valid: r.get(4)?,
                 problem: r.get(5)?,
                 n_files: r.get::<_, i64>(6)? as u64,
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        for row in rows {
+            out.push(row?);
+        }
+        Ok(out)
     }
 
     /// Reads sessions, units and each unit's last and last successful run.
+    ///
+    /// One read transaction, so that a worker writing between the queries
+    /// cannot give a unit a last run the snapshot does not hold. Each unit is
+    /// read with its last run in one join, whose key the run shares; the few
+    /// last successes that are not the last run come in a second query.
     pub fn snapshot(&self) -> Result<Snapshot> {
+        let tx = self.conn.unchecked_transaction()?;
         let sessions = self.sessions()?;
-        let mut units = HashMap::new();
-        let mut stmt = self.conn.prepare(
-            "SELECT id, pipeline, subject, session, attempts, infra_attempts, next_attempt_at, \
-             mem_mb, time_s, cancelled, last_run_id, success_run_id FROM units",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                key_from_db(r.get(1)?, r.get(2)?, r.get(3)?)?,
-                UnitRow {
-                    id: r.get(0)?,
-                    attempts: r.get(4)?,
-                    infra_attempts: r.get(5)?,
-                    next_attempt_at: r.get(6)?,
-                    mem_mb: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
-                    time_s: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
-                    cancelled: r.get(9)?,
-                    last_run_id: r.get(10)?,
-                    success_run_id: r.get(11)?,
-                },
-            ))
-        })?;
-        for row in rows {
-            let (key, unit) = row?;
+        let n_units: usize =
+            tx.query_row("SELECT COUNT(*) FROM units", [], |r| r.get::<_, i64>(0))? as usize;
+        let mut units = HashMap::with_capacity(n_units);
+        let mut runs = HashMap::with_capacity(n_units);
+        let sql = format!(
+            "SELECT u.id, u.pipeline, u.subject, u.session, u.attempts, u.infra_attempts, \
+             u.next_attempt_at, u.mem_mb, u.time_s, u.cancelled, u.last_run_id, \
+             u.success_run_id, {RUN_FIELDS} FROM units u LEFT JOIN runs r ON r.id = u.last_run_id"
+        );
+        let mut stmt = tx.prepare(&sql)?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let key = key_at(r, 1)?;
+            let unit = UnitRow {
+                id: r.get(0)?,
+                attempts: r.get(4)?,
+                infra_attempts: r.get(5)?,
+                next_attempt_at: r.get(6)?,
+                mem_mb: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+                time_s: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+                cancelled: r.get(9)?,
+                last_run_id: r.get(10)?,
+                success_run_id: r.get(11)?,
+            };
+            // NULL run columns: the unit has no run (or its last run is gone).
+            if r.get_ref(12)? != rusqlite::types::ValueRef::Null {
+                let run = run_fields(r, 12, key.clone())?;
+                runs.insert(run.id, run);
+            }
             units.insert(key, unit);
         }
-        let mut runs = HashMap::new();
+        drop(rows);
+        drop(stmt);
         let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs r JOIN units u ON u.id = r.unit_id \
-             WHERE r.id IN (SELECT last_run_id FROM units WHERE last_run_id IS NOT NULL \
-             UNION SELECT success_run_id FROM units WHERE success_run_id IS NOT NULL)"
+            "SELECT {RUN_COLUMNS} FROM units u JOIN runs r ON r.id = u.success_run_id \
+             WHERE u.last_run_id IS NULL OR u.last_run_id != u.success_run_id"
         );
-        let mut stmt = self.conn.prepare(&sql)?;
+        let mut stmt = tx.prepare(&sql)?;
         for run in stmt.query_map([], run_from_row)? {
             let run = run?;
             runs.insert(run.id, run);
         }
+        drop(stmt);
+        tx.commit()?;
         Ok(Snapshot {
             sessions,
             units,
@@ -962,25 +1011,68 @@ impl Store {
         Ok(())
     }
 
+    /// The next attempt number of each unit (1 for a unit that never ran), in
+    /// one read transaction: one lock for the lot, which matters on NFS where
+    /// every lock is a round trip to the server.
+    pub fn next_attempts(&self, keys: &[&UnitKey]) -> Result<HashMap<UnitKey, u32>> {
+        let tx = self.conn.unchecked_transaction()?;
+        let mut out = HashMap::with_capacity(keys.len());
+        {
+            let mut stmt = tx.prepare_cached(
+                "SELECT COALESCE(MAX(r.attempt), 0) + 1 FROM units u JOIN runs r ON r.unit_id = u.id \
+                 WHERE u.pipeline = ?1 AND u.subject = ?2 AND u.session = ?3",
+            )?;
+            for key in keys {
+                let n: u32 = stmt.query_row(
+                    params![key.pipeline, key.subject.as_str(), session_text(key)],
+                    |r| r.get(0),
+                )?;
+                out.insert((*key).clone(), n);
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Unit rows by ID, in one read transaction (see [`Store::next_attempts`]).
+    pub fn unit_rows(&self, unit_ids: &[i64]) -> Result<HashMap<i64, UnitRow>> {
+        let tx = self.conn.unchecked_transaction()?;
+        let mut out = HashMap::with_capacity(unit_ids.len());
+        {
+            let mut stmt = tx.prepare_cached(UNIT_ROW_SQL)?;
+            for &id in unit_ids {
+                if let Some(row) = stmt.query_row([id], unit_row_from).optional()? {
+                    out.insert(id, row);
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Unit keys of the given unit IDs (for messages about a few audit rows,
+    /// where [`Store::unit_keys`] would read every unit).
+    pub fn unit_keys_of(&self, unit_ids: &[i64]) -> Result<HashMap<i64, UnitKey>> {
+        let tx = self.conn.unchecked_transaction()?;
+        let mut out = HashMap::with_capacity(unit_ids.len());
+        {
+            let mut stmt =
+                tx.prepare_cached("SELECT pipeline, subject, session FROM units WHERE id = ?1")?;
+            for &id in unit_ids {
+                let mut rows = stmt.query([id])?;
+                if let Some(row) = rows.next()? {
+                    out.insert(id, key_at(row, 0)?);
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
     pub fn unit_row(&self, unit_id: i64) -> Result<UnitRow> {
-        Ok(self.conn.query_row(
-            "SELECT id, attempts, infra_attempts, next_attempt_at, mem_mb, time_s, cancelled, \
-             last_run_id, success_run_id FROM units WHERE id = ?1",
-            [unit_id],
-            |r| {
-                Ok(UnitRow {
-                    id: r.get(0)?,
-                    attempts: r.get(1)?,
-                    infra_attempts: r.get(2)?,
-                    next_attempt_at: r.get(3)?,
-                    mem_mb: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
-                    time_s: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
-                    cancelled: r.get(6)?,
-                    last_run_id: r.get(7)?,
-                    success_run_id: r.get(8)?,
-                })
-            },
-        )?)
+        Ok(self
+            .conn
+            .query_row(UNIT_ROW_SQL, [unit_id], unit_row_from)?)
     }
 
     pub fn audit_of_unit(&self, unit_id: i64) -> Result<Vec<AuditRow>> {
@@ -1032,13 +1124,19 @@ impl Store {
 
     /// Unit keys by ID, for messages about audit rows.
     pub fn unit_keys(&self) -> Result<HashMap<i64, UnitKey>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, pipeline, subject, session FROM units")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((r.get(0)?, key_from_db(r.get(1)?, r.get(2)?, r.get(3)?)?))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let tx = self.conn.unchecked_transaction()?;
+        // Sized first: growing a map of 35,000 keys rehashes it a dozen times.
+        let n: i64 = tx.query_row("SELECT COUNT(*) FROM units", [], |r| r.get(0))?;
+        let mut out = HashMap::with_capacity(n.max(0) as usize);
+        {
+            let mut stmt = tx.prepare("SELECT id, pipeline, subject, session FROM units")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                out.insert(r.get(0)?, key_at(r, 1)?);
+            }
+        }
+        tx.commit()?;
+        Ok(out)
     }
 }
 
@@ -1215,5 +1313,82 @@ mod tests {
         let c = store.register_sessions(&[s], 3).unwrap();
         assert_eq!(c.changed.len(), 1);
         assert!(store.sessions().unwrap()[0].valid);
+    }
+
+    #[test]
+    fn run_id_lists_read_fast_and_fall_back_to_json() {
+        assert_eq!(ids_from_json("[]"), Vec::<i64>::new());
+        assert_eq!(ids_from_json("[7]"), vec![7]);
+        assert_eq!(ids_from_json("[1,22,-3]"), vec![1, 22, -3]);
+        assert_eq!(ids_from_json(&ids_to_json(&[4, 5])), vec![4, 5]);
+        assert_eq!(ids_from_json("[ 1, 2 ]"), vec![1, 2]);
+        assert_eq!(ids_from_json("not json"), Vec::<i64>::new());
+    }
+
+    #[test]
+    fn snapshot_holds_the_last_success_when_a_later_run_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let a = UnitKey::new("bids", &label("01"), Some(&label("1")));
+        let b = UnitKey::new("qsiprep", &label("01"), None);
+        let ids = store
+            .create_runs(&[new_run(&a, "t1"), new_run(&b, "t2")], 100)
+            .unwrap();
+        let done = |id| RunUpdate {
+            run_id: id,
+            state: Some(RunState::Succeeded),
+            ..Default::default()
+        };
+        let unit_a = store.unit_id(&a).unwrap().unwrap();
+        store
+            .apply(
+                &[done(ids[0])],
+                &[UnitUpdate {
+                    unit_id: unit_a,
+                    success_run_id: Some(ids[0]),
+                    ..Default::default()
+                }],
+                101,
+            )
+            .unwrap();
+        let again = store.create_runs(&[new_run(&a, "t3")], 102).unwrap();
+        let snap = store.snapshot().unwrap();
+        assert_eq!(snap.last_run(&a).unwrap().id, again[0]);
+        assert_eq!(snap.last_run(&a).unwrap().key, a);
+        assert_eq!(snap.success_run(&a).unwrap().id, ids[0]);
+        assert_eq!(snap.success_run(&a).unwrap().key, a);
+        assert_eq!(snap.last_run(&b).unwrap().key, b);
+        assert!(snap.success_run(&b).is_none());
+        assert_eq!(snap.runs.len(), 3);
+        assert_eq!(snap.units.len(), 2);
+        // The snapshot's runs are the rows `run` reads.
+        for run in snap.runs.values() {
+            assert_eq!(&store.run(run.id).unwrap(), run);
+        }
+    }
+
+    #[test]
+    fn batched_reads_agree_with_one_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let a = UnitKey::new("bids", &label("01"), Some(&label("1")));
+        let b = UnitKey::new("qsiprep", &label("01"), None);
+        let never = UnitKey::new("qsiparc", &label("02"), Some(&label("1")));
+        store
+            .create_runs(&[new_run(&a, "t1"), new_run(&b, "t2")], 100)
+            .unwrap();
+        store.create_runs(&[new_run(&a, "t3")], 101).unwrap();
+        let attempts = store.next_attempts(&[&a, &b, &never]).unwrap();
+        assert_eq!((attempts[&a], attempts[&b], attempts[&never]), (3, 2, 1));
+        let ids = [
+            store.unit_id(&a).unwrap().unwrap(),
+            store.unit_id(&b).unwrap().unwrap(),
+        ];
+        let rows = store.unit_rows(&[ids[0], ids[1], 999]).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[&ids[0]], store.unit_row(ids[0]).unwrap());
+        let keys = store.unit_keys_of(&[ids[1], 999]).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[&ids[1]], b);
     }
 }

@@ -90,6 +90,12 @@ CREATE TABLE meta (
     value TEXT NOT NULL
 );
 "#,
+    // 2: units by subject and session, for the runs of a session whose labels
+    // the mapping sheet changes (`register_sessions`); the unique index
+    // starts with the pipeline, so that lookup scanned every unit.
+    r#"
+CREATE INDEX units_subject ON units(subject, session);
+"#,
 ];
 
 /// The schema version this binary writes.
