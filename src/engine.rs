@@ -38,6 +38,10 @@ pub fn apply_updates(
         .into_iter()
         .map(|r| (r.id, r))
         .collect();
+    let mut unit_ids: Vec<i64> = before.values().map(|r| r.unit_id).collect();
+    unit_ids.sort_unstable();
+    unit_ids.dedup();
+    let units = store.unit_rows(&unit_ids)?;
     let mut unit_updates = Vec::new();
     for update in updates {
         let (Some(run), Some(new_state)) = (before.get(&update.run_id), update.state) else {
@@ -53,8 +57,10 @@ pub fn apply_updates(
         ended.state = new_state;
         ended.ended_at = update.ended_at.or(run.ended_at);
         ended.max_rss_mb = update.max_rss_mb.or(run.max_rss_mb);
-        let unit = store.unit_row(run.unit_id)?;
-        let u = policy::on_run_end(&config.retry, pipeline, &unit, &ended, now, jitter());
+        let Some(unit) = units.get(&run.unit_id) else {
+            continue;
+        };
+        let u = policy::on_run_end(&config.retry, pipeline, unit, &ended, now, jitter());
         if u != (crate::state::UnitUpdate {
             unit_id: unit.id,
             ..Default::default()
@@ -145,24 +151,6 @@ pub fn session_infos(snapshot: &Snapshot) -> HashMap<Label, Vec<SessionInfo>> {
     out
 }
 
-/// Next attempt number per unit (1 for a unit that never ran).
-fn next_attempts(store: &Store, keys: &[&UnitKey]) -> Result<HashMap<UnitKey, u32>, StateError> {
-    let mut out = HashMap::new();
-    let mut stmt = store.conn().prepare_cached(
-        "SELECT COALESCE(MAX(r.attempt), 0) + 1 FROM runs r JOIN units u ON u.id = r.unit_id \
-         WHERE u.pipeline = ?1 AND u.subject = ?2 AND u.session = ?3",
-    )?;
-    for key in keys {
-        let session = key.session.as_ref().map(Label::as_str).unwrap_or("");
-        let n: u32 = stmt.query_row(
-            rusqlite::params![key.pipeline, key.subject.as_str(), session],
-            |r| r.get(0),
-        )?;
-        out.insert((*key).clone(), n);
-    }
-    Ok(out)
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
     #[error(transparent)]
@@ -236,7 +224,7 @@ pub fn submit_actions(
         _ => ExecutorKind::Slurm,
     };
     let keys: Vec<&UnitKey> = plan.actions.iter().map(|a| &a.key).collect();
-    let attempts = next_attempts(store, &keys)?;
+    let attempts = store.next_attempts(&keys)?;
     let sessions = session_infos(snapshot);
     let no_sessions = Vec::new();
 

@@ -4,6 +4,7 @@
 //! `--json` and in the audit log is the same vocabulary everywhere.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -11,9 +12,24 @@ use serde::{Deserialize, Serialize};
 ///
 /// Labels come from outside the config (mapping CSV, folder names), so they are
 /// validated here, before any of them can reach a template or a shell.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Label(String);
+///
+/// Shared (`Arc<str>`): a label is cloned into every unit key, upstream list
+/// and action of a plan, and a clone is then a reference count, not a copy.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Label(Arc<str>);
+
+impl Serialize for Label {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Label {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Label, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Label::new(&text).map_err(serde::de::Error::custom)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -47,7 +63,7 @@ impl Label {
             && value.len() <= 64
             && value.bytes().all(|b| b.is_ascii_alphanumeric())
         {
-            Ok(Label(value.to_string()))
+            Ok(Label(Arc::from(value)))
         } else {
             Err(LabelError {
                 value: value.to_string(),

@@ -555,8 +555,12 @@ pub fn run_sync(settings: &Settings) -> anyhow::Result<i32> {
     };
     drop(lock);
 
-    let keys = store.unit_keys()?;
     let audit = store.audit_since(cursor)?;
+    // Keys of the units the audit names only (a no-op sync names none).
+    let mut named: Vec<i64> = audit.iter().filter_map(|(_, a)| a.unit_id).collect();
+    named.sort_unstable();
+    named.dedup();
+    let keys = store.unit_keys_of(&named)?;
     if let Some((last, _)) = audit.last() {
         store.set_meta(AUDIT_CURSOR, &last.to_string())?;
     } else if store.meta(AUDIT_CURSOR)?.is_none() {
