@@ -1,6 +1,7 @@
 //! `plan`, `submit` and `sync`: the planner's verdict, and acting on it.
 
 use std::collections::{BTreeMap, HashSet};
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -91,24 +92,54 @@ fn dep_keys(
 
 pub fn print_plan(settings: &Settings, plan: &Plan, store: Option<&Store>) {
     if settings.json {
-        let actions: Vec<_> = plan
-            .actions
-            .iter()
-            .map(|a| {
-                json!({
-                    "pipeline": a.key.pipeline,
-                    "subject": a.key.subject,
-                    "session": a.key.session,
-                    "reason": a.reason.as_str(),
-                    "depends_on": dep_keys(plan, &a.depends_on, store, false),
-                    "depends_on_jobs": a.depends_on.iter().filter_map(|d| match d {
-                        Dependency::InFlight { job_id, .. } => job_id.clone(),
-                        Dependency::Planned(_) => None,
-                    }).collect::<Vec<_>>(),
+        // Streamed, one action at a time: a plan of 350,000 units would
+        // otherwise be a JSON tree of a gigabyte. Fields in alphabetical
+        // order, as `serde_json::Value` prints them elsewhere.
+        #[derive(serde::Serialize)]
+        struct ActionJson<'a> {
+            depends_on: Vec<String>,
+            depends_on_jobs: Vec<&'a str>,
+            pipeline: &'a str,
+            reason: &'a str,
+            session: Option<&'a crate::model::Label>,
+            subject: &'a crate::model::Label,
+        }
+        #[derive(serde::Serialize)]
+        struct PlanJson<I: Iterator + Clone>
+        where
+            I::Item: serde::Serialize,
+        {
+            #[serde(serialize_with = "serialize_iter")]
+            actions: I,
+        }
+        fn serialize_iter<I, S>(items: &I, serializer: S) -> Result<S::Ok, S::Error>
+        where
+            I: Iterator + Clone,
+            I::Item: serde::Serialize,
+            S: serde::Serializer,
+        {
+            serializer.collect_seq(items.clone())
+        }
+        let actions = plan.actions.iter().map(|a| ActionJson {
+            depends_on: dep_keys(plan, &a.depends_on, store, false),
+            depends_on_jobs: a
+                .depends_on
+                .iter()
+                .filter_map(|d| match d {
+                    Dependency::InFlight { job_id, .. } => job_id.as_deref(),
+                    Dependency::Planned(_) => None,
                 })
-            })
-            .collect();
-        output::print_json(&json!({ "actions": actions }));
+                .collect(),
+            pipeline: &a.key.pipeline,
+            reason: a.reason.as_str(),
+            session: a.key.session.as_ref(),
+            subject: &a.key.subject,
+        });
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        if serde_json::to_writer_pretty(&mut out, &PlanJson { actions }).is_ok() {
+            let _ = writeln!(out);
+        }
         return;
     }
     if plan.actions.is_empty() {

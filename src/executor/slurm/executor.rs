@@ -684,6 +684,7 @@ impl Executor for SlurmExecutor {
         let mut pending_updates: Vec<RunUpdate> = Vec::new();
         let mut stopped = false;
         let mut limit_hit = false;
+        #[cfg(debug_assertions)]
         let mut calls = 0usize;
 
         for (sub_index, submission) in shape.iter().enumerate() {
@@ -764,8 +765,10 @@ impl Executor for SlurmExecutor {
             args.push(script);
             let result = self.call("sbatch", &args);
             #[cfg(debug_assertions)]
-            let result = fault_point(result, calls);
-            calls += 1;
+            let result = {
+                calls += 1;
+                fault_point(result, calls - 1)
+            };
             match result {
                 Ok(out) => match parse::parse_sbatch_parsable(&out) {
                     Ok(job) => {
