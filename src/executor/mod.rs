@@ -11,6 +11,9 @@ use std::path::PathBuf;
 use crate::model::UnitKey;
 use crate::state::{RunRow, RunUpdate, Store};
 
+/// The reason recorded on runs `nfslurm cancel` stopped, by either executor.
+pub const CANCELLED_BY_US: &str = "cancelled by nfslurm cancel";
+
 /// A run ready to hand to an executor: its intent is already in the store.
 #[derive(Debug, Clone)]
 pub struct Prepared {

@@ -251,6 +251,19 @@ pub struct RunUpdate {
     pub pid: Option<i64>,
 }
 
+impl RunUpdate {
+    /// A run that ended in `state` at `now`, for `reason`.
+    pub fn ended(run_id: i64, state: RunState, reason: &str, now: i64) -> RunUpdate {
+        RunUpdate {
+            run_id,
+            state: Some(state),
+            reason: Some(reason.to_string()),
+            ended_at: Some(now),
+            ..Default::default()
+        }
+    }
+}
+
 /// What the failure policy decided for a unit when one of its runs ended.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UnitUpdate {

@@ -17,12 +17,14 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::engine;
-use crate::executor::{ExecError, Executor, Prepared, SubmitOutcome};
+use crate::executor::{CANCELLED_BY_US, ExecError, Executor, Prepared, SubmitOutcome};
 use crate::model::RunState;
 use crate::state::{self, RunRow, RunUpdate, Store};
 
 pub const WORKER_LOCK: &str = "worker.lock";
 pub const WORKER_PID: &str = "worker.pid";
+/// Why a run the worker was running is `lost` when the worker is gone.
+const WORKER_GONE: &str = "the local worker stopped while the job ran";
 
 /// Signals received by the worker (SIGINT/SIGTERM): 1 = finish running jobs
 /// and stop, 2 or more = kill them too.
@@ -125,13 +127,9 @@ impl Executor for LocalExecutor {
         let mut pending = false;
         for run in open {
             match run.state {
-                RunState::Running => updates.push(RunUpdate {
-                    run_id: run.id,
-                    state: Some(RunState::Lost),
-                    reason: Some("the local worker stopped while the job ran".into()),
-                    ended_at: Some(now),
-                    ..Default::default()
-                }),
+                RunState::Running => {
+                    updates.push(RunUpdate::ended(run.id, RunState::Lost, WORKER_GONE, now))
+                }
                 RunState::Submitting => updates.push(RunUpdate {
                     run_id: run.id,
                     state: Some(RunState::Pending),
@@ -192,13 +190,12 @@ impl Executor for LocalExecutor {
                     libc::kill(-(pid as i32), libc::SIGTERM);
                 }
             }
-            updates.push(RunUpdate {
-                run_id: run.id,
-                state: Some(RunState::Cancelled),
-                reason: Some("cancelled by nfslurm cancel".into()),
-                ended_at: Some(now),
-                ..Default::default()
-            });
+            updates.push(RunUpdate::ended(
+                run.id,
+                RunState::Cancelled,
+                CANCELLED_BY_US,
+                now,
+            ));
         }
         Ok(updates)
     }
@@ -263,13 +260,7 @@ pub fn run_worker(config: &Config) -> anyhow::Result<()> {
         .open_runs()?
         .into_iter()
         .filter(|r| r.executor == "local" && r.state == RunState::Running)
-        .map(|r| RunUpdate {
-            run_id: r.id,
-            state: Some(RunState::Lost),
-            reason: Some("the local worker stopped while the job ran".into()),
-            ended_at: Some(now),
-            ..Default::default()
-        })
+        .map(|r| RunUpdate::ended(r.id, RunState::Lost, WORKER_GONE, now))
         .collect();
     engine::apply_updates(config, &mut store, &orphans, now)?;
 

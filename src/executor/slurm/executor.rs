@@ -14,7 +14,7 @@ use super::arrays::{self, Submission};
 use super::parse::{self, SACCT_FORMAT, SQUEUE_FORMAT, SacctJob, SlurmState, SqueueRow};
 use crate::config::{Config, Scheduler, SubmissionMode};
 use crate::engine;
-use crate::executor::{ExecError, Executor, Prepared, SubmitOutcome};
+use crate::executor::{CANCELLED_BY_US, ExecError, Executor, Prepared, SubmitOutcome};
 use crate::model::RunState;
 use crate::state::{RunRow, RunUpdate, Store};
 
@@ -861,13 +861,7 @@ impl Executor for SlurmExecutor {
         }
         Ok(runs
             .iter()
-            .map(|r| RunUpdate {
-                run_id: r.id,
-                state: Some(RunState::Cancelled),
-                reason: Some("cancelled by nfslurm cancel".into()),
-                ended_at: Some(now),
-                ..Default::default()
-            })
+            .map(|r| RunUpdate::ended(r.id, RunState::Cancelled, CANCELLED_BY_US, now))
             .collect())
     }
 }
