@@ -57,12 +57,14 @@ pub fn apply_updates(
         ended.state = new_state;
         ended.ended_at = update.ended_at.or(run.ended_at);
         ended.max_rss_mb = update.max_rss_mb.or(run.max_rss_mb);
+        ended.exit_code = update.exit_code.or(run.exit_code);
         let Some(unit) = units.get(&run.unit_id) else {
             continue;
         };
         let u = policy::on_run_end(&config.retry, pipeline, unit, &ended, now, jitter());
         if u != (crate::state::UnitUpdate {
             unit_id: unit.id,
+            run_id: Some(run.id),
             ..Default::default()
         }) {
             unit_updates.push(u);

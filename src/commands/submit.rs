@@ -387,6 +387,13 @@ pub fn follow(
     if ids.is_empty() {
         return Ok(0);
     }
+    // A forced request is consumed by the submission that carried it: from
+    // here on only retries of what is followed are submitted, or a `--force
+    // --wait` would submit the forced units again each time their runs end.
+    let request = &Request {
+        selection: request.selection.clone(),
+        force: false,
+    };
     let multi = if settings.quiet || settings.json {
         indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
     } else {

@@ -189,6 +189,15 @@ fn retrying_detail(at: i64) -> String {
 }
 
 fn failure_detail(run: &RunRow) -> String {
+    if let Some(code) = run.exit_code.filter(|&c| crate::model::cannot_run(c))
+        && run.state == RunState::Failed
+    {
+        return format!(
+            "attempt {} failed: {}, not retried",
+            run.attempt,
+            crate::model::exit_reason(code)
+        );
+    }
     let mut text = format!("attempt {} {}", run.attempt, run.state);
     if let Some(code) = run.exit_code
         && code != 0
@@ -513,7 +522,12 @@ fn evaluate<'s>(
             let exhausted = if run.state.is_infra() {
                 rec.infra_attempts > config.retry.infra_max
             } else {
+                // A command that cannot run is not retried (until `retry`
+                // resets the budget).
                 rec.attempts >= max_attempts
+                    || (rec.attempts > 0
+                        && run.state == RunState::Failed
+                        && run.exit_code.is_some_and(crate::model::cannot_run))
             };
             if exhausted {
                 unit.state = UnitState::Failed;

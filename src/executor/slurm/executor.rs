@@ -401,6 +401,9 @@ fn update_from_sacct(run: &RunRow, job: &SacctJob) -> RunUpdate {
                     code
                 });
                 update.reason = Some(match state {
+                    RunState::Failed if crate::model::cannot_run(code) => {
+                        crate::model::exit_reason(code)
+                    }
                     RunState::Failed => format!("exit code {}:{}", code, job.exit_code.signal),
                     RunState::UpstreamFailed => "cancelled by Slurm: an upstream job failed".into(),
                     RunState::Cancelled => job.state.to_string(),
