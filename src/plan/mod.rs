@@ -489,9 +489,24 @@ fn evaluate<'s>(
     let upstream_units: Vec<&UnitPlan> = up_idx.iter().map(|&i| &done_units[i]).collect();
     // An upstream unit that is anything but done will produce new output
     // (or is stuck trying to): this unit's output is out of date with it.
-    let upstream_moving = upstream_units.iter().any(|u| u.state != UnitState::Done);
+    // An upstream run that this unit's last success consumed (its job ran
+    // after that run succeeded: afterok, or the worker's own check) is that
+    // upstream's output even while its end is not recorded yet, as when a
+    // sync sees the downstream job end before the upstream one.
+    let consumed = |i: usize| -> Option<i64> {
+        let up = &done_units[i];
+        let id = up.last_run_id?;
+        (matches!(up.state, UnitState::Queued | UnitState::Running)
+            && success?.inputs.contains(&id))
+        .then_some(id)
+    };
+    let upstream_moving = up_idx
+        .iter()
+        .any(|&i| done_units[i].state != UnitState::Done && consumed(i).is_none());
     let inputs_changed = success.is_some_and(|s| {
-        let current = up_idx.iter().filter_map(|&i| done_facts[i].success_id());
+        let current = up_idx
+            .iter()
+            .filter_map(|&i| consumed(i).or(done_facts[i].success_id()));
         !same_set(current, &s.inputs)
     });
 

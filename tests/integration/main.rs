@@ -3,6 +3,7 @@
 //! `scripts/slurm-test-cluster.sh` starts.
 
 mod arrays;
+mod chaos;
 mod common;
 mod failures;
 mod local;
