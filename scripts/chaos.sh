@@ -48,11 +48,12 @@ failed=0
 # A random delay in seconds, 0 to $1 ms.
 rand_delay() { printf '0.%03d' $(( RANDOM % $1 )); }
 
-# Runs `$@` in the background and SIGKILLs it after a random delay up to $max
-# ms; counts a kill when the process was still alive.
+# Runs `nfslurm $@` in the study, in the background, and SIGKILLs it after a
+# random delay up to $max ms; counts a kill when it was still alive. `exec`:
+# the PID killed is nfslurm itself, not a subshell around it.
 kill_at_random() {
   local max="$1"; shift
-  "$@" >>"$study/chaos-out.log" 2>&1 &
+  (cd "$study" && NO_COLOR=1 exec "$bin" "$@") >>"$study/chaos-out.log" 2>&1 &
   local pid=$!
   sleep "$(rand_delay "$max")"
   if kill -9 "$pid" 2>/dev/null; then kills=$((kills + 1)); fi
@@ -118,7 +119,6 @@ add_subject() {
   done
 }
 
-# exec: the PID `kill_at_random` kills is nfslurm itself, not a subshell.
 nf() { (cd "$study" && NO_COLOR=1 exec "$bin" "$@"); }
 
 # Syncs until every unit is done or nothing moves for a while.
@@ -151,9 +151,9 @@ run_target() {
     case "$target" in
       local-submit)
         nf discover >/dev/null 2>&1 || true
-        kill_at_random 60 nf submit --all ;;
+        kill_at_random 60 submit --all ;;
       local-sync)
-        kill_at_random 30 nf sync ;;
+        kill_at_random 30 sync ;;
       local-worker)
         nf sync >>"$study/chaos-out.log" 2>&1 || true
         sleep "$(rand_delay 1500)"
@@ -163,9 +163,9 @@ run_target() {
       slurm-*)
         if [ $((i % 2)) = 0 ]; then
           nf discover >/dev/null 2>&1 || true
-          kill_at_random 150 nf submit --all
+          kill_at_random 150 submit --all
         else
-          kill_at_random 150 nf sync
+          kill_at_random 150 sync
         fi ;;
     esac
   done
