@@ -14,8 +14,12 @@
 #   local-worker   kill the local worker            (local executor)
 #   slurm-jobs     kill `submit`/`sync`             (Slurm, one job per unit)
 #   slurm-arrays   kill `submit`/`sync`             (Slurm, job arrays)
+#   concurrency    no kill: 25 `sync`s at once, again and again for D
+#                  seconds, beside a busy local worker and `status --watch`;
+#                  any error from any of them fails the target
 #
-# Usage: scripts/chaos.sh [-n N] [TARGET...]   (default: N=20, every target)
+# Usage: scripts/chaos.sh [-n N] [-d D] [TARGET...]
+#        (default: N=20, D=60, every target but concurrency)
 # Each trial adds a new subject (two sessions) and kills one process; the
 # table printed at the end has: kills, units, completions, double
 # completions, overlaps and lost units per target. Exit 1 if any of the last
@@ -25,11 +29,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 n=20
+duration=60
 targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
     -n) n="$2"; shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -d) duration="$2"; shift 2 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) targets+=("$1"); shift ;;
   esac
 done
@@ -136,10 +142,67 @@ print(sum(1 for u in units if u["state"] != "done"))')
   done
 }
 
+# 25 syncs at once, round after round, while the worker runs jobs and
+# `status --watch` redraws. Counts errors: a non-zero exit, or an `error`,
+# `locked` or `panic` line from any of them.
+concurrency_rounds() {
+  local end=$((SECONDS + duration)) i=0 round pids p errors=0
+  nf discover >/dev/null 2>&1 || true
+  add_subject 1
+  nf submit --all >>"$study/chaos-out.log" 2>&1
+  (cd "$study" && NO_COLOR=1 exec "$bin" status --watch 1) >"$study/watch.out" 2>"$study/watch.err" &
+  local watch=$!
+  local subjects=1 added=$SECONDS
+  while [ $SECONDS -lt $end ]; do
+    i=$((i + 1))
+    # A new subject every 2 s keeps the worker busy and the syncs planning.
+    if [ $((SECONDS - added)) -ge 2 ]; then
+      subjects=$((subjects + 1))
+      add_subject "$subjects"
+      added=$SECONDS
+    fi
+    pids=()
+    for round in $(seq 1 25); do
+      (cd "$study" && NO_COLOR=1 exec "$bin" sync) >>"$study/sync-$round.out" 2>>"$study/sync-$round.err" &
+      pids+=($!)
+    done
+    for p in "${pids[@]}"; do
+      wait "$p" || errors=$((errors + 1))
+    done
+  done
+  kill "$watch" 2>/dev/null || true
+  wait "$watch" 2>/dev/null || true
+  errors=$((errors + $(cat "$study"/sync-*.err "$study/watch.err" | grep -ci 'error\|locked\|panic' || true)))
+  rounds=$i
+  conc_errors=$errors
+}
+
 run_target() {
   local target="$1"
   kills=0
   case "$target" in
+    concurrency)
+      new_study "$target" local arrays
+      concurrency_rounds
+      recover
+      local units completions doubles lost recorded
+      units=$(nf --json status | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["units"]))')
+      lost=$(nf --json status | python3 -c '
+import json, sys
+print(sum(1 for u in json.load(sys.stdin)["units"] if u["state"] != "done"))')
+      completions=$(wc -l <"$chaos/completions")
+      doubles=$(sort "$chaos/completions" | uniq -d | wc -l)
+      recorded=$(sort -u "$chaos/completions" | wc -l)
+      [ "$recorded" -ge "$units" ] || lost=$((lost + units - recorded))
+      echo "concurrency: $rounds rounds of 25 syncs in ${duration}s, $conc_errors errors" >&2
+      results+=("$(printf '%-13s %6s %6s %12s %8s %9s %5s' "$target" "e=$conc_errors" "$units" "$completions" "$doubles" "$(wc -l <"$chaos/overlaps")" "$lost")")
+      if [ "$conc_errors" != 0 ] || [ "$doubles" != 0 ] || [ "$lost" != 0 ] || [ -s "$chaos/overlaps" ]; then
+        failed=1
+        echo "chaos: $target failed; the study is kept in $study" >&2
+      else
+        rm -rf "$study"
+      fi
+      return ;;
     local-*) new_study "$target" local arrays ;;
     slurm-jobs) new_study "$target" slurm jobs ;;
     slurm-arrays) new_study "$target" slurm arrays ;;
