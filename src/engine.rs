@@ -183,6 +183,79 @@ pub struct SubmittedRun {
     pub time_s: u64,
 }
 
+/// One planned action, rendered: what its run's script and files will be.
+#[derive(Debug, Clone)]
+pub struct RenderedAction {
+    pub resources: Resources,
+    pub attempt: u32,
+    pub token: String,
+    pub script_path: PathBuf,
+    pub log_path: PathBuf,
+    /// The whole script, from the pipeline's template.
+    pub script: String,
+}
+
+/// Renders every action of the plan (in plan order), each with a fresh
+/// token, its effective resources and its next attempt number (from
+/// `attempts`, 1 when absent). Writes nothing.
+pub fn render_actions(
+    config: &Config,
+    plan: &Plan,
+    snapshot: &Snapshot,
+    renderer: &Renderer,
+    attempts: &HashMap<UnitKey, u32>,
+    kind: ExecutorKind,
+) -> Result<Vec<RenderedAction>, SubmitError> {
+    let sessions = session_infos(snapshot);
+    let no_sessions = Vec::new();
+    let mut out = Vec::with_capacity(plan.actions.len());
+    for action in &plan.actions {
+        let key = &action.key;
+        let pipeline = config
+            .pipeline(&key.pipeline)
+            .expect("planned pipelines exist");
+        let resources = effective_resources(config, snapshot, key);
+        let attempt = attempts.get(key).copied().unwrap_or(1);
+        let token = new_token();
+        let script_path = scripts_dir(config, key).join(format!("attempt-{attempt}.sbatch"));
+        let log_path = logs_dir(config, key).join(format!("attempt-{attempt}.out"));
+        let subject_sessions = sessions.get(&key.subject).unwrap_or(&no_sessions);
+        let session = key
+            .session
+            .as_ref()
+            .and_then(|label| subject_sessions.iter().find(|s| &s.label == label));
+        let work_dir = crate::render::work_dir_for(config, key);
+        let input = ScriptInput {
+            config,
+            pipeline,
+            unit: key,
+            session,
+            subject_sessions,
+            resources: &resources,
+            attempt,
+            token: &token,
+            output_path: &log_path,
+            work_dir: &work_dir,
+            executor: kind,
+        };
+        let script = renderer
+            .render_script(&input)
+            .map_err(|source| SubmitError::Render {
+                unit: key.clone(),
+                source: Box::new(source),
+            })?;
+        out.push(RenderedAction {
+            resources,
+            attempt,
+            token,
+            script_path,
+            log_path,
+            script,
+        });
+    }
+    Ok(out)
+}
+
 /// Renders, records and submits the plan's actions (all of them, in order).
 ///
 /// Every intent is written (`submitting`, with its token) in one transaction
@@ -225,67 +298,37 @@ pub fn submit_actions(
     };
     let keys: Vec<&UnitKey> = plan.actions.iter().map(|a| &a.key).collect();
     let attempts = store.next_attempts(&keys)?;
-    let sessions = session_infos(snapshot);
-    let no_sessions = Vec::new();
+    let rendered = render_actions(config, plan, snapshot, renderer, &attempts, kind)?;
 
     let mut new_runs = Vec::with_capacity(plan.actions.len());
     let mut scripts = Vec::with_capacity(plan.actions.len());
-    for action in &plan.actions {
-        let key = &action.key;
+    let mut directives = Vec::with_capacity(plan.actions.len());
+    for (action, r) in plan.actions.iter().zip(rendered) {
         let pipeline = config
-            .pipeline(&key.pipeline)
+            .pipeline(&action.key.pipeline)
             .expect("planned pipelines exist");
-        let resources = effective_resources(config, snapshot, key);
-        let attempt = attempts.get(key).copied().unwrap_or(1);
-        let token = new_token();
-        let script_path = scripts_dir(config, key).join(format!("attempt-{attempt}.sbatch"));
-        let log_path = logs_dir(config, key).join(format!("attempt-{attempt}.out"));
-        let subject_sessions = sessions.get(&key.subject).unwrap_or(&no_sessions);
-        let session = key
-            .session
-            .as_ref()
-            .and_then(|label| subject_sessions.iter().find(|s| &s.label == label));
-        let work_dir = crate::render::work_dir_for(config, key);
-        let input = ScriptInput {
-            config,
-            pipeline,
-            unit: key,
-            session,
-            subject_sessions,
-            resources: &resources,
-            attempt,
-            token: &token,
-            output_path: &log_path,
-            work_dir: &work_dir,
-            executor: kind,
-        };
-        let script = renderer
-            .render_script(&input)
-            .map_err(|source| SubmitError::Render {
-                unit: key.clone(),
-                source: Box::new(source),
-            })?;
         let to_ref = |d: &Dependency| match d {
             Dependency::Planned(i) => -1 - *i as i64,
             Dependency::InFlight { run_id, .. } => *run_id,
         };
         new_runs.push(NewRun {
-            key: key.clone(),
-            token,
+            key: action.key.clone(),
+            token: r.token,
             executor: executor.name().to_string(),
             state: RunState::Submitting,
             plan_reason: action.reason.to_string(),
-            cpus: resources.cpus,
-            mem_mb: resources.mem_mb,
-            time_limit_s: resources.time_s,
-            gpus: resources.gpus,
+            cpus: r.resources.cpus,
+            mem_mb: r.resources.mem_mb,
+            time_limit_s: r.resources.time_s,
+            gpus: r.resources.gpus,
             config_hash: pipeline.config_hash.clone(),
             inputs: action.inputs.iter().map(to_ref).collect(),
             depends_on: action.depends_on.iter().map(to_ref).collect(),
-            script_path: script_path.clone(),
-            log_path: log_path.clone(),
+            script_path: r.script_path.clone(),
+            log_path: r.log_path.clone(),
         });
-        scripts.push((script_path, log_path, script));
+        directives.push(crate::executor::slurm::directives::shared(&r.script));
+        scripts.push((r.script_path, r.log_path, r.script));
     }
 
     // Scripts first (kept, named by attempt), then the intents, then the executor.
@@ -302,7 +345,8 @@ pub fn submit_actions(
     let prepared: Vec<Prepared> = new_runs
         .iter()
         .zip(&ids)
-        .map(|(run, &run_id)| Prepared {
+        .zip(directives)
+        .map(|((run, &run_id), directives)| Prepared {
             run_id,
             key: run.key.clone(),
             token: run.token.clone(),
@@ -312,6 +356,7 @@ pub fn submit_actions(
             mem_mb: run.mem_mb,
             time_limit_s: run.time_limit_s,
             gpus: run.gpus,
+            directives,
             retry: run.plan_reason == crate::model::Reason::Retry.as_str(),
             depends_on: run
                 .depends_on
@@ -324,6 +369,27 @@ pub fn submit_actions(
     outcome.deferred += deferred;
     if !outcome.withdrawn.is_empty() {
         store.withdraw_runs(&outcome.withdrawn, "not submitted", now)?;
+    }
+    // A refused submission leaves nothing behind: its intents are withdrawn
+    // (no attempt spent; the next submit renders them afresh).
+    for rejected in &outcome.rejected {
+        let ids: Vec<i64> = rejected.runs.iter().map(|(id, _)| *id).collect();
+        store.withdraw_runs(&ids, &format!("not submitted: {}", rejected.message), now)?;
+    }
+    let gone: std::collections::HashSet<i64> = outcome
+        .withdrawn
+        .iter()
+        .copied()
+        .chain(
+            outcome
+                .rejected
+                .iter()
+                .flat_map(|r| r.runs.iter().map(|(id, _)| *id)),
+        )
+        .collect();
+    // Their scripts name runs that no longer exist.
+    for p in prepared.iter().filter(|p| gone.contains(&p.run_id)) {
+        let _ = fs::remove_file(&p.script_path);
     }
     let job_of: HashMap<i64, String> = outcome.submitted.iter().cloned().collect();
     let mut key_of: HashMap<i64, &UnitKey> = HashMap::new();
@@ -344,7 +410,7 @@ pub fn submit_actions(
     let rows = prepared
         .iter()
         .zip(&new_runs)
-        .filter(|(p, _)| !outcome.withdrawn.contains(&p.run_id))
+        .filter(|(p, _)| !gone.contains(&p.run_id))
         .map(|(p, run)| SubmittedRun {
             run_id: p.run_id,
             key: p.key.clone(),

@@ -203,8 +203,9 @@ pub struct Submitted {
     pub rows: Vec<SubmittedRun>,
     /// The cluster could not be reached (exit 2).
     pub unreachable: Option<String>,
-    /// Runs sbatch refused (a bad request: exit 1).
-    pub rejected: Vec<(UnitKey, String)>,
+    /// Submissions sbatch refused (a config error: exit 1); their runs were
+    /// withdrawn.
+    pub rejected: Vec<crate::executor::Rejected>,
     /// Units left for a later sync by submit limits.
     pub deferred: usize,
 }
@@ -212,8 +213,11 @@ pub struct Submitted {
 impl Submitted {
     /// Says on stderr what did not go as planned (stdout stays data).
     pub fn report_problems(&self, settings: &Settings) {
-        for (key, why) in &self.rejected {
-            eprintln!("error: {key} was refused: {why}");
+        // The first refusal is the command's error (unless the cluster went
+        // unreachable, which is); the others are said here.
+        let skip = usize::from(self.unreachable.is_none());
+        for rejected in self.rejected.iter().skip(skip) {
+            eprintln!("error: {}", rejected.message);
         }
         if self.deferred > 0 && !settings.quiet {
             eprintln!(
@@ -233,12 +237,15 @@ impl Submitted {
         if let Some(msg) = &self.unreachable {
             return Some(Failure::unreachable(msg.clone(), Some(hint)));
         }
-        (!self.rejected.is_empty()).then(|| {
-            Failure::user(
-                format!("sbatch refused {} run(s)", self.rejected.len()),
-                Some("fix the request (partition, account, resources) in the config; `nfslurm retry` submits them again"),
-            )
-        })
+        let first = self.rejected.first()?;
+        let units: usize = self.rejected.iter().map(|r| r.runs.len()).sum();
+        Some(Failure::user(
+            first.message.clone(),
+            Some(&format!(
+                "a config error: fix the directive in the template or the config; nothing was submitted for {} (no attempt spent), and the next `submit` or `sync` tries again",
+                output::count(units, "unit", "units")
+            )),
+        ))
     }
 }
 
@@ -269,23 +276,10 @@ pub fn submit_request(
         engine::SubmitError::Exec(x) => exec_failure(x),
         other => anyhow::Error::new(other),
     })?;
-    let rejected = outcome
-        .rejected
-        .iter()
-        .map(|(run, why)| {
-            let key = rows
-                .iter()
-                .find(|r| r.run_id == *run)
-                .map(|r| r.key.clone())
-                .or_else(|| store.run(*run).ok().map(|r| r.key));
-            (key, why.clone())
-        })
-        .filter_map(|(k, w)| k.map(|k| (k, w)))
-        .collect();
     Ok(Submitted {
         rows,
         unreachable: outcome.unreachable,
-        rejected,
+        rejected: outcome.rejected,
         deferred: outcome.deferred,
     })
 }
