@@ -463,3 +463,168 @@ fn write_file(path: &Path, text: &str) -> Result<(), SubmitError> {
     }
     fs::write(path, text).map_err(err)
 }
+
+/// One sbatch call of a submission, as `plan` and `render` show it before
+/// anything is submitted.
+#[derive(Debug, Clone)]
+pub struct PreviewSubmission {
+    pub pipeline: String,
+    /// (index into the plan's actions, array task index): one member and no
+    /// task index for a single job.
+    pub members: Vec<(usize, Option<u32>)>,
+    /// The members' shared `#SBATCH` directives.
+    pub directives: Vec<String>,
+    /// For an array: the earlier submissions (indices into the preview) it
+    /// follows task by task (`aftercorr`).
+    pub after: Vec<usize>,
+    /// Why a unit goes as a single job, or why this array is split from the
+    /// pipeline's first one; `None` for the pipeline's first array.
+    pub note: Option<String>,
+}
+
+/// The sbatch calls `submit` would make for `plan` in arrays mode: every
+/// action rendered (nothing written), shaped as the Slurm executor shapes
+/// a batch. Also returns the rendered actions, in plan order.
+pub fn preview_submissions(
+    config: &Config,
+    store: Option<&Store>,
+    plan: &Plan,
+    snapshot: &Snapshot,
+    renderer: &Renderer,
+) -> Result<(Vec<PreviewSubmission>, Vec<RenderedAction>), SubmitError> {
+    use crate::executor::slurm::{arrays, directives};
+    let keys: Vec<&UnitKey> = plan.actions.iter().map(|a| &a.key).collect();
+    let attempts = match store {
+        Some(s) => s.next_attempts(&keys)?,
+        None => HashMap::new(),
+    };
+    let rendered = render_actions(
+        config,
+        plan,
+        snapshot,
+        renderer,
+        &attempts,
+        ExecutorKind::Slurm,
+    )?;
+    // Planned actions get negative run IDs; runs in flight keep theirs.
+    let id_of = |i: usize| -1 - i as i64;
+    let batch: Vec<Prepared> = plan
+        .actions
+        .iter()
+        .zip(&rendered)
+        .enumerate()
+        .map(|(i, (a, r))| Prepared {
+            run_id: id_of(i),
+            key: a.key.clone(),
+            token: r.token.clone(),
+            script_path: r.script_path.clone(),
+            log_path: r.log_path.clone(),
+            cpus: r.resources.cpus,
+            mem_mb: r.resources.mem_mb,
+            time_limit_s: r.resources.time_s,
+            gpus: r.resources.gpus,
+            directives: directives::shared(&r.script),
+            retry: a.reason == crate::model::Reason::Retry,
+            depends_on: a
+                .depends_on
+                .iter()
+                .map(|d| match d {
+                    Dependency::Planned(j) => id_of(*j),
+                    Dependency::InFlight { run_id, .. } => *run_id,
+                })
+                .collect(),
+        })
+        .collect();
+    let shape = arrays::shape(&batch, 1000);
+    let mut first_of: HashMap<String, Vec<String>> = HashMap::new();
+    let mut placed: HashMap<i64, bool> = HashMap::new();
+    let mut out = Vec::with_capacity(shape.len());
+    for sub in shape {
+        let members: Vec<(usize, Option<u32>)> = match &sub {
+            arrays::Submission::Single(i) => vec![(*i, None)],
+            arrays::Submission::Array { members, .. } => {
+                members.iter().map(|&(i, t)| (i, Some(t))).collect()
+            }
+        };
+        let p = &batch[members[0].0];
+        let differs = |reference: &Vec<String>| {
+            let added: Vec<&String> = p
+                .directives
+                .iter()
+                .filter(|d| !reference.contains(d))
+                .collect();
+            let dropped: Vec<&String> = reference
+                .iter()
+                .filter(|d| !p.directives.contains(d))
+                .collect();
+            (!added.is_empty() || !dropped.is_empty()).then(|| {
+                let list = |v: &[&String]| {
+                    v.iter()
+                        .map(|d| format!("`{d}`"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                match (added.is_empty(), dropped.is_empty()) {
+                    (false, false) => format!(
+                        "its directives differ from the first `{}` submission's: {} instead of {}",
+                        p.key.pipeline,
+                        list(&added),
+                        list(&dropped)
+                    ),
+                    (false, true) => format!(
+                        "its directives differ from the first `{}` submission's: {} added",
+                        p.key.pipeline,
+                        list(&added)
+                    ),
+                    _ => format!(
+                        "its directives differ from the first `{}` submission's: without {}",
+                        p.key.pipeline,
+                        list(&dropped)
+                    ),
+                }
+            })
+        };
+        let reference = first_of.get(&p.key.pipeline);
+        let note = match &sub {
+            arrays::Submission::Single(_) if p.retry => {
+                Some("a retry goes as a single job".to_string())
+            }
+            arrays::Submission::Single(_)
+                if p.depends_on
+                    .iter()
+                    .any(|d| !placed.get(d).copied().unwrap_or(false)) =>
+            {
+                Some(
+                    "an upstream unit is in flight or goes as a single job: `afterok` on its job"
+                        .to_string(),
+                )
+            }
+            arrays::Submission::Single(_) => {
+                Some(reference.and_then(differs).unwrap_or_else(|| {
+                    "no other unit has the same directives, resources and upstream arrays"
+                        .to_string()
+                }))
+            }
+            arrays::Submission::Array { .. } => reference.and_then(differs),
+        };
+        first_of
+            .entry(p.key.pipeline.clone())
+            .or_insert_with(|| p.directives.clone());
+        let is_array = matches!(sub, arrays::Submission::Array { .. });
+        for &(i, _) in &members {
+            placed.insert(batch[i].run_id, is_array);
+        }
+        let after = match &sub {
+            arrays::Submission::Array { after, .. } => after.clone(),
+            arrays::Submission::Single(_) => Vec::new(),
+        };
+        out.push(PreviewSubmission {
+            pipeline: p.key.pipeline.clone(),
+            members,
+            directives: p.directives.clone(),
+            after,
+            note,
+        });
+    }
+    Ok((out, rendered))
+}

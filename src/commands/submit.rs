@@ -194,7 +194,61 @@ pub fn run_plan(settings: &Settings, spec: &SelectionSpec, force: bool) -> anyho
         &Request { selection, force },
     );
     print_plan(settings, &plan, store.as_ref());
+    print_submissions(settings, &config, store.as_ref(), &plan, &snapshot)?;
     Ok(0)
+}
+
+/// In arrays mode, the sbatch calls `submit` would make: each array with
+/// its units, each single job with the reason it is one, and why arrays of a
+/// pipeline are split (their `#SBATCH` directives differ). Text only: the
+/// JSON plan stays one action per unit.
+fn print_submissions(
+    settings: &Settings,
+    config: &Config,
+    store: Option<&Store>,
+    plan: &Plan,
+    snapshot: &crate::state::Snapshot,
+) -> anyhow::Result<()> {
+    if settings.json
+        || plan.actions.is_empty()
+        || config.executor != ExecutorKind::Slurm
+        || config.site.scheduler.submission != crate::config::SubmissionMode::Arrays
+    {
+        return Ok(());
+    }
+    let renderer =
+        Renderer::new(config).map_err(|e| Failure::user(super::error_chain(&e), None))?;
+    let (subs, _) = engine::preview_submissions(config, store, plan, snapshot, &renderer)?;
+    println!(
+        "as {} (arrays mode):",
+        output::count(subs.len(), "sbatch call", "sbatch calls")
+    );
+    for sub in &subs {
+        let units: Vec<String> = sub
+            .members
+            .iter()
+            .map(|&(i, _)| plan.actions[i].key.to_string())
+            .collect();
+        let shown = if units.len() > 4 {
+            format!("{}, … {}", units[..3].join(", "), units[units.len() - 1])
+        } else {
+            units.join(", ")
+        };
+        let head = if sub.members[0].1.is_some() {
+            format!(
+                "  array of {} `{}` units: {shown}",
+                units.len(),
+                sub.pipeline
+            )
+        } else {
+            format!("  job {shown}")
+        };
+        match &sub.note {
+            Some(note) => println!("{head} ({note})"),
+            None => println!("{head}"),
+        }
+    }
+    Ok(())
 }
 
 /// What a submission did, for the command to report.
@@ -338,6 +392,7 @@ pub fn run_submit(
         let (store, snapshot) = super::read_snapshot(&config)?;
         let plan = plan::plan(&config, &snapshot, engine::now(), &request);
         print_plan(settings, &plan, store.as_ref());
+        print_submissions(settings, &config, store.as_ref(), &plan, &snapshot)?;
         return Ok(0);
     }
     let lock = plan_lock(&config, true)?;

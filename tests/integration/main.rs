@@ -8,3 +8,4 @@ mod failures;
 mod local;
 mod ops;
 mod slurm;
+mod templates;
