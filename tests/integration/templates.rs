@@ -266,3 +266,83 @@ fn a_directive_sbatch_refuses_is_a_config_error_naming_the_template_line() {
         study.ok(&["cancel", "--all"]);
     }
 }
+
+/// Without a cluster: `plan` says which units share an array and why the
+/// others do not; `render` shows the array script with a pipeline's own
+/// cluster in its directives and on the sbatch command line.
+#[test]
+fn plan_shows_arrays_split_by_directives_and_render_shows_the_array() {
+    let study = site_study(
+        "px",
+        3,
+        "arrays",
+        "#SBATCH --nice={% if subject == \"px03\" %}10{% else %}77{% endif %}\n",
+    );
+    let config = std::fs::read_to_string(study.config_path()).unwrap();
+    study.write(
+        "nfslurm.yaml",
+        &config.replacen(
+            "  bids:\n    level: session\n",
+            "  bids:\n    level: session\n    cluster: othercluster\n",
+            1,
+        ),
+    );
+    let plan = study.ok(&["plan", "--pipeline", "bids"]);
+    assert!(
+        plan.contains(
+            "as 2 sbatch calls (arrays mode):\n  array of 2 `bids` units: bids/sub-px01/ses-1, bids/sub-px02/ses-1\n  job bids/sub-px03/ses-1 (its directives differ from the first `bids` submission's: `--nice=10` instead of `--nice=77`)\n"
+        ),
+        "{plan}"
+    );
+    let dry = study.ok(&["submit", "--dry-run", "--pipeline", "bids"]);
+    assert!(dry.contains("as 2 sbatch calls"), "{dry}");
+
+    let out = study.ok(&[
+        "render",
+        "--pipeline",
+        "bids",
+        "--participant",
+        "px02",
+        "--session",
+        "1",
+    ]);
+    let (unit, array) = out
+        .split_once(
+            "#### nfslurm: in arrays mode the script above runs as task 2 of this array job",
+        )
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(unit.contains("#SBATCH --clusters=othercluster"), "{unit}");
+    for line in [
+        "#SBATCH --array=1-2\n",
+        "#SBATCH --nice=77\n",
+        "#SBATCH --clusters=othercluster\n",
+        "--kill-on-invalid-dep=yes --clusters=othercluster ",
+        "  2) unit=bids/sub-px02/ses-1 ",
+    ] {
+        assert!(array.contains(line), "{line:?} in\n{array}");
+    }
+    // Per-task lines of the unit's script are not the array's.
+    assert!(!array.contains("--job-name=nf-bids-px02-1"), "{array}");
+    assert!(!array.contains("#SBATCH --comment"), "{array}");
+    assert!(
+        array.contains(&format!(
+            "--job-name=nf-{}-bids",
+            study.path().file_name().unwrap().to_string_lossy()
+        )),
+        "{array}"
+    );
+    // The odd one out goes as a single job, and render says so.
+    let out = study.ok(&[
+        "render",
+        "--pipeline",
+        "bids",
+        "--participant",
+        "px03",
+        "--session",
+        "1",
+    ]);
+    assert!(
+        out.contains("#### nfslurm: in arrays mode `bids/sub-px03/ses-1` goes as a single job (its directives differ"),
+        "{out}"
+    );
+}

@@ -446,6 +446,73 @@ mod tests {
         );
     }
 
+    /// The array's script: nfslurm's per-array lines, then the members'
+    /// shared directives verbatim, then the task table.
+    #[test]
+    fn array_scripts_carry_the_members_directives() {
+        let a = UnitKey::new("bids", &Label::new("01").unwrap(), None);
+        let b = UnitKey::new("bids", &Label::new("03").unwrap(), None);
+        let directives = vec![
+            "--mem=1024M".to_string(),
+            "--nice=77".into(),
+            "-x node7".into(),
+            "--clusters=other".into(),
+        ];
+        let header = ArrayHeader {
+            pipeline: "bids",
+            template: "/site/sbatch.sh.tera",
+            directives: &directives,
+            spec: array_spec(&[1, 3], Some(2)),
+            logs: Path::new("/s/logs/arrays/bids"),
+            command_line: "sbatch --parsable --job-name=nf-study-bids /s/a.sbatch".into(),
+        };
+        let tasks = [
+            Task {
+                index: 1,
+                unit: &a,
+                script: Path::new("/s/scripts/a.sbatch"),
+                log: Path::new("/s/logs/a b.out"),
+            },
+            Task {
+                index: 3,
+                unit: &b,
+                script: Path::new("/s/scripts/b.sbatch"),
+                log: Path::new("/s/logs/b.out"),
+            },
+        ];
+        let text = array_script(&header, &tasks);
+        let expected = "#!/bin/bash
+#SBATCH --array=1,3%2
+#SBATCH --output=/s/logs/arrays/bids/%A_%a.out
+# The directives of the units' scripts (template `/site/sbatch.sh.tera`), the same for every task:
+#SBATCH --mem=1024M
+#SBATCH --nice=77
+#SBATCH -x node7
+#SBATCH --clusters=other
+# nfslurm array of 2 units of `bids`: task index = subject. Submitted as
+#   sbatch --parsable --job-name=nf-study-bids /s/a.sbatch
+set -euo pipefail
+case \"$SLURM_ARRAY_TASK_ID\" in
+  1) unit=bids/sub-01 script=/s/scripts/a.sbatch log='/s/logs/a b.out' ;;
+  3) unit=bids/sub-03 script=/s/scripts/b.sbatch log=/s/logs/b.out ;;
+  *) echo \"nfslurm: no unit for task $SLURM_ARRAY_TASK_ID\" >&2; exit 2 ;;
+esac
+echo \"[nfslurm] array task $SLURM_ARRAY_TASK_ID runs $unit\"
+exec bash \"$script\" > \"$log\" 2>&1
+";
+        assert_eq!(text, expected);
+        // What sbatch reads from it: the members' directives, none lost.
+        let read: Vec<String> = crate::executor::slurm::directives::parse(&text)
+            .into_iter()
+            .map(|d| d.text)
+            .collect();
+        assert_eq!(
+            read[..2],
+            ["--array=1,3%2", "--output=/s/logs/arrays/bids/%A_%a.out"]
+        );
+        assert_eq!(read[2..], directives[..]);
+    }
+
     #[test]
     fn summary_rows_and_array_specs() {
         assert_eq!(
