@@ -267,10 +267,14 @@ pub struct Submitted {
 impl Submitted {
     /// Says on stderr what did not go as planned (stdout stays data).
     pub fn report_problems(&self, settings: &Settings) {
-        // The first refusal is the command's error (unless the cluster went
-        // unreachable, which is); the others are said here.
-        let skip = usize::from(self.unreachable.is_none());
-        for rejected in self.rejected.iter().skip(skip) {
+        // The last refusal is the command's error (unless the cluster went
+        // unreachable, which is then); the others are said here, in order.
+        let shown = if self.unreachable.is_none() {
+            self.rejected.len().saturating_sub(1)
+        } else {
+            self.rejected.len()
+        };
+        for rejected in &self.rejected[..shown] {
             eprintln!("error: {}", rejected.message);
         }
         if self.deferred > 0 && !settings.quiet {
@@ -291,10 +295,10 @@ impl Submitted {
         if let Some(msg) = &self.unreachable {
             return Some(Failure::unreachable(msg.clone(), Some(hint)));
         }
-        let first = self.rejected.first()?;
+        let last = self.rejected.last()?;
         let units: usize = self.rejected.iter().map(|r| r.runs.len()).sum();
         Some(Failure::user(
-            first.message.clone(),
+            last.message.clone(),
             Some(&format!(
                 "a config error: fix the directive in the template or the config; nothing was submitted for {} (no attempt spent), and the next `submit` or `sync` tries again",
                 output::count(units, "unit", "units")
@@ -400,7 +404,9 @@ pub fn run_submit(
     reconcile_all(&config, &mut store)?;
     let submitted = submit_request(&config, &mut store, &request)?;
     drop(lock);
-    print_submitted(settings, &submitted.rows);
+    if !(submitted.rows.is_empty() && !submitted.rejected.is_empty()) {
+        print_submitted(settings, &submitted.rows);
+    }
     submitted.report_problems(settings);
     if let Some(err) = submitted.failure(
         "the runs that reached the cluster are recorded; `nfslurm sync` submits the rest later",

@@ -222,6 +222,36 @@ pub fn template_lines(template: &str, options: &[&str]) -> Vec<(usize, String)> 
         .collect()
 }
 
+/// The template lines to name for a refusal blaming `options`, among
+/// [`template_lines`]: a line written without Tera that appears as such in
+/// the rendered script is to blame; failing one, the lines with Tera in
+/// them (a literal line that did not render, inside an `{% if %}`, is not);
+/// failing those, every candidate.
+pub fn lines_to_blame(template: &str, rendered: &str, options: &[&str]) -> Vec<(usize, String)> {
+    let candidates = template_lines(template, options);
+    let templated = |text: &str| text.contains("{{") || text.contains("{%");
+    let rendered_as_is =
+        |text: &str| !templated(text) && rendered.lines().any(|l| l.trim() == text);
+    let literal: Vec<(usize, String)> = candidates
+        .iter()
+        .filter(|(_, t)| rendered_as_is(t))
+        .cloned()
+        .collect();
+    if !literal.is_empty() {
+        return literal;
+    }
+    let with_tera: Vec<(usize, String)> = candidates
+        .iter()
+        .filter(|(_, t)| templated(t))
+        .cloned()
+        .collect();
+    if with_tera.is_empty() {
+        candidates
+    } else {
+        with_tera
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +316,19 @@ set -euo pipefail\n\
             vec![(3, "#SBATCH --exclude=nosuchnode".to_string())]
         );
         assert!(options_blamed("Batch job submission failed: something new").is_empty());
+        // Of a literal line and a templated one, the literal line that rendered.
+        let template =
+            "#SBATCH --gres=gpu:1\n{% if gpus > 0 %}\n#SBATCH --gres=gpu:{{ gpus }}\n{% endif %}\n";
+        let blamed = options_blamed("Invalid generic resource (gres) specification");
+        assert_eq!(template_lines(template, blamed).len(), 2);
+        assert_eq!(
+            lines_to_blame(template, "#!/bin/bash\n#SBATCH --gres=gpu:1\n", blamed),
+            vec![(1, "#SBATCH --gres=gpu:1".to_string())]
+        );
+        assert_eq!(
+            lines_to_blame(template, "#!/bin/bash\n#SBATCH --gres=gpu:2\n", blamed),
+            vec![(3, "#SBATCH --gres=gpu:{{ gpus }}".to_string())]
+        );
         assert_eq!(
             options_blamed("Batch job submission failed: Invalid partition name specified"),
             &["partition"]

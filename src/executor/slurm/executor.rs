@@ -246,7 +246,8 @@ impl SlurmExecutor {
             return format!("sbatch refused {what}: {reason}");
         };
         let blamed = directives::options_blamed(reason);
-        let lines = directives::template_lines(&pipeline.template, blamed);
+        let rendered = std::fs::read_to_string(&first.script_path).unwrap_or_default();
+        let lines = directives::lines_to_blame(&pipeline.template, &rendered, blamed);
         if !lines.is_empty() {
             let at: Vec<String> = lines
                 .iter()
