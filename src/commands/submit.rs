@@ -404,7 +404,8 @@ pub fn run_submit(
     reconcile_all(&config, &mut store)?;
     let submitted = submit_request(&config, &mut store, &request)?;
     drop(lock);
-    if !(submitted.rows.is_empty() && !submitted.rejected.is_empty()) {
+    // Over a refusal with nothing submitted, the error says it all.
+    if !submitted.rows.is_empty() || submitted.rejected.is_empty() {
         print_submitted(settings, &submitted.rows);
     }
     submitted.report_problems(settings);
