@@ -194,7 +194,61 @@ pub fn run_plan(settings: &Settings, spec: &SelectionSpec, force: bool) -> anyho
         &Request { selection, force },
     );
     print_plan(settings, &plan, store.as_ref());
+    print_submissions(settings, &config, store.as_ref(), &plan, &snapshot)?;
     Ok(0)
+}
+
+/// In arrays mode, the sbatch calls `submit` would make: each array with
+/// its units, each single job with the reason it is one, and why arrays of a
+/// pipeline are split (their `#SBATCH` directives differ). Text only: the
+/// JSON plan stays one action per unit.
+fn print_submissions(
+    settings: &Settings,
+    config: &Config,
+    store: Option<&Store>,
+    plan: &Plan,
+    snapshot: &crate::state::Snapshot,
+) -> anyhow::Result<()> {
+    if settings.json
+        || plan.actions.is_empty()
+        || config.executor != ExecutorKind::Slurm
+        || config.site.scheduler.submission != crate::config::SubmissionMode::Arrays
+    {
+        return Ok(());
+    }
+    let renderer =
+        Renderer::new(config).map_err(|e| Failure::user(super::error_chain(&e), None))?;
+    let (subs, _) = engine::preview_submissions(config, store, plan, snapshot, &renderer)?;
+    println!(
+        "as {} (arrays mode):",
+        output::count(subs.len(), "sbatch call", "sbatch calls")
+    );
+    for sub in &subs {
+        let units: Vec<String> = sub
+            .members
+            .iter()
+            .map(|&(i, _)| plan.actions[i].key.to_string())
+            .collect();
+        let shown = if units.len() > 4 {
+            format!("{}, … {}", units[..3].join(", "), units[units.len() - 1])
+        } else {
+            units.join(", ")
+        };
+        let head = if sub.members[0].1.is_some() {
+            format!(
+                "  array of {} `{}` units: {shown}",
+                units.len(),
+                sub.pipeline
+            )
+        } else {
+            format!("  job {shown}")
+        };
+        match &sub.note {
+            Some(note) => println!("{head} ({note})"),
+            None => println!("{head}"),
+        }
+    }
+    Ok(())
 }
 
 /// What a submission did, for the command to report.
@@ -203,8 +257,9 @@ pub struct Submitted {
     pub rows: Vec<SubmittedRun>,
     /// The cluster could not be reached (exit 2).
     pub unreachable: Option<String>,
-    /// Runs sbatch refused (a bad request: exit 1).
-    pub rejected: Vec<(UnitKey, String)>,
+    /// Submissions sbatch refused (a config error: exit 1); their runs were
+    /// withdrawn.
+    pub rejected: Vec<crate::executor::Rejected>,
     /// Units left for a later sync by submit limits.
     pub deferred: usize,
 }
@@ -212,8 +267,15 @@ pub struct Submitted {
 impl Submitted {
     /// Says on stderr what did not go as planned (stdout stays data).
     pub fn report_problems(&self, settings: &Settings) {
-        for (key, why) in &self.rejected {
-            eprintln!("error: {key} was refused: {why}");
+        // The last refusal is the command's error (unless the cluster went
+        // unreachable, which is then); the others are said here, in order.
+        let shown = if self.unreachable.is_none() {
+            self.rejected.len().saturating_sub(1)
+        } else {
+            self.rejected.len()
+        };
+        for rejected in &self.rejected[..shown] {
+            eprintln!("error: {}", rejected.message);
         }
         if self.deferred > 0 && !settings.quiet {
             eprintln!(
@@ -233,12 +295,15 @@ impl Submitted {
         if let Some(msg) = &self.unreachable {
             return Some(Failure::unreachable(msg.clone(), Some(hint)));
         }
-        (!self.rejected.is_empty()).then(|| {
-            Failure::user(
-                format!("sbatch refused {} run(s)", self.rejected.len()),
-                Some("fix the request (partition, account, resources) in the config; `nfslurm retry` submits them again"),
-            )
-        })
+        let last = self.rejected.last()?;
+        let units: usize = self.rejected.iter().map(|r| r.runs.len()).sum();
+        Some(Failure::user(
+            last.message.clone(),
+            Some(&format!(
+                "a config error: fix the directive in the template or the config; nothing was submitted for {} (no attempt spent), and the next `submit` or `sync` tries again",
+                output::count(units, "unit", "units")
+            )),
+        ))
     }
 }
 
@@ -269,23 +334,10 @@ pub fn submit_request(
         engine::SubmitError::Exec(x) => exec_failure(x),
         other => anyhow::Error::new(other),
     })?;
-    let rejected = outcome
-        .rejected
-        .iter()
-        .map(|(run, why)| {
-            let key = rows
-                .iter()
-                .find(|r| r.run_id == *run)
-                .map(|r| r.key.clone())
-                .or_else(|| store.run(*run).ok().map(|r| r.key));
-            (key, why.clone())
-        })
-        .filter_map(|(k, w)| k.map(|k| (k, w)))
-        .collect();
     Ok(Submitted {
         rows,
         unreachable: outcome.unreachable,
-        rejected,
+        rejected: outcome.rejected,
         deferred: outcome.deferred,
     })
 }
@@ -344,6 +396,7 @@ pub fn run_submit(
         let (store, snapshot) = super::read_snapshot(&config)?;
         let plan = plan::plan(&config, &snapshot, engine::now(), &request);
         print_plan(settings, &plan, store.as_ref());
+        print_submissions(settings, &config, store.as_ref(), &plan, &snapshot)?;
         return Ok(0);
     }
     let lock = plan_lock(&config, true)?;
@@ -351,7 +404,10 @@ pub fn run_submit(
     reconcile_all(&config, &mut store)?;
     let submitted = submit_request(&config, &mut store, &request)?;
     drop(lock);
-    print_submitted(settings, &submitted.rows);
+    // Over a refusal with nothing submitted, the error says it all.
+    if !submitted.rows.is_empty() || submitted.rejected.is_empty() {
+        print_submitted(settings, &submitted.rows);
+    }
     submitted.report_problems(settings);
     if let Some(err) = submitted.failure(
         "the runs that reached the cluster are recorded; `nfslurm sync` submits the rest later",

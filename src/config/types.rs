@@ -115,8 +115,10 @@ pub struct Scheduler {
     pub requeue: bool,
     /// sacct IDs per call.
     pub sacct_chunk: usize,
-    /// `jobs` or `arrays` (Scale issue); only `jobs` for now.
+    /// `arrays` (the default) or `jobs`.
     pub submission: SubmissionMode,
+    /// Tera template of an array job's name (`study`, `pipeline`).
+    pub array_job_name: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -45,6 +45,7 @@ fn scheduler() -> Scheduler {
         requeue: false,
         sacct_chunk: 200,
         submission: SubmissionMode::Jobs,
+        array_job_name: crate::render::DEFAULT_ARRAY_JOB_NAME.to_string(),
     }
 }
 

@@ -9,3 +9,4 @@ mod failures;
 mod local;
 mod ops;
 mod slurm;
+mod templates;
