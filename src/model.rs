@@ -214,6 +214,18 @@ impl RunState {
     }
 
     /// Still owned by the executor: submitting, pending or running.
+    /// An attempt that ended badly: worth showing the end of its log.
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            RunState::Failed
+                | RunState::Timeout
+                | RunState::Oom
+                | RunState::InfraFailed
+                | RunState::Lost
+        )
+    }
+
     pub fn in_flight(self) -> bool {
         matches!(
             self,

@@ -64,9 +64,16 @@ pub fn show(settings: &Settings, target: &str) -> anyhow::Result<i32> {
     let snapshot = store.snapshot()?;
     let plan = plan::plan(&config, &snapshot, engine::now(), &Request::default());
     let unit = plan.unit(&key);
+    // Why the last attempt failed, at a glance: the end of its log.
+    let tail = runs
+        .iter()
+        .max_by_key(|r| r.id)
+        .filter(|r| r.state.is_failure())
+        .and_then(|r| output::log_tail(&r.log_path, output::LOG_TAIL_LINES).map(|t| (r, t)));
     if settings.json {
         output::print_json(&json!({
             "unit": key.to_string(),
+            "log_tail": tail.as_ref().map(|(_, t)| t),
             "state": unit.map(|u| u.state.as_str()),
             "reason": unit.and_then(|u| u.reason).map(|r| r.as_str()),
             "detail": unit.and_then(|u| u.detail.clone()),
@@ -85,6 +92,12 @@ pub fn show(settings: &Settings, target: &str) -> anyhow::Result<i32> {
         println!("{line}");
         if let Some(d) = &u.detail {
             println!("  {d}");
+        }
+    }
+    if let Some((run, lines)) = &tail {
+        println!("  last lines of attempt {}'s log:", run.attempt);
+        for line in lines {
+            println!("  | {line}");
         }
     }
     for r in &runs {

@@ -471,12 +471,34 @@ pub fn follow(
     let cap = if local { base * 2 } else { base * 8 };
     let mut interval = base;
     let mut last_done = 0;
+    // Off a terminal (cron, a pipe, CI logs) bars are hidden: say each change
+    // on a line of its own instead.
+    let lines =
+        !settings.quiet && !settings.json && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut seen: std::collections::HashMap<i64, crate::model::RunState> =
+        std::collections::HashMap::new();
     loop {
         {
             let _lock = plan_lock(config, true)?;
             reconcile_all(config, store)?;
         }
         let runs = store.runs_by_ids(&ids)?;
+        if lines {
+            for r in &runs {
+                if seen.insert(r.id, r.state) != Some(r.state) {
+                    let mut line = format!("{}: {}", r.key, r.state);
+                    if let Some(job) = &r.job_id {
+                        line.push_str(&format!(" (job {job})"));
+                    }
+                    if !r.state.in_flight()
+                        && let Some(reason) = &r.reason
+                    {
+                        line.push_str(&format!(": {}", output::printable(reason)));
+                    }
+                    eprintln!("{line}");
+                }
+            }
+        }
         let done = runs.iter().filter(|r| !r.state.in_flight()).count();
         for (index, pipeline) in config.pipelines.iter().enumerate() {
             let mine: Vec<_> = runs
@@ -546,7 +568,7 @@ pub fn follow(
                 }
                 None => {
                     multi.clear().ok();
-                    return Ok(finish_follow(settings, &plan, &followed));
+                    return Ok(finish_follow(settings, store, &plan, &followed));
                 }
             }
         }
@@ -568,7 +590,12 @@ pub fn follow(
 }
 
 /// The end of `--wait`: how the followed units ended; 3 if any is not done.
-fn finish_follow(settings: &Settings, plan: &Plan, followed: &HashSet<&UnitKey>) -> i32 {
+fn finish_follow(
+    settings: &Settings,
+    store: &Store,
+    plan: &Plan,
+    followed: &HashSet<&UnitKey>,
+) -> i32 {
     let units: Vec<_> = plan
         .units
         .iter()
@@ -591,6 +618,15 @@ fn finish_follow(settings: &Settings, plan: &Plan, followed: &HashSet<&UnitKey>)
                 output::unit_state(u.state),
                 u.detail.as_deref().unwrap_or("")
             );
+            // Why, at a glance: the end of the failed attempt's log.
+            let tail = u
+                .last_run_id
+                .and_then(|id| store.run(id).ok())
+                .filter(|r| r.state.is_failure())
+                .and_then(|r| output::log_tail(&r.log_path, output::LOG_TAIL_LINES));
+            for line in tail.unwrap_or_default() {
+                println!("    | {line}");
+            }
         }
     }
     if not_done.is_empty() { 0 } else { 3 }

@@ -179,6 +179,9 @@ pub struct Pipeline {
     pub template: String,
     /// Hash of command, container and template: a change makes done units stale.
     pub config_hash: String,
+    /// The hashes the same command and container had under earlier
+    /// releases' bundled templates (empty for a site's own template).
+    pub config_hash_aliases: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -513,7 +513,9 @@ fn evaluate<'s>(
     let need = if forced {
         Some(Reason::Forced)
     } else if let Some(s) = success {
-        if s.config_hash != pipeline.config_hash {
+        if s.config_hash != pipeline.config_hash
+            && !pipeline.config_hash_aliases.contains(&s.config_hash)
+        {
             Some(Reason::ConfigChanged)
         } else if upstream_moving || inputs_changed {
             Some(Reason::UpstreamChanged)

@@ -521,3 +521,33 @@ fn downstream_end_seen_before_its_upstream_end_is_not_stale() {
         UnitState::Done
     );
 }
+
+/// Upgrading nfslurm changes its bundled template; a study done under the
+/// previous one must not rerun for that alone.
+#[test]
+fn units_done_under_an_earlier_bundled_template_are_not_stale() {
+    let mut world = World::new(&[("01", "1")]);
+    world.complete_all();
+    let p = &world.config.pipelines[0];
+    let old = crate::config::config_hash(
+        &p.command,
+        p.container.as_deref(),
+        crate::config::BUNDLED_TEMPLATE_HISTORY[0],
+    );
+    assert_ne!(old, p.config_hash, "the bundled template changed since");
+    assert!(p.config_hash_aliases.contains(&old));
+    for run in world.snap.runs.values_mut() {
+        if run.key.pipeline == "bids" {
+            run.config_hash = old.clone();
+        }
+    }
+    assert!(world.plan(&Request::default()).actions.is_empty());
+    // A hash no template of nfslurm ever gave is a config change.
+    for run in world.snap.runs.values_mut() {
+        if run.key.pipeline == "bids" {
+            run.config_hash = "a site's older template".into();
+        }
+    }
+    let plan = world.plan(&Request::default());
+    assert_eq!(plan.actions[0].reason, Reason::ConfigChanged);
+}

@@ -76,6 +76,7 @@ fn pipeline(name: &str, level: Level, command: &str) -> Pipeline {
         template_name: "bundled:sbatch.sh.tera".to_string(),
         template: TEMPLATE.to_string(),
         config_hash: "0".to_string(),
+        config_hash_aliases: Vec::new(),
     }
 }
 
