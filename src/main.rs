@@ -15,11 +15,32 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // With `--json`, stdout is JSON whatever happens: errors (below) and
+    // even a bug's panic are printed as `{"error": …, "hint": …}`.
+    let json = std::env::args_os().any(|a| a == "--json");
+    if json {
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            print_json_error(
+                &format!("internal error: {info}"),
+                Some("this is a bug in nfslurm: please report it with the command that caused it"),
+            );
+            default_hook(info);
+        }));
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
             // Usage errors are user errors: exit 1 (2 means "cluster unreachable").
             let code = if err.use_stderr() { 1 } else { 0 };
+            if json && code == 1 {
+                let text = err.render().to_string();
+                let first = text.lines().next().unwrap_or("invalid arguments");
+                print_json_error(
+                    first.trim_start_matches("error: "),
+                    Some("see `nfslurm --help`"),
+                );
+            }
             let _ = err.print();
             return ExitCode::from(code);
         }
@@ -54,7 +75,7 @@ fn main() -> ExitCode {
     );
     let code = match result {
         Ok(code) => ExitCode::from(code as u8),
-        Err(err) => report(&err),
+        Err(err) => report(&err, json),
     };
     if let Some(log) = log {
         log.finish();
@@ -83,7 +104,9 @@ fn init_tracing(verbose: u8, quiet: bool, no_color: bool) {
 }
 
 /// Prints the error chain and a hint; picks the exit code (SPEC §4).
-fn report(err: &anyhow::Error) -> ExitCode {
+/// With `--json` the error is also printed on stdout, as
+/// `{"error": …, "hint": …}`, so that a script always reads JSON.
+fn report(err: &anyhow::Error, json: bool) -> ExitCode {
     // A closed pipe (`nfslurm status | head`) is not an error worth a message.
     if let Some(io) = err.downcast_ref::<std::io::Error>()
         && io.kind() == std::io::ErrorKind::BrokenPipe
@@ -91,15 +114,19 @@ fn report(err: &anyhow::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     eprintln!("error: {err:#}");
-    match err.downcast_ref::<Failure>() {
-        Some(f) => {
-            if let Some(hint) = &f.hint {
-                eprintln!("hint: {hint}");
-            }
-            ExitCode::from(f.code as u8)
-        }
-        None => ExitCode::from(1),
+    let failure = err.downcast_ref::<Failure>();
+    let hint = failure.and_then(|f| f.hint.as_deref());
+    if let Some(hint) = hint {
+        eprintln!("hint: {hint}");
     }
+    if json {
+        print_json_error(&format!("{err:#}"), hint);
+    }
+    ExitCode::from(failure.map_or(1, |f| f.code as u8))
+}
+
+fn print_json_error(error: &str, hint: Option<&str>) {
+    nfslurm::output::print_json(&serde_json::json!({ "error": error, "hint": hint }));
 }
 
 fn selection(args: &nfslurm::cli::SelectionArgs) -> SelectionSpec {

@@ -173,13 +173,23 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// A path for people: relative to the working directory when inside it,
+/// with control characters escaped (folder names come from outside).
 pub fn display_path(path: &Path) -> String {
     let cwd = std::env::current_dir().unwrap_or_default();
-    if cwd.parent().is_none() {
+    let shown = if cwd.parent().is_none() {
         // At `/` every absolute path would lose its leading slash.
-        return path.display().to_string();
-    }
-    path.strip_prefix(&cwd)
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| path.display().to_string())
+        path.display().to_string()
+    } else {
+        path.strip_prefix(&cwd)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| path.display().to_string())
+    };
+    crate::output::escape_controls(&shown).into_owned()
+}
+
+/// A path as a JSON string: lossy for a name that is not UTF-8 (serde
+/// refuses those, and `--json` output must always be JSON).
+pub fn json_path(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
 }

@@ -770,6 +770,24 @@ fn read_pipeline(
         )
     })?;
 
+    if let Some(p) =
+        crate::render::outside_value_placements(&command, crate::render::COMMAND_OUTSIDE_NAMES)
+            .into_iter()
+            .next()
+    {
+        let loc =
+            find_line(ctx.text, command_val.loc().line, &p.excerpt).unwrap_or(command_val.loc());
+        return Err(ctx.src.at(
+            loc,
+            command_val.path,
+            format!(
+                "`{}` puts `{}` inside {}, where a folder name could run as code: `{}`",
+                command_val.path, p.expr, p.inside, p.excerpt
+            ),
+            Some(OUTSIDE_VALUE_HINT.to_string()),
+        ));
+    }
+
     let container = match m.get("container") {
         None => None,
         Some(v) => {
@@ -876,6 +894,12 @@ fn read_pipeline(
         deps,
     })
 }
+
+/// How to write a folder name or scan ID in a command or template so that
+/// the shell reads it as one word and nothing else.
+pub(crate) const OUTSIDE_VALUE_HINT: &str = "write it as a word of its own, outside any quotes \
+     (`ls {{ session.dicom_dir }}`: nfslurm quotes it); to use it in a string, `$(...)` or a \
+     heredoc, set a variable first (`dir={{ session.dicom_dir }}`) and write `\"$dir\"` there";
 
 /// The first line from `from` (1-based) whose content is `wanted`, as a location.
 fn find_line(text: &str, from: u64, wanted: &str) -> Option<Loc> {

@@ -897,3 +897,65 @@ fn bad_notifications() {
         ))
     );
 }
+
+/// Issue 9: `ls "{{ session.dicom_dir }}"` ran a folder named
+/// `X$(touch PWNED)`; the loader refuses it, naming the place and the fix.
+#[test]
+fn folder_name_inside_double_quotes_is_refused() {
+    insta::assert_snapshot!(
+        "outside_value_in_double_quotes",
+        err(&format!(
+            "{MINIMAL}discovery:\n  pattern: '^(?P<scan_id>.+)$'\npipelines:\n  bids:\n    command: |\n      echo start\n      ls \"{{{{ session.dicom_dir }}}}\"\n"
+        ))
+    );
+}
+
+#[test]
+fn outside_values_in_backticks_substitutions_and_heredocs_are_refused() {
+    for (command, inside) in [
+        ("echo `ls {{ session.dicom_dir }}`", "backticks"),
+        ("n=$(ls {{ session.dicom_dir }} | wc -l)", "`$(...)`"),
+        (
+            "cat <<EOF\n      {{ session.scan_id }}\n      EOF",
+            "a heredoc",
+        ),
+        (
+            "{% for s in sessions %}echo \"{{ s.scan_id }}\"{% endfor %}",
+            "double quotes",
+        ),
+    ] {
+        let text = format!("{MINIMAL}pipelines:\n  bids:\n    command: |\n      {command}\n");
+        let message = err(&text);
+        assert!(
+            message.contains(&format!(
+                "inside {inside}, where a folder name could run as code"
+            )),
+            "{command}: {message}"
+        );
+        assert!(
+            message.contains("hint: write it as a word of its own"),
+            "{message}"
+        );
+    }
+    // The same values as plain words load.
+    ok(&format!(
+        "{MINIMAL}pipelines:\n  bids:\n    command: |\n      dir={{{{ session.dicom_dir }}}}\n      ls \"$dir\" {{{{ session.scan_id }}}}\n"
+    ));
+}
+
+#[test]
+fn a_script_template_quoting_the_command_in_double_quotes_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("job.sh.tera"),
+        "#!/bin/bash\nbash -c \"{{ command }}\"\n",
+    )
+    .unwrap();
+    let file = dir.path().join("nfslurm.yaml");
+    let text = "version: 1\npaths:\n  dicom_root: dicom\npipelines:\n  a:\n    command: echo\n    template: job.sh.tera\n";
+    let e = load_str_with_env(text, &file, &env).unwrap_err().report();
+    assert!(
+        e.contains("puts `{{ command }}` inside double quotes at") && e.contains("job.sh.tera:2"),
+        "{e}"
+    );
+}

@@ -190,3 +190,35 @@ mod tests {
         assert_eq!(megabytes(8192), "8.0G");
     }
 }
+
+/// `text` with control characters written as escapes (`\n`, `\u{1b}`), so
+/// that a folder name or log line from outside never reaches a terminal raw
+/// (an escape sequence in a name could rewrite the screen).
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::escape_controls;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_controls("sub-01 ünï"), "sub-01 ünï");
+        assert_eq!(
+            escape_controls("a\x1b[2Jb\nc\u{9b}"),
+            "a\\u{1b}[2Jb\\nc\\u{9b}"
+        );
+    }
+}

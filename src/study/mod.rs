@@ -681,6 +681,86 @@ mod tests {
         assert!(matches!(err, StudyError::ReadDir { .. }));
     }
 
+    /// Issue 9: a folder named `X$(touch PWNED)` must never reach a script.
+    #[test]
+    fn shell_special_and_control_characters_in_folder_names_are_skipped() {
+        let s = study(
+            "^(?P<scan_id>.+)$",
+            "ScanID,SubjectCode\nX$(touch PWNED),01\nS1,02\nesc\x1b[2J,03\n",
+            false,
+        );
+        add_session(&s.root, "X$(touch PWNED)", &[("dwi", 3)]);
+        add_session(&s.root, "esc\x1b[2J", &[("dwi", 3)]);
+        add_session(&s.root, "S1", &[("dwi", 3)]);
+        let report = discover(&s.discovery, &s.root, later()).unwrap();
+        assert_eq!(labels(&report), [("S1".into(), "02".into(), "1".into())]);
+        let whys: Vec<&str> = report.skipped.iter().map(|k| k.why.as_str()).collect();
+        assert_eq!(
+            whys,
+            [
+                "name contains `$` `(` `)`, which a shell could run as code: rename the folder \
+                 (letters, digits, spaces and `_ - . + , = @ % :` are fine)",
+                "name contains the control character `\\u{1b}`: rename the folder",
+            ]
+        );
+        for name in ["a b", "S_01.2-x", "ünï", "k=v,w@x%y+z:1"] {
+            assert_eq!(scan::unsafe_name(name), None, "{name}");
+        }
+        for name in [
+            "a\"b", "a'b", "a`b", "a\\b", "a;b", "a|b", "a\nb", "a\u{9b}b",
+        ] {
+            assert!(scan::unsafe_name(name).is_some(), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn files_dangling_links_loops_and_non_utf8_names_are_skipped_with_a_reason() {
+        use std::os::unix::ffi::OsStrExt;
+        let s = study("^S\\d+$", "ScanID,SubjectCode\nS1,01\n", false);
+        add_session(&s.root, "S1", &[("dwi", 3)]);
+        fs::write(s.root.join("notes.txt"), "x").unwrap();
+        std::os::unix::fs::symlink("nowhere", s.root.join("S2")).unwrap();
+        std::os::unix::fs::symlink("S3", s.root.join("S3")).unwrap();
+        std::os::unix::fs::symlink("notes.txt", s.root.join("S4")).unwrap();
+        fs::create_dir(s.root.join(std::ffi::OsStr::from_bytes(b"S\xff"))).unwrap();
+        fs::create_dir(s.root.join(".snapshot")).unwrap();
+        let report = discover(&s.discovery, &s.root, later()).unwrap();
+        assert_eq!(report.sessions.len(), 1);
+        let skipped: Vec<(String, &str)> = report
+            .skipped
+            .iter()
+            .map(|k| {
+                let name = k.folder.file_name().unwrap().to_string_lossy().into_owned();
+                (name, k.why.as_str())
+            })
+            .collect();
+        assert_eq!(
+            skipped,
+            [
+                (
+                    "S2".to_string(),
+                    "a dangling symlink: its target `nowhere` does not exist"
+                ),
+                (
+                    "S3".to_string(),
+                    "a symlink loop: its target `S3` leads back to itself"
+                ),
+                (
+                    "S4".to_string(),
+                    "a symlink to `notes.txt`, which is not a folder"
+                ),
+                (
+                    "S\u{fffd}".to_string(),
+                    "name is not valid UTF-8: rename the folder"
+                ),
+                (
+                    "notes.txt".to_string(),
+                    "a file, not a folder: session folders only"
+                ),
+            ]
+        );
+    }
+
     #[test]
     fn human_durations() {
         assert_eq!(human_duration(0), "0s");

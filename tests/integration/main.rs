@@ -5,6 +5,7 @@
 mod arrays;
 mod common;
 mod failures;
+mod hardening;
 mod local;
 mod ops;
 mod slurm;

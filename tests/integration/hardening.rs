@@ -1,0 +1,141 @@
+//! Issue 9: no input runs as code, nothing panics, no secret is printed, the
+//! state is never silently reset. Each test is named after what it pins.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+
+use crate::common::Study;
+
+/// A one-pipeline local study whose folder pattern takes any name.
+fn any_name_study(command: &str) -> Study {
+    let study = Study::new();
+    study.write(
+        "nfslurm.yaml",
+        &format!(
+            "version: 1\nsite: local\nexecutor: local\npaths:\n  dicom_root: dicom\ndiscovery:\n  pattern: '^(?P<scan_id>.+)$'\n  mapping: {{ file: mapping.csv }}\n  validation: {{ min_files: 3 }}\n  settle: 0s\npipelines:\n  bids:\n    level: session\n    command: |\n      {command}\n"
+        ),
+    );
+    study.write(
+        "mapping.csv",
+        "ScanID,SubjectCode,SessionID\nX$(touch PWNED),01,1\nS1,02,1\n",
+    );
+    study.session_folder("X$(touch PWNED)", 3);
+    study.session_folder("S1", 3);
+    study
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn pwned_anywhere(study: &Study) -> bool {
+    fn walk(dir: &std::path::Path) -> bool {
+        fs::read_dir(dir).unwrap().any(|e| {
+            let e = e.unwrap();
+            e.file_name() == "PWNED" || (e.file_type().unwrap().is_dir() && walk(&e.path()))
+        })
+    }
+    walk(study.path())
+}
+
+#[test]
+fn a_folder_name_in_double_quotes_is_refused_by_the_loader_and_doctor() {
+    let study = any_name_study(r#"ls "{{ session.dicom_dir }}""#);
+    let out = study.run(&["discover"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("nfslurm.yaml:15:7: `pipelines.bids.command` puts `{{ session.dicom_dir }}` inside double quotes"),
+        "{err}"
+    );
+    assert!(err.contains("hint: write it as a word of its own"), "{err}");
+    let doctor = study.run(&["doctor"]);
+    assert_eq!(doctor.status.code(), Some(1));
+    assert!(
+        stdout(&doctor).contains("fail  config")
+            && stdout(&doctor).contains("inside double quotes"),
+        "{}",
+        stdout(&doctor)
+    );
+    assert!(!study.path().join(".nfslurm/state.db").exists());
+    assert!(!pwned_anywhere(&study));
+}
+
+#[test]
+fn a_folder_named_like_a_command_is_skipped_and_never_runs() {
+    let study = any_name_study("ls {{ session.dicom_dir }}");
+    let out = study.ok(&["discover"]);
+    assert!(
+        out.contains("skipped: dicom/X$(touch PWNED): name contains `$` `(` `)`, which a shell could run as code"),
+        "{out}"
+    );
+    let v = study.json(&["discover"]);
+    assert_eq!(
+        v["skipped"][0]["folder"].as_str().unwrap(),
+        study.path().join("dicom/X$(touch PWNED)").to_str().unwrap()
+    );
+    study.ok(&["submit", "--all", "--wait"]);
+    assert_eq!(study.unit_states().len(), 1);
+    assert!(!pwned_anywhere(&study));
+}
+
+#[test]
+fn json_discover_with_a_non_utf8_folder_prints_json_not_a_panic() {
+    let study = any_name_study("ls {{ session.dicom_dir }}");
+    fs::create_dir(
+        study
+            .path()
+            .join("dicom")
+            .join(std::ffi::OsStr::from_bytes(b"S\xff\x1b[2J")),
+    )
+    .unwrap();
+    let out = study.run(&["--json", "discover"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let whys: Vec<&str> = v["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["why"].as_str().unwrap())
+        .collect();
+    assert!(
+        whys.contains(&"name is not valid UTF-8: rename the folder"),
+        "{whys:?}"
+    );
+    // And for people: no raw escape character reaches the terminal.
+    let text = study.ok(&["discover"]);
+    assert!(!text.contains('\x1b'), "{text:?}");
+    assert!(text.contains("S\u{fffd}\\u{1b}[2J"), "{text}");
+}
+
+#[test]
+fn with_json_an_error_is_json_on_stdout_with_the_same_exit_code() {
+    let study = Study::new();
+    study.write(
+        "nfslurm.yaml",
+        "version: 1\npaths:\n  dicom_root: dicom\nbogus: 1\n",
+    );
+    for args in [
+        &["--json", "status"][..],
+        &["--json", "discover"],
+        &["--json", "show", "nope"],
+    ] {
+        let out = study.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", stdout(&out)));
+        assert!(v["error"].as_str().unwrap().contains("bogus"), "{v}");
+        assert!(v.get("hint").is_some(), "{v}");
+    }
+    let out = study.run(&["--json", "status", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["error"].as_str().unwrap().contains("--no-such-flag"),
+        "{v}"
+    );
+}
