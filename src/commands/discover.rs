@@ -21,7 +21,7 @@ pub fn discover_and_register(
         &config.paths.dicom_root,
         SystemTime::now(),
     )
-    .map_err(|e| Failure::user(super::error_chain(&e), None))?;
+    .map_err(|e| Failure::user(super::error_chain(&e), e.hint()))?;
     let rows: Vec<SessionRow> = report
         .sessions
         .iter()

@@ -959,3 +959,61 @@ fn a_script_template_quoting_the_command_in_double_quotes_is_refused() {
         "{e}"
     );
 }
+
+mod fuzz {
+    //! Nothing the loader is given makes it panic: any text, and a valid
+    //! config with odd values put where values go.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Values a hand-edited config may hold: empty, huge, negative, odd
+    /// units, control characters, templates, YAML structure.
+    fn odd_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            Just("99999999999999999999".to_string()),
+            Just("-1".to_string()),
+            Just("0".to_string()),
+            Just("1e309".to_string()),
+            Just("18446744073709551616".to_string()),
+            Just("999999999999T".to_string()),
+            Just("99999999:00:00".to_string()),
+            Just("9999999999d".to_string()),
+            Just("[]".to_string()),
+            Just("{}".to_string()),
+            Just("~".to_string()),
+            Just("'{{ x'".to_string()),
+            Just("\"\\u0000\\u001b\"".to_string()),
+            "[ -~]{0,40}",
+            "\\PC{0,20}",
+            "[0-9]{1,30}[KMGTPkmgtp]?",
+            "[0-9:\\-]{1,20}",
+        ]
+    }
+
+    const TEMPLATE: &str = "version: 1\nsite: local\npaths:\n  dicom_root: dicom\ndiscovery:\n  pattern: @P\n  settle: @S\n  validation: { min_files: @F }\npipelines:\n  a:\n    command: @C\n    resources: { cpus: @U, mem: @M, time: @T, gpus: @G }\n    max_concurrent: @N\nretry:\n  max_attempts: @A\n  initial_delay: @D\n  factor: @X\n";
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_text_loads_or_errors(text in "\\PC{0,400}") {
+            let _ = load_at(&text, "nfslurm.yaml");
+        }
+
+        #[test]
+        fn odd_values_load_or_error_with_a_location(values in proptest::collection::vec(odd_value(), 13)) {
+            let mut text = TEMPLATE.to_string();
+            for (key, value) in ["@P", "@S", "@F", "@C", "@U", "@M", "@T", "@G", "@N", "@A", "@D", "@X"].iter().zip(&values) {
+                text = text.replacen(key, value, 1);
+            }
+            if let Err(e) = load_at(&text, "nfslurm.yaml") {
+                let report = e.report();
+                prop_assert!(report.starts_with("nfslurm.yaml"), "{}", report);
+                prop_assert!(!report.lines().next().unwrap_or("").ends_with('.'), "{}", report);
+            }
+        }
+    }
+}

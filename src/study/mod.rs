@@ -67,12 +67,37 @@ pub enum StudyError {
         column: String,
         found: Vec<String>,
     },
+    #[error(
+        "the mapping file `{}` has two columns named `{column}` (columns {first} and {second} of line 1)",
+        file.display()
+    )]
+    DuplicateColumn {
+        file: PathBuf,
+        column: String,
+        first: usize,
+        second: usize,
+    },
     #[error("cannot list the DICOM folder `{}`", path.display())]
     ReadDir {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+impl StudyError {
+    /// What to do about it, for the `hint:` line.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            StudyError::DuplicateColumn { .. } => {
+                Some("rename or delete one of the two columns, so that each name is used once")
+            }
+            StudyError::MissingColumn { .. } => Some(
+                "name the columns in `discovery.mapping` (`scan_id_column`, `subject_column`, `session_column`) as the header row spells them",
+            ),
+            _ => None,
+        }
+    }
 }
 
 fn describe_columns(found: &[String]) -> String {
@@ -770,5 +795,135 @@ mod tests {
         assert_eq!(human_duration(3600 + 300 + 7), "1h5m");
         assert_eq!(human_duration(86_400 + 7), "1d");
         assert_eq!(human_duration(90_000), "1d1h");
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    //! Discovery over odd `dicom_root` entries: names that are not UTF-8,
+    //! control characters, shell code, files, dangling links, loops, empty
+    //! and huge names. Nothing panics, and every entry is accounted for.
+
+    use std::ffi::OsStr;
+    use std::fs;
+    use std::os::unix::ffi::OsStrExt;
+
+    use proptest::prelude::*;
+    use regex::Regex;
+
+    use super::*;
+    use crate::config::{MappingConfig, Validation};
+
+    #[derive(Debug, Clone)]
+    enum Kind {
+        Folder(u8),
+        File,
+        Dangling,
+        Loop,
+        LinkToFolder,
+    }
+
+    fn name() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            "[A-Za-z0-9_]{1,12}".prop_map(String::into_bytes),
+            Just(b"X$(touch PWNED)".to_vec()),
+            Just(b"a\x1b[2Jb".to_vec()),
+            Just(vec![b'S'; 255]),
+            proptest::collection::vec(1u8..=255, 1..24),
+        ]
+        .prop_map(|mut n| {
+            // What a file system accepts as one name.
+            n.retain(|&b| b != b'/' && b != 0);
+            n.truncate(255);
+            if n.is_empty() || n == b"." || n == b".." {
+                n = b"x".to_vec();
+            }
+            n
+        })
+    }
+
+    fn kind() -> impl Strategy<Value = Kind> {
+        prop_oneof![
+            (0u8..4).prop_map(Kind::Folder),
+            Just(Kind::File),
+            Just(Kind::Dangling),
+            Just(Kind::Loop),
+            Just(Kind::LinkToFolder),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn odd_root_entries_never_panic_and_are_all_accounted_for(
+            entries in proptest::collection::vec((name(), kind()), 0..10),
+            pattern in prop_oneof![Just("^(?P<scan_id>.+)$"), Just("^(?P<scan_id>[A-Za-z0-9_]+)$"), Just("^(?P<scan_id>.*?)(?P<session>[0-9]*)$")],
+            mapping in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("dicom");
+            fs::create_dir(&root).unwrap();
+            fs::create_dir(dir.path().join("target")).unwrap();
+            let file = dir.path().join("mapping.csv");
+            let mut sheet = b"ScanID,SubjectCode\n".to_vec();
+            for (n, _) in &entries {
+                sheet.extend_from_slice(n);
+                sheet.extend_from_slice(b",01\n");
+            }
+            sheet.extend(mapping);
+            fs::write(&file, sheet).unwrap();
+            let mut expected = std::collections::BTreeSet::new();
+            for (n, kind) in &entries {
+                let path = root.join(OsStr::from_bytes(n));
+                if path.symlink_metadata().is_ok() {
+                    continue;
+                }
+                match kind {
+                    Kind::Folder(files) => {
+                        fs::create_dir(&path).unwrap();
+                        for i in 0..*files {
+                            fs::write(path.join(format!("IM{i}")), b"x").unwrap();
+                        }
+                    }
+                    Kind::File => fs::write(&path, b"x").unwrap(),
+                    Kind::Dangling => std::os::unix::fs::symlink("nowhere", &path).unwrap(),
+                    Kind::Loop => std::os::unix::fs::symlink(&path, &path).unwrap(),
+                    Kind::LinkToFolder => std::os::unix::fs::symlink(dir.path().join("target"), &path).unwrap(),
+                }
+                if !n.starts_with(b".") {
+                    expected.insert(path);
+                }
+            }
+            let discovery = Discovery {
+                pattern: Regex::new(pattern).unwrap(),
+                mapping: MappingConfig {
+                    file,
+                    scan_id_column: "ScanID".to_string(),
+                    subject_column: "SubjectCode".to_string(),
+                    session_column: None,
+                },
+                validation: Validation { min_files: 1, required_series: vec![] },
+                settle_s: 0,
+            };
+            let later = SystemTime::now() + Duration::from_secs(86_400);
+            let Ok(report) = discover(&discovery, &root, later) else {
+                // Only a sheet that cannot be read as CSV stops discovery.
+                return Ok(());
+            };
+            let mut seen = std::collections::BTreeSet::new();
+            for s in &report.sessions {
+                prop_assert!(scan::unsafe_name(&s.scan_id).is_none(), "{:?}", s.scan_id);
+                seen.insert(s.folder.clone());
+            }
+            for u in &report.unmapped {
+                seen.insert(u.folder.clone());
+            }
+            for k in &report.skipped {
+                prop_assert!(!k.why.chars().any(char::is_control), "{:?}", k.why);
+                seen.insert(k.folder.clone());
+            }
+            prop_assert_eq!(seen, expected);
+        }
     }
 }
