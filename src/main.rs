@@ -90,8 +90,15 @@ fn init_tracing(verbose: u8, quiet: bool, no_color: bool) {
         (false, 1) => "info",
         (false, _) => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("nfslurm={default}")));
+    // The HTTP client logs the URLs it is given, and a webhook URL is a
+    // secret: its logs are never shown, whatever `RUST_LOG` asks.
+    for quiet in ["ureq=off", "ureq_proto=off"] {
+        if let Ok(directive) = quiet.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let ansi = !no_color
         && std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());

@@ -611,8 +611,12 @@ pub struct SyncLog {
 impl SyncLog {
     /// Rotates `path` if it is too large, then sends stdout and stderr to it.
     pub fn start(path: &Path) -> io::Result<SyncLog> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        if !dir.as_os_str().is_empty() && !dir.exists() {
+        // `--log plain.log` has the parent `""`: the working directory.
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        if !dir.exists() {
             crate::state::ensure_state_dir(dir).map_err(io::Error::other)?;
         }
         {

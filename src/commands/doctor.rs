@@ -140,7 +140,30 @@ pub fn check_study(config: &Config) -> Vec<Check> {
     }
     checks.push(check_state(&config.paths.state_dir));
     checks.push(check_cron(config));
+    if let Some(c) = check_notifications(config) {
+        checks.push(c);
+    }
     checks
+}
+
+/// Which channels notifications go to. Nothing is sent; the webhook URL is a
+/// secret and shown as scheme and host only.
+fn check_notifications(config: &Config) -> Option<Check> {
+    let n = &config.notifications;
+    let mut channels = Vec::new();
+    if let Some(url) = &n.webhook {
+        channels.push(format!("webhook `{}`", crate::notify::redact_url(url)));
+    }
+    if n.command.is_some() {
+        channels.push("`notifications.command`".to_string());
+    }
+    if channels.is_empty() {
+        return None;
+    }
+    Some(Check::ok(
+        "notify",
+        format!("notifications by {}", channels.join(" and ")),
+    ))
 }
 
 fn print(settings: &Settings, checks: &[Check]) {

@@ -471,8 +471,10 @@ fn read_notifications(ctx: &Ctx, v: Option<Val>) -> Result<Notifications, Config
                 v.loc(),
                 v.path,
                 format!(
-                    "`{}` must be an `http://` or `https://` URL, found `{url}`",
-                    v.path
+                    "`{}` must be an `http://` or `https://` URL, found `{}`",
+                    v.path,
+                    // The URL is a secret: never echo its path or credentials.
+                    crate::notify::redact_url(url)
                 ),
                 Some(
                     "write the incoming-webhook URL, e.g. `https://hooks.slack.com/services/…`"

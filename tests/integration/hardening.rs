@@ -139,3 +139,95 @@ fn with_json_an_error_is_json_on_stdout_with_the_same_exit_code() {
         "{v}"
     );
 }
+
+fn record(outputs: &mut Vec<(String, String)>, name: &str, out: std::process::Output) {
+    outputs.push((
+        name.to_string(),
+        format!("{}\n{}", stdout(&out), stderr(&out)),
+    ));
+}
+
+/// Issue 9: `http://user:PASS@host/...` was printed in the WARN line (and so
+/// in cron.log) when the webhook failed.
+#[test]
+fn a_failing_webhook_never_prints_its_secrets() {
+    // A closed port: bind, then drop.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url =
+        format!("http://hookuser:PASSWORD9@127.0.0.1:{port}/hooks/SECRETPATH?token=SECRETQUERY");
+    let secrets = ["hookuser", "PASSWORD9", "SECRETPATH", "SECRETQUERY"];
+    let study = Study::new();
+    study.write(
+        "nfslurm.yaml",
+        &format!(
+            "version: 1\nsite: local\nexecutor: local\npaths:\n  dicom_root: dicom\ndiscovery:\n  mapping: {{ file: mapping.csv }}\n  settle: 0s\npipelines:\n  bids:\n    command: exit 3\nretry:\n  max_attempts: 1\nnotifications:\n  webhook: {url}\n"
+        ),
+    );
+    study.write("mapping.csv", "ScanID,SubjectCode,SessionID\nS1,01,1\n");
+    fs::create_dir(study.path().join("dicom")).unwrap();
+    let mut outputs: Vec<(String, String)> = Vec::new();
+    // The first sync sets the notification baseline, then a unit fails.
+    record(&mut outputs, "first sync", study.run(&["sync"]));
+    study.session_folder("S1", 3);
+    record(&mut outputs, "discover", study.run(&["discover"]));
+    record(
+        &mut outputs,
+        "submit",
+        study.run(&["submit", "--all", "--wait"]),
+    );
+    record(
+        &mut outputs,
+        "sync --log",
+        study.run(&["-v", "sync", "--log", "cron.log"]),
+    );
+    let log = fs::read_to_string(study.path().join("cron.log")).unwrap();
+    assert!(
+        log.contains(&format!(
+            "notification by webhook failed: POST to `http://127.0.0.1:{port}/…`"
+        )),
+        "the webhook was tried and its failure logged: {log}"
+    );
+    outputs.push(("cron.log".into(), log));
+    for args in [
+        &["-vv", "sync"][..],
+        &["--json", "sync"],
+        &["status"],
+        &["--json", "status"],
+        &["status", "runs"],
+        &["show", "bids/sub-01/ses-1"],
+        &["--json", "show", "bids/sub-01/ses-1"],
+        &["doctor"],
+        &["--json", "doctor"],
+        &["cron", "show"],
+        &["--json", "cron", "show"],
+    ] {
+        record(&mut outputs, &args.join(" "), study.run(args));
+    }
+    let doctor = &outputs.iter().find(|(n, _)| n == "doctor").unwrap().1;
+    assert!(
+        doctor.contains(&format!(
+            "notifications by webhook `http://127.0.0.1:{port}/…`"
+        )),
+        "{doctor}"
+    );
+    // A config error about the URL does not echo it either.
+    study.write(
+        "nfslurm.yaml",
+        "version: 1\npaths:\n  dicom_root: dicom\nnotifications:\n  webhook: hookuser:PASSWORD9@example.org/SECRETPATH?token=SECRETQUERY\n",
+    );
+    let out = study.run(&["--json", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    record(&mut outputs, "config error", out);
+    for (name, text) in &outputs {
+        for secret in secrets {
+            assert!(
+                !text.contains(secret),
+                "`{name}` printed `{secret}`:\n{text}"
+            );
+        }
+    }
+}
