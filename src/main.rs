@@ -122,7 +122,13 @@ fn report(err: &anyhow::Error, json: bool) -> ExitCode {
     }
     eprintln!("error: {err:#}");
     let failure = err.downcast_ref::<Failure>();
-    let hint = failure.and_then(|f| f.hint.as_deref());
+    let state_hint = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<nfslurm::state::StateError>())
+        .and_then(|e| e.hint());
+    let hint = failure
+        .and_then(|f| f.hint.as_deref())
+        .or(state_hint.as_deref());
     if let Some(hint) = hint {
         eprintln!("hint: {hint}");
     }
@@ -153,6 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             ExecutorArg::Local => ExecutorKind::Local,
         }),
         json: g.json,
+        reset_state: g.reset_state,
         quiet: g.quiet,
         verbose: g.verbose,
     };

@@ -627,6 +627,15 @@ fn last_sync_read_only(dir: &Path) -> Option<i64> {
 /// The state database, opened read-only: integrity and schema version.
 fn check_state(dir: &Path) -> Check {
     let db = dir.join("state.db");
+    if let Some(why) = crate::state::health::problem(dir) {
+        let hint = crate::state::StateError::Refused {
+            dir: dir.to_path_buf(),
+            why: why.clone(),
+        }
+        .hint()
+        .unwrap_or_default();
+        return Check::fail("state", why, hint);
+    }
     if !db.exists() {
         return Check::ok("state", "no state yet: the first `nfslurm sync` creates it");
     }

@@ -31,6 +31,8 @@ pub struct Settings {
     pub json: bool,
     pub quiet: bool,
     pub verbose: u8,
+    /// `--reset-state`: set a refused state aside before the command runs.
+    pub reset_state: bool,
 }
 
 /// An error that carries its exit code (SPEC §4) and an optional hint.
@@ -110,7 +112,27 @@ pub fn load_config(settings: &Settings) -> anyhow::Result<Config> {
     if let Some(kind) = settings.executor {
         config.executor = kind;
     }
+    if settings.reset_state {
+        reset_state(&config)?;
+    }
     Ok(config)
+}
+
+/// `--reset-state`: moves a refused state aside and says where.
+fn reset_state(config: &Config) -> anyhow::Result<()> {
+    let dir = &config.paths.state_dir;
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let backup = crate::state::health::reset(dir, &stamp).map_err(|why| {
+        Failure::user(
+            why,
+            Some("without `--reset-state`, nfslurm uses the state as it is"),
+        )
+    })?;
+    eprintln!(
+        "moved the refused state to `{}`; starting afresh (every unit runs again)",
+        display_path(&backup)
+    );
+    Ok(())
 }
 
 fn config_failure(err: config::ConfigError) -> anyhow::Error {

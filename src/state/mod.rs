@@ -10,6 +10,7 @@
 //! serialises the short write transactions, and readers (`status`) never wait
 //! for more than one of them.
 
+pub mod health;
 mod schema;
 
 use std::collections::HashMap;
@@ -48,6 +49,24 @@ pub enum StateError {
     },
     #[error("run {0} does not exist")]
     NoSuchRun(i64),
+    /// The state exists but is not a whole nfslurm database (see [`health`]).
+    #[error("{why}")]
+    Refused { dir: PathBuf, why: String },
+}
+
+impl StateError {
+    /// What to do about it, for the `hint:` line.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            StateError::Refused { .. } => Some(
+                "restore `state.db` from a backup (nothing was changed); or, to start the study \
+                 afresh (every unit runs again), add `--reset-state`: nfslurm moves `state.db`, \
+                 `scripts/` and `logs/` into a `backup-<time>` folder of the state directory first"
+                    .to_string(),
+            ),
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T, E = StateError> = std::result::Result<T, E>;
@@ -453,6 +472,13 @@ fn audit(
 impl Store {
     /// Opens (creating when needed) `<dir>/state.db` and brings its schema up to date.
     pub fn open(dir: &Path) -> Result<Store> {
+        // Never take an emptied, truncated or foreign database for a new study.
+        if let Some(why) = health::problem(dir) {
+            return Err(StateError::Refused {
+                dir: dir.to_path_buf(),
+                why,
+            });
+        }
         ensure_state_dir(dir)?;
         let path = dir.join("state.db");
         let open_err = |source| StateError::Open {
@@ -479,7 +505,7 @@ impl Store {
 
     /// Opens an existing database read-only side: returns `None` if there is none yet.
     pub fn open_existing(dir: &Path) -> Result<Option<Store>> {
-        if dir.join("state.db").exists() {
+        if dir.join("state.db").exists() || health::problem(dir).is_some() {
             Store::open(dir).map(Some)
         } else {
             Ok(None)

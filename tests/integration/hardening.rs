@@ -231,3 +231,155 @@ fn a_failing_webhook_never_prints_its_secrets() {
         }
     }
 }
+
+/// A local study that ran once: a database, a script, a log.
+fn study_that_ran() -> Study {
+    let study = Study::new();
+    study.write(
+        "nfslurm.yaml",
+        "version: 1\nsite: local\nexecutor: local\npaths:\n  dicom_root: dicom\ndiscovery:\n  mapping: { file: mapping.csv }\n  settle: 0s\npipelines:\n  bids:\n    command: echo converted\n",
+    );
+    study.write("mapping.csv", "ScanID,SubjectCode,SessionID\nS1,01,1\n");
+    study.session_folder("S1", 3);
+    study.ok(&["discover"]);
+    study.ok(&["submit", "--all", "--wait"]);
+    assert!(
+        study
+            .path()
+            .join(".nfslurm/scripts/bids/sub-01_ses-1/attempt-1.sbatch")
+            .exists()
+    );
+    study
+}
+
+fn snapshot_of(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".lock") {
+                continue;
+            }
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                files.insert(e.path().display().to_string(), fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// Issue 9: an emptied `state.db` was taken for a new study, and `sync`
+/// reran every unit, overwriting `attempt-1.sbatch`.
+#[test]
+fn a_bad_state_is_refused_and_changes_nothing() {
+    type Damage = fn(&std::path::Path);
+    let cases: [(&str, Damage, &str); 4] = [
+        (
+            "emptied",
+            |db| fs::write(db, "").unwrap(),
+            "is empty (0 bytes): it was emptied, it is not a new study",
+        ),
+        (
+            "truncated",
+            |db| {
+                let bytes = fs::read(db).unwrap();
+                fs::write(db, &bytes[..bytes.len() / 2]).unwrap();
+            },
+            "is truncated:",
+        ),
+        (
+            "foreign",
+            |db| fs::write(db, "SQLite format 2 (or so a CSV says)\n").unwrap(),
+            "is not an SQLite database",
+        ),
+        (
+            "deleted",
+            |db| fs::remove_file(db).unwrap(),
+            "has job scripts but no `state.db`",
+        ),
+    ];
+    for (name, damage, says) in cases {
+        let study = study_that_ran();
+        let state = study.path().join(".nfslurm");
+        damage(&state.join("state.db"));
+        let before = snapshot_of(&state);
+        for args in [
+            &["sync"][..],
+            &["status"],
+            &["discover"],
+            &["submit", "--all"],
+        ] {
+            let out = study.run(args);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{name}: {args:?}: {}{}",
+                stdout(&out),
+                stderr(&out)
+            );
+            let err = stderr(&out);
+            assert!(err.contains(says), "{name}: {args:?}: {err}");
+            assert!(
+                err.contains("hint: restore `state.db` from a backup"),
+                "{name}: {err}"
+            );
+            assert!(err.contains("`--reset-state`"), "{name}: {err}");
+        }
+        let out = study.run(&["--json", "sync"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(v["error"].as_str().unwrap().contains(says), "{name}: {v}");
+        let doctor = study.run(&["doctor"]);
+        assert!(
+            stdout(&doctor).contains(says),
+            "{name}: {}",
+            stdout(&doctor)
+        );
+        assert_eq!(
+            snapshot_of(&state),
+            before,
+            "{name}: the state dir is byte-identical"
+        );
+    }
+}
+
+#[test]
+fn reset_state_backs_the_bad_state_up_says_where_and_starts_afresh() {
+    let study = study_that_ran();
+    let state = study.path().join(".nfslurm");
+    let script = "scripts/bids/sub-01_ses-1/attempt-1.sbatch";
+    let old_script = fs::read(state.join(script)).unwrap();
+    // Healthy: nothing to reset, nothing touched.
+    let out = study.run(&["sync", "--reset-state"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is healthy"), "{}", stderr(&out));
+    fs::write(state.join("state.db"), "").unwrap();
+    let out = study.run(&["sync", "--reset-state"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    let backups: Vec<_> = fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("backup-"))
+        .collect();
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    assert!(
+        err.contains(&format!(
+            "moved the refused state to `.nfslurm/{}`",
+            backups[0]
+        )),
+        "{err}"
+    );
+    let backup = state.join(&backups[0]);
+    assert_eq!(fs::read(backup.join("state.db")).unwrap(), b"");
+    assert_eq!(
+        fs::read(backup.join(script)).unwrap(),
+        old_script,
+        "the old script is kept"
+    );
+    // The fresh study is healthy again.
+    assert_eq!(study.run(&["status"]).status.code(), Some(0));
+}
