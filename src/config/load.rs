@@ -11,6 +11,7 @@ use super::error::{ConfigError, Loc, Source, backticked, closest};
 use super::site::{PIPELINE_SCHEDULER_KEYS, SCHEDULER_KEYS, apply_scheduler_keys, load_site};
 use super::template::check_tera;
 use super::types::*;
+use super::units::{MAX_CPUS, MAX_GPUS};
 use super::yaml::{self, Ctx, EnvLookup, Map, Val};
 use super::{display_name, resolve_path, site::read_template};
 use crate::model::Level;
@@ -427,7 +428,7 @@ fn read_retry(ctx: &Ctx, v: Option<Val>) -> Result<RetryPolicy, ConfigError> {
             r.time_factor = v.float_in(ctx, 1.0, None, "at least 1")?;
         }
         if let Some(v) = tm.get("max_time") {
-            r.max_time_s = v.duration(ctx)?;
+            r.max_time_s = v.time_limit(ctx)?;
         }
     }
     if let Some(v) = m.get("infra_max") {
@@ -447,7 +448,7 @@ fn read_local(ctx: &Ctx, v: Option<Val>) -> Result<LocalLimits, ConfigError> {
     if let Some(v) = v {
         let m = Map::open(ctx, v.node, v.path, LOCAL_KEYS)?;
         if let Some(v) = m.get("cpus") {
-            limits.cpus = v.u32_min(ctx, 1)?;
+            limits.cpus = v.u32_range(ctx, 1, MAX_CPUS, "CPUs")?;
         }
         if let Some(v) = m.get("mem") {
             limits.mem_mb = positive_memory(ctx, v)?;
@@ -835,13 +836,13 @@ fn read_pipeline(
     if let Some(v) = m.get("resources") {
         let rm = Map::open(ctx, v.node, v.path, RESOURCE_KEYS)?;
         if let Some(v) = rm.get("cpus") {
-            resources.cpus = v.u32_min(ctx, 1)?;
+            resources.cpus = v.u32_range(ctx, 1, MAX_CPUS, "CPUs per job")?;
         }
         if let Some(v) = rm.get("mem") {
             resources.mem_mb = positive_memory(ctx, v)?;
         }
         if let Some(v) = rm.get("time") {
-            resources.time_s = v.duration(ctx)?;
+            resources.time_s = v.time_limit(ctx)?;
             if resources.time_s == 0 {
                 return Err(ctx.src.at(
                     v.loc(),
@@ -852,7 +853,7 @@ fn read_pipeline(
             }
         }
         if let Some(v) = rm.get("gpus") {
-            resources.gpus = v.u32(ctx)?;
+            resources.gpus = v.u32_range(ctx, 0, MAX_GPUS, "GPUs per job")?;
         }
     }
 

@@ -1009,11 +1009,59 @@ mod fuzz {
             for (key, value) in ["@P", "@S", "@F", "@C", "@U", "@M", "@T", "@G", "@N", "@A", "@D", "@X"].iter().zip(&values) {
                 text = text.replacen(key, value, 1);
             }
-            if let Err(e) = load_at(&text, "nfslurm.yaml") {
+            let loaded = load_at(&text, "nfslurm.yaml");
+            if let Ok(c) = &loaded {
+                for p in &c.pipelines {
+                    let r = &p.resources;
+                    prop_assert!(r.cpus >= 1 && r.cpus <= crate::config::units::MAX_CPUS);
+                    prop_assert!(r.gpus <= crate::config::units::MAX_GPUS);
+                    prop_assert!(r.mem_mb >= 1 && r.mem_mb <= crate::config::units::MAX_MEM_MB);
+                    prop_assert!(r.time_s >= 1 && r.time_s <= crate::config::units::MAX_TIME_S);
+                }
+            }
+            if let Err(e) = loaded {
                 let report = e.report();
                 prop_assert!(report.starts_with("nfslurm.yaml"), "{}", report);
                 prop_assert!(!report.lines().next().unwrap_or("").ends_with('.'), "{}", report);
             }
         }
     }
+}
+
+/// Issue 9: `cpus: 99999999999999999999` said "whole number".
+#[test]
+fn resources_have_upper_bounds() {
+    let res = |r: &str| {
+        err(&format!(
+            "{MINIMAL}pipelines:\n  a:\n    command: x\n    resources: {{ {r} }}\n"
+        ))
+    };
+    insta::assert_snapshot!(
+        "resources_upper_bounds",
+        [
+            res("cpus: 99999999999999999999"),
+            res("cpus: 5000"),
+            res("gpus: 65"),
+            res("mem: 65T"),
+            res("mem: 99999999999999999999999P"),
+            res("time: 366d"),
+            res("time: \"9000:00:00\""),
+        ]
+        .join("\n\n")
+    );
+    // The bounds themselves load.
+    let c = ok(&format!(
+        "{MINIMAL}pipelines:\n  a:\n    command: x\n    resources: {{ cpus: 4096, gpus: 64, mem: 64T, time: 365d }}\n"
+    ));
+    let r = &c.pipelines[0].resources;
+    assert_eq!(
+        (r.cpus, r.gpus, r.mem_mb, r.time_s),
+        (4096, 64, 64 * 1024 * 1024, 365 * 86_400)
+    );
+    assert!(
+        err(&format!(
+            "{MINIMAL}retry:\n  on_timeout: {{ max_time: 400d }}\n"
+        ))
+        .contains("more than the 365 days nfslurm accepts")
+    );
 }

@@ -20,6 +20,15 @@ pub const MEMORY_FORMS: &str = "`8G`, `8GB`, `8Gi`, `8000M`, `512MB`, `1T`, `1.5
 /// - a plain number is **minutes**, as in Slurm (`120` = two hours; `0` = zero);
 /// - unit forms: `30s`, `90m`, `2h`, `1d`, `1w`, combined as `1h30m` or
 ///   `1h 30m`, with long names (`2 hours`, `30min`) and decimals (`1.5h`).
+/// The most CPUs one job may ask for: more than any node has.
+pub const MAX_CPUS: u32 = 4096;
+/// The most GPUs one job may ask for.
+pub const MAX_GPUS: u32 = 64;
+/// The most memory one job may ask for: 64T, in MB.
+pub const MAX_MEM_MB: u64 = 64 * 1024 * 1024;
+/// The longest time limit: 365 days, in seconds.
+pub const MAX_TIME_S: u64 = 365 * 86_400;
+
 pub fn parse_duration(s: &str) -> Result<u64, String> {
     let text = s.trim();
     if text.is_empty() {
@@ -106,8 +115,11 @@ fn parse_unit_duration(text: &str) -> Result<u64, String> {
         total += value * factor;
         seen_any = true;
     }
-    if !seen_any || !total.is_finite() || total > u64::MAX as f64 / 2.0 {
+    if !seen_any {
         return Err(bad());
+    }
+    if !total.is_finite() || total > u64::MAX as f64 / 2.0 {
+        return Err(format!("`{text}` is too long"));
     }
     Ok(total.round() as u64)
 }
@@ -180,7 +192,7 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
     };
     let mb = (value * factor).ceil();
     if !mb.is_finite() || mb > u64::MAX as f64 / 2.0 {
-        return Err(bad());
+        return Err(format!("`{text}` is too large"));
     }
     Ok(mb as u64)
 }

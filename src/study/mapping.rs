@@ -217,17 +217,14 @@ pub fn parse_mapping(
                 cfg.subject_column
             ))
         } else {
-            Label::subject(subject_text).map_err(|_| {
-                format!(
-                    "subject `{subject_text}` is not a valid BIDS label: use letters and digits only"
-                )
-            })
+            Label::subject(subject_text)
+                .map_err(|e| format!("subject `{}` {}", e.shown(), e.reason()))
         };
         let session = match session_col.map(cell) {
             None | Some("") => Ok(None),
-            Some(text) => Label::session(text).map(Some).map_err(|_| {
-                format!("session `{text}` is not a valid BIDS label: use letters and digits only")
-            }),
+            Some(text) => Label::session(text)
+                .map(Some)
+                .map_err(|e| format!("session `{}` {}", e.shown(), e.reason())),
         };
         match (subject, session) {
             (Ok(subject), Ok(session)) => {

@@ -242,10 +242,11 @@ pub fn discover_with_mapping(
             (Some(label), _) => label.clone(),
             (None, Some(text)) => match Label::session(text) {
                 Ok(label) => label,
-                Err(_) => {
+                Err(e) => {
                     problems.push(format!(
-                        "session `{text}` from the folder name is not a valid BIDS label: \
-                         use letters and digits only"
+                        "session `{}` from the folder name {}",
+                        e.shown(),
+                        e.reason()
                     ));
                     ordinal_label(ordinal)
                 }
