@@ -12,14 +12,6 @@ pub const DURATION_FORMS: &str = "`02:00:00`, `1-02:00:00`, `90:00` (minutes:sec
 pub const MEMORY_FORMS: &str = "`8G`, `8GB`, `8Gi`, `8000M`, `512MB`, `1T`, `1.5G`, \
      or a plain number of megabytes such as `8000` (G = 1024 M, as in Slurm)";
 
-/// Parses a duration into seconds.
-///
-/// Accepted forms:
-/// - Slurm's time formats: `MM`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`,
-///   `D-HH:MM:SS` (so `90:00` is ninety minutes, as `sbatch --time=90:00`);
-/// - a plain number is **minutes**, as in Slurm (`120` = two hours; `0` = zero);
-/// - unit forms: `30s`, `90m`, `2h`, `1d`, `1w`, combined as `1h30m` or
-///   `1h 30m`, with long names (`2 hours`, `30min`) and decimals (`1.5h`).
 /// The most CPUs one job may ask for: more than any node has.
 pub const MAX_CPUS: u32 = 4096;
 /// The most GPUs one job may ask for.
@@ -29,6 +21,14 @@ pub const MAX_MEM_MB: u64 = 64 * 1024 * 1024;
 /// The longest time limit: 365 days, in seconds.
 pub const MAX_TIME_S: u64 = 365 * 86_400;
 
+/// Parses a duration into seconds.
+///
+/// Accepted forms:
+/// - Slurm's time formats: `MM`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`,
+///   `D-HH:MM:SS` (so `90:00` is ninety minutes, as `sbatch --time=90:00`);
+/// - a plain number is **minutes**, as in Slurm (`120` = two hours; `0` = zero);
+/// - unit forms: `30s`, `90m`, `2h`, `1d`, `1w`, combined as `1h30m` or
+///   `1h 30m`, with long names (`2 hours`, `30min`) and decimals (`1.5h`).
 pub fn parse_duration(s: &str) -> Result<u64, String> {
     let text = s.trim();
     if text.is_empty() {
