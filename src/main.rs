@@ -210,7 +210,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             runs,
             selection: s,
             failed,
-        } => commands::manage::retry(&settings, &runs, &selection(&s), failed),
+        } => commands::manage::retry(&settings, &runs, &selection(&s), s.all, failed),
         Command::Worker { action } => match action {
             WorkerAction::Start => commands::worker::start(&settings),
             WorkerAction::Stop { now } => commands::worker::stop(&settings, now),

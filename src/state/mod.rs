@@ -819,6 +819,28 @@ impl Store {
             .optional()?)
     }
 
+    /// The IDs of these units, creating the rows of units that never ran (so
+    /// that `cancel` can mark a unit before its first run), in one transaction.
+    pub fn ensure_units(&mut self, keys: &[&UnitKey]) -> Result<Vec<i64>> {
+        let tx = self.conn.transaction()?;
+        let mut ids = Vec::with_capacity(keys.len());
+        {
+            let mut ensure = tx.prepare_cached(
+                "INSERT INTO units (pipeline, subject, session) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(pipeline, subject, session) DO UPDATE SET pipeline = pipeline \
+                 RETURNING id",
+            )?;
+            for key in keys {
+                ids.push(ensure.query_row(
+                    params![key.pipeline, key.subject.as_str(), session_text(key)],
+                    |r| r.get(0),
+                )?);
+            }
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
     /// Records the intent of every run in one transaction, before any executor
     /// call, and returns their IDs in the same order. `depends_on` entries
     /// that are negative refer to runs of this same batch (`-1 - index`).

@@ -86,13 +86,11 @@ fn a_folder_named_like_a_command_is_skipped_and_never_runs() {
 #[test]
 fn json_discover_with_a_non_utf8_folder_prints_json_not_a_panic() {
     let study = any_name_study("ls {{ session.dicom_dir }}");
-    fs::create_dir(
-        study
-            .path()
-            .join("dicom")
-            .join(std::ffi::OsStr::from_bytes(b"S\xff\x1b[2J")),
-    )
-    .unwrap();
+    let dicom = study.path().join("dicom");
+    fs::create_dir(dicom.join(std::ffi::OsStr::from_bytes(b"S\xff\x1b[2J"))).unwrap();
+    fs::write(dicom.join("README.txt"), "x").unwrap();
+    std::os::unix::fs::symlink("/nowhere", dicom.join("S9")).unwrap();
+    std::os::unix::fs::symlink(dicom.join("S8"), dicom.join("S8")).unwrap();
     let out = study.run(&["--json", "discover"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -102,8 +100,15 @@ fn json_discover_with_a_non_utf8_folder_prints_json_not_a_panic() {
         .iter()
         .map(|s| s["why"].as_str().unwrap())
         .collect();
+    for why in [
+        "name is not valid UTF-8: rename the folder",
+        "a file, not a folder: session folders only",
+        "a dangling symlink: its target `/nowhere` does not exist",
+    ] {
+        assert!(whys.contains(&why), "{why}: {whys:?}");
+    }
     assert!(
-        whys.contains(&"name is not valid UTF-8: rename the folder"),
+        whys.iter().any(|w| w.starts_with("a symlink loop")),
         "{whys:?}"
     );
     // And for people: no raw escape character reaches the terminal.
@@ -382,4 +387,138 @@ fn reset_state_backs_the_bad_state_up_says_where_and_starts_afresh() {
     );
     // The fresh study is healthy again.
     assert_eq!(study.run(&["status"]).status.code(), Some(0));
+}
+
+/// Two sessions, two pipelines, registered and never run.
+fn registered_study() -> Study {
+    let study = Study::new();
+    study.write(
+        "nfslurm.yaml",
+        "version: 1\nsite: local\nexecutor: local\npaths:\n  dicom_root: dicom\ndiscovery:\n  mapping: { file: mapping.csv }\n  settle: 0s\npipelines:\n  bids:\n    command: echo converted\n  qsiprep:\n    level: subject\n    depends_on: [bids]\n    command: echo prep\n",
+    );
+    study.write(
+        "mapping.csv",
+        "ScanID,SubjectCode,SessionID\nS1,01,1\nS2,02,1\n",
+    );
+    study.session_folder("S1", 3);
+    study.session_folder("S2", 3);
+    study.ok(&["discover"]);
+    study
+}
+
+#[test]
+fn show_and_logs_of_a_registered_unit_that_never_ran_show_the_unit() {
+    let study = registered_study();
+    let out = study.ok(&["show", "bids/sub-01/ses-1"]);
+    assert!(
+        out.starts_with("bids/sub-01/ses-1\nstate: waiting (new)\nno run yet"),
+        "{out}"
+    );
+    let v = study.json(&["show", "qsiprep/sub-01"]);
+    assert_eq!(
+        (v["state"].as_str(), v["runs"].as_array().unwrap().len()),
+        (Some("waiting"), 0)
+    );
+    let out = study.run(&["logs", "bids/sub-01/ses-1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "`bids/sub-01/ses-1` has not run yet (waiting, new): no log to show\n"
+    );
+    // An unknown unit is still an error.
+    assert_eq!(
+        study.run(&["show", "bids/sub-09/ses-1"]).status.code(),
+        Some(1)
+    );
+}
+
+#[test]
+fn logs_of_a_run_whose_log_was_deleted_says_so() {
+    let study = study_that_ran();
+    fs::remove_file(
+        study
+            .path()
+            .join(".nfslurm/logs/bids/sub-01_ses-1/attempt-1.out"),
+    )
+    .unwrap();
+    for args in [
+        &["logs", "bids/sub-01/ses-1"][..],
+        &["logs", "run:1"],
+        &["logs", "--follow", "run:1"],
+    ] {
+        let out = study.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("error: the log of run 1 (`bids/sub-01/ses-1`, attempt 1, succeeded) was deleted or moved: `.nfslurm/logs/bids/sub-01_ses-1/attempt-1.out` does not exist"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains(
+                "hint: its state, exit code and times are in `nfslurm show bids/sub-01/ses-1`"
+            ),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn sync_log_to_a_plain_file_name_works() {
+    let study = registered_study();
+    let out = study.run(&["sync", "--log", "plain.log"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let log = fs::read_to_string(study.path().join("plain.log")).unwrap();
+    assert!(log.contains("4 runs submitted"), "{log}");
+    study.ok(&["worker", "stop"]);
+}
+
+#[test]
+fn cancel_all_stops_every_unit_and_retry_all_resumes_them() {
+    let study = registered_study();
+    let out = study.ok(&["cancel", "--all"]);
+    assert_eq!(
+        out,
+        "cancelled bids/sub-01/ses-1 (was waiting)\ncancelled bids/sub-02/ses-1 (was waiting)\ncancelled qsiprep/sub-01 (was waiting)\ncancelled qsiprep/sub-02 (was waiting)\n"
+    );
+    // The next sync submits nothing.
+    study.ok(&["sync"]);
+    assert!(study.runs().is_empty());
+    assert!(
+        study.unit_states().values().all(|s| s == "cancelled"),
+        "{:?}",
+        study.unit_states()
+    );
+    let out = study.ok(&["retry", "--all"]);
+    assert!(
+        out.contains("retrying qsiprep/sub-02\n4 runs submitted"),
+        "{out}"
+    );
+    study.ok(&["worker", "stop"]);
+    assert_eq!(study.runs().len(), 4);
+    // Without `--all` or another choice, retry still asks what to retry.
+    let out = study.run(&["retry"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("hint: `nfslurm retry --all` retries every failed or cancelled unit")
+    );
+}
+
+#[test]
+fn a_mapping_sheet_with_a_duplicate_column_is_refused_and_changes_nothing() {
+    let study = registered_study();
+    let db = study.path().join(".nfslurm/state.db");
+    let before = fs::read(&db).unwrap();
+    study.write(
+        "mapping.csv",
+        "ScanID,SubjectCode,SessionID,SubjectCode\nS1,01,1,02\n",
+    );
+    let out = study.run(&["sync"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("has two columns named `SubjectCode` (columns 2 and 4 of line 1)")
+            && err.contains("hint: rename or delete one of the two columns"),
+        "{err}"
+    );
+    assert_eq!(fs::read(&db).unwrap(), before, "state.db is byte-identical");
 }
