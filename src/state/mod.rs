@@ -703,7 +703,19 @@ impl Store {
             })
         })?;
         for row in rows {
-            out.push(row?);
+            let mut row = row?;
+            // Registered before discovery refused names a shell could run
+            // (issue 9): such a session is invalid now, and never rendered.
+            if row.valid
+                && let Some(why) = row
+                    .dicom_dir
+                    .file_name()
+                    .and_then(|n| crate::study::unsafe_folder_name(&n.to_string_lossy()))
+            {
+                row.valid = false;
+                row.problem = Some(format!("the folder's {why}"));
+            }
+            out.push(row);
         }
         Ok(out)
     }
@@ -1289,6 +1301,46 @@ mod tests {
         store.withdraw_runs(&ids2, "test", 103).unwrap();
         let snap = store.snapshot().unwrap();
         assert_eq!(snap.last_run(&a).unwrap().id, ids[0]);
+    }
+
+    /// Issue 9: a folder named like a command, registered by an older
+    /// nfslurm, is never rendered into a script.
+    #[test]
+    fn a_session_registered_with_an_unsafe_folder_name_reads_as_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let row = |scan: &str, sub: &str| SessionRow {
+            scan_id: scan.into(),
+            subject: label(sub),
+            session: label("1"),
+            dicom_dir: format!("/d/{scan}").into(),
+            valid: true,
+            problem: None,
+            n_files: 9,
+        };
+        store
+            .register_sessions(&[row("X$(touch PWNED)", "01"), row("B", "02")], 1)
+            .unwrap();
+        let sessions = store.snapshot().unwrap().sessions;
+        let bad = sessions
+            .iter()
+            .find(|s| s.subject.as_str() == "01")
+            .unwrap();
+        assert!(!bad.valid);
+        assert!(
+            bad.problem.as_deref().unwrap().starts_with(
+                "the folder's name contains `$` `(` `)`, which a shell could run as code"
+            ),
+            "{:?}",
+            bad.problem
+        );
+        assert!(
+            sessions
+                .iter()
+                .find(|s| s.subject.as_str() == "02")
+                .unwrap()
+                .valid
+        );
     }
 
     #[test]

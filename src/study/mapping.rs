@@ -52,7 +52,14 @@ impl fmt::Display for MappingProblem {
             .file_name()
             .map(|n| n.to_string_lossy())
             .unwrap_or_else(|| self.file.to_string_lossy());
-        write!(f, "{}:{}: {}", name, self.row, self.message)
+        // Cells come from a spreadsheet: no raw control character reaches a terminal.
+        write!(
+            f,
+            "{}:{}: {}",
+            crate::output::escape_controls(&name),
+            self.row,
+            crate::output::escape_controls(&self.message)
+        )
     }
 }
 
@@ -526,6 +533,7 @@ mod fuzz {
                 }
                 for p in problems {
                     prop_assert!(p.row >= 2, "{}", p);
+                    prop_assert!(!p.to_string().chars().any(char::is_control), "{:?}", p.to_string());
                 }
             }
         }

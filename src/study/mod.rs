@@ -43,6 +43,12 @@ pub use mapping::{Mapping, MappingProblem, MappingRow, load_mapping, parse_mappi
 
 use scan::Walk;
 
+/// Why a session folder name is refused (a control character, or a
+/// character a shell reads as code), or `None` when it is safe in a script.
+pub fn unsafe_folder_name(name: &str) -> Option<String> {
+    scan::unsafe_name(name)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StudyError {
     #[error("cannot read the mapping file `{}`", file.display())]
@@ -104,7 +110,10 @@ fn describe_columns(found: &[String]) -> String {
     if found.iter().all(|c| c.is_empty()) {
         "the file has no header row".to_string()
     } else {
-        let names: Vec<String> = found.iter().map(|c| format!("`{c}`")).collect();
+        let names: Vec<String> = found
+            .iter()
+            .map(|c| format!("`{}`", crate::output::escape_controls(c)))
+            .collect();
         format!("columns found: {}", names.join(", "))
     }
 }
@@ -278,6 +287,16 @@ pub fn discover_with_mapping(
     });
     unmapped.sort_by(|a, b| (&a.scan_id, &a.folder).cmp(&(&b.scan_id, &b.folder)));
     skipped.sort_by(|a, b| a.folder.cmp(&b.folder));
+    // Problems quote names from the disk (series folders, paths): stored and
+    // shown, they never carry a raw control character.
+    for s in &mut sessions {
+        if let Some(p) = &mut s.problem {
+            *p = crate::output::escape_controls(p).into_owned();
+        }
+    }
+    for k in &mut skipped {
+        k.why = crate::output::escape_controls(&k.why).into_owned();
+    }
     Ok(DiscoveryReport {
         sessions,
         unmapped,
@@ -915,6 +934,7 @@ mod fuzz {
             let mut seen = std::collections::BTreeSet::new();
             for s in &report.sessions {
                 prop_assert!(scan::unsafe_name(&s.scan_id).is_none(), "{:?}", s.scan_id);
+                prop_assert!(!s.problem.as_deref().unwrap_or("").chars().any(char::is_control));
                 seen.insert(s.folder.clone());
             }
             for u in &report.unmapped {
