@@ -21,10 +21,14 @@ fn main() -> ExitCode {
     if json {
         let default_hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            print_json_error(
-                &format!("internal error: {info}"),
-                Some("this is a bug in nfslurm: please report it with the command that caused it"),
-            );
+            if !nfslurm::output::json_printed() {
+                print_json_error(
+                    &format!("internal error: {info}"),
+                    Some(
+                        "this is a bug in nfslurm: please report it with the command that caused it",
+                    ),
+                );
+            }
             default_hook(info);
         }));
     }
@@ -132,7 +136,9 @@ fn report(err: &anyhow::Error, json: bool) -> ExitCode {
     if let Some(hint) = hint {
         eprintln!("hint: {hint}");
     }
-    if json {
+    // After a document (`sync --json` that lost the cluster prints what it
+    // did, then fails), stdout stays one document: the error is on stderr.
+    if json && !nfslurm::output::json_printed() {
         print_json_error(&format!("{err:#}"), hint);
     }
     ExitCode::from(failure.map_or(1, |f| f.code as u8))

@@ -170,7 +170,20 @@ pub fn megabytes(mb: i64) -> String {
     }
 }
 
+/// Whether this process printed its JSON document already: an error after
+/// it (`sync --json` that lost the cluster) is then not a second document.
+static JSON_PRINTED: AtomicBool = AtomicBool::new(false);
+
+pub fn mark_json_printed() {
+    JSON_PRINTED.store(true, Ordering::Relaxed);
+}
+
+pub fn json_printed() -> bool {
+    JSON_PRINTED.load(Ordering::Relaxed)
+}
+
 pub fn print_json(value: &serde_json::Value) {
+    mark_json_printed();
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
