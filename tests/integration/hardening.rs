@@ -522,3 +522,62 @@ fn a_mapping_sheet_with_a_duplicate_column_is_refused_and_changes_nothing() {
     );
     assert_eq!(fs::read(&db).unwrap(), before, "state.db is byte-identical");
 }
+
+/// The crontab line carries `$HOOK_URL`'s value; `cron install` and `cron
+/// show` print the line without it. A fake `crontab` keeps the real one safe.
+#[test]
+fn a_webhook_url_carried_into_the_crontab_is_not_printed() {
+    use std::os::unix::fs::PermissionsExt;
+    let study = Study::new();
+    study.write(
+        "nfslurm.yaml",
+        "version: 1\nsite: local\nexecutor: local\npaths:\n  dicom_root: dicom\nnotifications:\n  webhook: ${HOOK_URL}\n",
+    );
+    let bin = study.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    let fake = bin.join("crontab");
+    fs::write(
+        &fake,
+        "#!/bin/sh\ncase \"$1\" in\n  -l) [ -f \"$FAKE_CRONTAB\" ] && exec cat \"$FAKE_CRONTAB\"; echo \"no crontab for $USER\" >&2; exit 1;;\n  -) exec cat > \"$FAKE_CRONTAB\";;\n  -r) rm -f \"$FAKE_CRONTAB\";;\nesac\n",
+    )
+    .unwrap();
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    let tab = study.path().join("crontab.txt");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let url = "https://hookuser:PASSWORD9@hooks.example.org/services/SECRETPATH?token=SECRETQUERY";
+    let run = |args: &[&str]| {
+        let out = study
+            .cmd()
+            .args(args)
+            .env("PATH", &path)
+            .env("FAKE_CRONTAB", &tab)
+            .env("HOOK_URL", url)
+            .output()
+            .unwrap();
+        if args.contains(&"cron") {
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        }
+        format!("{}\n{}", stdout(&out), stderr(&out))
+    };
+    let mut outputs = vec![
+        run(&["cron", "install"]),
+        run(&["cron", "show"]),
+        run(&["--json", "cron", "show"]),
+        run(&["--json", "cron", "install"]),
+        run(&["doctor"]),
+    ];
+    // The crontab itself has the real value: cron needs it.
+    assert!(fs::read_to_string(&tab).unwrap().contains(url));
+    assert!(
+        outputs[1].contains("HOOK_URL='https://hooks.example.org/…'")
+            || outputs[1].contains("HOOK_URL=https://hooks.example.org/…"),
+        "{}",
+        outputs[1]
+    );
+    outputs.push(run(&["cron", "remove"]));
+    for text in &outputs {
+        for secret in ["hookuser", "PASSWORD9", "SECRETPATH", "SECRETQUERY"] {
+            assert!(!text.contains(secret), "printed `{secret}`:\n{text}");
+        }
+    }
+}
