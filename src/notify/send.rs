@@ -278,3 +278,21 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(3));
     }
 }
+
+#[cfg(test)]
+mod debug_tests {
+    use crate::config::Notifications;
+
+    #[test]
+    fn the_config_debug_form_hides_the_webhook() {
+        let n = Notifications {
+            webhook: Some("https://u:PASS@hooks.example.org/services/SECRET?t=Q".into()),
+            ..Notifications::default()
+        };
+        let text = format!("{n:?}");
+        assert!(text.contains("https://hooks.example.org/…"), "{text}");
+        for secret in ["PASS", "SECRET", "t=Q"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+    }
+}
