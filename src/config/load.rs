@@ -774,7 +774,7 @@ fn read_pipeline(
     })?;
 
     if let Some(p) =
-        crate::render::outside_value_placements(&command, crate::render::COMMAND_OUTSIDE_NAMES)
+        crate::render::outside_value_placements(&command, crate::render::TemplateKind::Command)
             .into_iter()
             .next()
     {
@@ -784,7 +784,7 @@ fn read_pipeline(
             loc,
             command_val.path,
             format!(
-                "`{}` puts `{}` inside {}, where a folder name could run as code: `{}`",
+                "`{}` puts `{}` {}, where a folder name could run as code: `{}`",
                 command_val.path, p.expr, p.inside, p.excerpt
             ),
             Some(OUTSIDE_VALUE_HINT.to_string()),

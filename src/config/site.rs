@@ -353,7 +353,7 @@ pub(crate) fn read_template(
         )
     })?;
     if let Some(p) =
-        crate::render::outside_value_placements(&text, crate::render::SCRIPT_OUTSIDE_NAMES)
+        crate::render::outside_value_placements(&text, crate::render::TemplateKind::Script)
             .into_iter()
             .next()
     {
@@ -361,7 +361,7 @@ pub(crate) fn read_template(
             val.loc(),
             val.path,
             format!(
-                "the template `{name}` puts `{}` inside {} at {name}:{}, where a folder name could run as code: `{}`",
+                "the template `{name}` puts `{}` {} at {name}:{}, where a folder name could run as code: `{}`",
                 p.expr, p.inside, p.line, p.excerpt
             ),
             Some(format!(

@@ -923,13 +923,19 @@ fn outside_values_in_backticks_substitutions_and_heredocs_are_refused() {
             "{% for s in sessions %}echo \"{{ s.scan_id }}\"{% endfor %}",
             "double quotes",
         ),
+        ("eval {{ session.scan_id }}", "as an argument of `eval`"),
+        ("bash -c {{ session.scan_id }}", "as a shell's `-c` code"),
+        ("{{ session.dicom_dir }}/run.sh", "as the command's name"),
     ] {
         let text = format!("{MINIMAL}pipelines:\n  bids:\n    command: |\n      {command}\n");
         let message = err(&text);
+        let place = if inside.starts_with("as ") {
+            inside.to_string()
+        } else {
+            format!("inside {inside}")
+        };
         assert!(
-            message.contains(&format!(
-                "inside {inside}, where a folder name could run as code"
-            )),
+            message.contains(&format!("{place}, where a folder name could run as code")),
             "{command}: {message}"
         );
         assert!(

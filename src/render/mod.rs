@@ -58,9 +58,7 @@ use crate::model::{Label, Level, UnitKey};
 
 pub use container::{Runtime, container_argv, container_prefix};
 pub use context::{slurm_time, work_dir_for};
-pub use placement::{
-    COMMAND_OUTSIDE_NAMES, Placement, SCRIPT_OUTSIDE_NAMES, outside_value_placements,
-};
+pub use placement::{Placement, TemplateKind, outside_value_placements};
 pub use quote::{shell_join, shell_quote};
 
 /// One session of a subject, as a template sees it.

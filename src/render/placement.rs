@@ -27,23 +27,38 @@ pub struct Placement {
     pub line: usize,
     /// That line, trimmed.
     pub excerpt: String,
-    /// Where it is: `double quotes`, `backticks`, `$(...)`, `${...}`,
-    /// `a heredoc`, `single quotes`, `a comment`.
+    /// Where it is, as words to follow "puts `{{ x }}`": `inside double
+    /// quotes`, `inside a heredoc`, `as an argument of `eval``…
     pub inside: &'static str,
 }
 
-/// The names whose values come from outside the config in a pipeline
-/// command: session folder names and the scan IDs taken from them.
-pub const COMMAND_OUTSIDE_NAMES: &[&str] = &["dicom_dir", "scan_id"];
+/// Which template is read, and so which values come from outside the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateKind {
+    /// A pipeline's command: session folder names (`dicom_dir`) and the scan
+    /// IDs taken from them. A plain word there must not be code either (the
+    /// command's name, an argument of `eval` or of `sh -c`).
+    Command,
+    /// A script template: `command` carries those values, and is meant to
+    /// run as code there; it must only not be re-read inside quotes.
+    Script,
+}
 
-/// The same for a script template: the rendered command carries them.
-pub const SCRIPT_OUTSIDE_NAMES: &[&str] = &["command", "dicom_dir", "scan_id"];
+impl TemplateKind {
+    fn outside(self) -> &'static [&'static str] {
+        match self {
+            TemplateKind::Command => &["dicom_dir", "scan_id"],
+            TemplateKind::Script => &["command", "dicom_dir", "scan_id"],
+        }
+    }
+}
 
-/// Every `{{ … }}` of `template` that mentions one of `outside` (or a
-/// variable set or looped from one) and is not a plain shell word.
-pub fn outside_value_placements(template: &str, outside: &[&str]) -> Vec<Placement> {
+/// Every `{{ … }}` of `template` that mentions a value from outside the
+/// config (or a variable set or looped from one) and is not a plain shell
+/// word, or is a plain word that is code.
+pub fn outside_value_placements(template: &str, kind: TemplateKind) -> Vec<Placement> {
     let (pieces, exprs) = split(template);
-    let tainted = tainted_names(&exprs, outside);
+    let tainted = tainted_names(&exprs, kind.outside());
     let is_tainted = |i: usize| match &exprs[i] {
         Segment::Expr { text, .. } => idents(text).any(|w| tainted.iter().any(|t| t == w)),
         Segment::Tag(_) => false,
@@ -72,7 +87,7 @@ pub fn outside_value_placements(template: &str, outside: &[&str]) -> Vec<Placeme
             }
         }
     };
-    lex(&pieces, &mut flag);
+    lex(&pieces, kind == TemplateKind::Command, &mut flag);
     found
 }
 
@@ -225,18 +240,18 @@ enum Ctx {
 impl Ctx {
     fn name(self) -> &'static str {
         match self {
-            Ctx::Top => "a plain word",
-            Ctx::Double => "double quotes",
-            Ctx::Backtick => "backticks",
-            Ctx::Command(_) => "`$(...)`",
-            Ctx::Param(_) => "`${...}`",
+            Ctx::Top => "as a plain word",
+            Ctx::Double => "inside double quotes",
+            Ctx::Backtick => "inside backticks",
+            Ctx::Command(_) => "inside `$(...)`",
+            Ctx::Param(_) => "inside `${...}`",
         }
     }
 }
 
 /// Reads `pieces` as the shell would, calling `flag` for each hole that is
 /// not a plain word.
-fn lex(pieces: &[Piece], flag: &mut dyn FnMut(usize, &'static str)) {
+fn lex(pieces: &[Piece], code_words: bool, flag: &mut dyn FnMut(usize, &'static str)) {
     let ch = |i: usize| match pieces.get(i) {
         Some(Piece::Char(c)) => Some(*c),
         _ => None,
@@ -245,6 +260,11 @@ fn lex(pieces: &[Piece], flag: &mut dyn FnMut(usize, &'static str)) {
     // Heredocs opened on the current line: (delimiter, strip leading tabs).
     let mut heredocs: Vec<(String, bool)> = Vec::new();
     let mut word_start = true;
+    // The words of the current simple command at the top level, and the
+    // word being read: a plain word is still code as the command's name, or
+    // as the argument of `eval` or of `sh -c`.
+    let mut words: Vec<String> = Vec::new();
+    let mut word = String::new();
     let mut i = 0;
     while i < pieces.len() {
         let ctx = *stack.last().unwrap_or(&Ctx::Top);
@@ -252,14 +272,40 @@ fn lex(pieces: &[Piece], flag: &mut dyn FnMut(usize, &'static str)) {
             Piece::Hole(h) => {
                 if ctx != Ctx::Top {
                     flag(h, ctx.name());
+                } else if code_words && let Some(place) = code_position(&words, &word) {
+                    flag(h, place);
                 }
+                word.push('\u{fffc}');
                 word_start = false;
                 i += 1;
                 continue;
             }
             Piece::Char(c) => c,
         };
+        if ctx == Ctx::Top {
+            match c {
+                ' ' | '\t' => {
+                    if !word.is_empty() {
+                        words.push(std::mem::take(&mut word));
+                    }
+                }
+                // `x=( … )`: an array's words are arguments.
+                '(' if word.ends_with('=') => word.push(c),
+                ';' | '&' | '|' | '\n' | '(' | ')' => {
+                    word.clear();
+                    words.clear();
+                }
+                '\'' | '"' | '\\' => {}
+                _ => word.push(c),
+            }
+        }
         let next = ch(i + 1);
+        if c == '\\'
+            && let Some(Piece::Hole(h)) = pieces.get(i + 1)
+        {
+            // `\'…'`: the backslash takes the value's opening quote.
+            flag(*h, "after a backslash");
+        }
         match ctx {
             Ctx::Double => match c {
                 '\\' => i += 1,
@@ -295,7 +341,7 @@ fn lex(pieces: &[Piece], flag: &mut dyn FnMut(usize, &'static str)) {
                         i += 1;
                         while i < pieces.len() {
                             match pieces[i] {
-                                Piece::Hole(h) => flag(h, "single quotes"),
+                                Piece::Hole(h) => flag(h, "inside single quotes"),
                                 Piece::Char('\\') if ansi => i += 1,
                                 Piece::Char('\'') => break,
                                 Piece::Char(_) => {}
@@ -342,13 +388,14 @@ fn lex(pieces: &[Piece], flag: &mut dyn FnMut(usize, &'static str)) {
                         while i + 1 < pieces.len() && ch(i + 1) != Some('\n') {
                             i += 1;
                             if let Piece::Hole(h) = pieces[i] {
-                                flag(h, "a comment");
+                                flag(h, "inside a comment");
                             }
                         }
                     }
                     '<' if next == Some('<') && !in_param => {
-                        if ch(i + 2) == Some('<') {
-                            // A here-string: the next word is a plain word.
+                        if ch(i + 2) == Some('<') || ch(i + 2).is_some_and(|c| c.is_ascii_digit()) {
+                            // A here-string (the next word is a plain word),
+                            // or a shift in arithmetic (`$((1<<2))`).
                             i += 2;
                         } else {
                             i += 2;
@@ -369,7 +416,7 @@ fn lex(pieces: &[Piece], flag: &mut dyn FnMut(usize, &'static str)) {
                                     }
                                     Piece::Char('\'' | '"' | '\\') => {}
                                     Piece::Char(c) => delimiter.push(c),
-                                    Piece::Hole(h) => flag(h, "a heredoc"),
+                                    Piece::Hole(h) => flag(h, "inside a heredoc"),
                                 }
                                 i += 1;
                             }
@@ -391,6 +438,55 @@ fn lex(pieces: &[Piece], flag: &mut dyn FnMut(usize, &'static str)) {
         word_start = c.is_whitespace() || ";&|()<>".contains(c);
         i += 1;
     }
+}
+
+/// Where a plain word is code all the same: as the name of the command (no
+/// word before it but assignments and prefixes such as `env`), as an
+/// argument of `eval`, or after a shell's `-c` or an interpreter's `-c`/`-e`.
+fn code_position(words: &[String], word: &str) -> Option<&'static str> {
+    const PREFIXES: &[&str] = &[
+        "env", "exec", "command", "builtin", "nohup", "time", "sudo", "nice",
+    ];
+    const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "ash", "busybox"];
+    const INTERPRETERS: &[&str] = &["python", "python3", "perl", "ruby", "node", "Rscript"];
+    let is_assignment = |w: &str| {
+        w.split_once('=').is_some_and(|(name, _)| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    };
+    if words
+        .iter()
+        .chain([&word.to_string()])
+        .any(|w| w.contains("=("))
+    {
+        // The elements of an array assignment, `x=( … )`.
+        return None;
+    }
+    let command = words
+        .iter()
+        .find(|w| !is_assignment(w) && !PREFIXES.contains(&w.as_str()));
+    let Some(command) = command else {
+        return (word.is_empty()).then_some("as the command's name");
+    };
+    if command == "eval" {
+        return Some("as an argument of `eval`");
+    }
+    let base = |w: &str| w.rsplit('/').next().unwrap_or(w).to_string();
+    for (i, w) in words.iter().enumerate() {
+        let name = base(w);
+        let later = &words[i + 1..];
+        if SHELLS.contains(&name.as_str())
+            && later
+                .iter()
+                .any(|f| f.starts_with('-') && !f.starts_with("--") && f.contains('c'))
+        {
+            return Some("as a shell's `-c` code");
+        }
+        if INTERPRETERS.contains(&name.as_str()) && later.iter().any(|f| f == "-c" || f == "-e") {
+            return Some("as an interpreter's `-c`/`-e` code");
+        }
+    }
+    None
 }
 
 /// Reads the bodies of `heredocs` from `start` (the first piece after the
@@ -430,7 +526,7 @@ fn read_heredoc_bodies(
                 break;
             }
             for h in holes {
-                flag(h, "a heredoc");
+                flag(h, "inside a heredoc");
             }
         }
     }
@@ -442,7 +538,7 @@ mod tests {
     use super::*;
 
     fn places(template: &str) -> Vec<(&'static str, usize)> {
-        outside_value_placements(template, COMMAND_OUTSIDE_NAMES)
+        outside_value_placements(template, TemplateKind::Command)
             .into_iter()
             .map(|p| (p.inside, p.line))
             .collect()
@@ -452,14 +548,14 @@ mod tests {
     fn folder_name_inside_double_quotes_is_found() {
         // The reproduction of issue 9: `ls "{{ session.dicom_dir }}"`.
         let found =
-            outside_value_placements(r#"ls "{{ session.dicom_dir }}""#, COMMAND_OUTSIDE_NAMES);
+            outside_value_placements(r#"ls "{{ session.dicom_dir }}""#, TemplateKind::Command);
         assert_eq!(
             found,
             vec![Placement {
                 expr: "{{ session.dicom_dir }}".into(),
                 line: 1,
                 excerpt: r#"ls "{{ session.dicom_dir }}""#.into(),
-                inside: "double quotes",
+                inside: "inside double quotes",
             }]
         );
     }
@@ -472,6 +568,22 @@ mod tests {
         assert!(places("echo 'a' {{ session.scan_id }} \"b\"").is_empty());
         assert!(places("n=${#files[@]}; echo {{ session.dicom_dir }}").is_empty());
         assert!(places("cat <<< {{ session.dicom_dir }}").is_empty());
+        for command in [
+            "if [ -d {{ session.dicom_dir }} ]; then echo ok; fi",
+            "for f in {{ session.dicom_dir }}/*; do echo \"$f\"; done",
+            "case {{ session.scan_id }} in P*) echo p;; esac\nls {{ session.dicom_dir }}",
+            "x=( {{ session.dicom_dir }}/* )",
+            "echo \"it's\" {{ session.scan_id }}",
+            "# it's a comment\nls {{ session.dicom_dir }}",
+            "awk '{print $1}' {{ session.dicom_dir }}/list",
+            "echo $(( 1 << 2 )) $((3<<1)) {{ session.scan_id }}",
+        ] {
+            assert!(
+                places(command).is_empty(),
+                "{command}: {:?}",
+                places(command)
+            );
+        }
         assert!(places("x=$(date) && ls {{ session.dicom_dir }} # done").is_empty());
         // Labels and paths from the config are not outside values.
         assert!(places(r#"echo "sub-{{ subject.label }} {{ paths.bids_root }}""#).is_empty());
@@ -487,36 +599,173 @@ mod tests {
     fn every_other_place_is_found() {
         assert_eq!(
             places("ls \"x/{{ session.dicom_dir }}/y\""),
-            [("double quotes", 1)]
+            [("inside double quotes", 1)]
         );
         assert_eq!(
             places("echo `ls {{ session.dicom_dir }}`"),
-            [("backticks", 1)]
+            [("inside backticks", 1)]
         );
         assert_eq!(
             places("n=$(ls {{ session.dicom_dir }} | wc -l)"),
-            [("`$(...)`", 1)]
+            [("inside `$(...)`", 1)]
         );
         assert_eq!(
             places("echo ${x:-{{ session.scan_id }}}"),
-            [("`${...}`", 1)]
+            [("inside `${...}`", 1)]
         );
         assert_eq!(
             places("echo '{{ session.scan_id }}'"),
-            [("single quotes", 1)]
+            [("inside single quotes", 1)]
         );
-        assert_eq!(places("true # {{ session.scan_id }}"), [("a comment", 1)]);
+        assert_eq!(
+            places("true # {{ session.scan_id }}"),
+            [("inside a comment", 1)]
+        );
         assert_eq!(
             places("cat <<EOF\nscan {{ session.scan_id }}\nEOF\nls {{ session.dicom_dir }}"),
-            [("a heredoc", 2)]
+            [("inside a heredoc", 2)]
         );
         assert_eq!(
             places("cat <<-'EOF' > f\n\t{{ session.scan_id }}\n\tEOF\n"),
-            [("a heredoc", 2)]
+            [("inside a heredoc", 2)]
         );
         assert_eq!(
             places("echo \"$(ls {{ session.dicom_dir }})\""),
-            [("`$(...)`", 1)]
+            [("inside `$(...)`", 1)]
+        );
+    }
+
+    #[test]
+    fn a_plain_word_that_is_code_is_found() {
+        assert_eq!(
+            places("{{ session.scan_id }} --help"),
+            [("as the command's name", 1)]
+        );
+        assert_eq!(
+            places("A=1 env {{ session.dicom_dir }}"),
+            [("as the command's name", 1)]
+        );
+        assert_eq!(
+            places("eval {{ session.scan_id }}"),
+            [("as an argument of `eval`", 1)]
+        );
+        assert_eq!(
+            places("x=1; bash -c {{ session.scan_id }}"),
+            [("as a shell's `-c` code", 1)]
+        );
+        assert_eq!(
+            places("apptainer exec img /bin/sh -ec {{ session.scan_id }}"),
+            [("as a shell's `-c` code", 1)]
+        );
+        assert_eq!(
+            places("python3 -c {{ session.scan_id }}"),
+            [("as an interpreter's `-c`/`-e` code", 1)]
+        );
+        // Arguments, assignments and the next command are plain words.
+        assert!(
+            places("ls {{ session.dicom_dir }}; eval true\nls {{ session.dicom_dir }}").is_empty()
+        );
+        assert!(places("dir={{ session.dicom_dir }} ls \"$dir\"").is_empty());
+        assert!(places("bash script.sh {{ session.dicom_dir }}").is_empty());
+    }
+
+    mod end_to_end {
+        //! Whatever the command, when the loader accepts it, bash never runs
+        //! a folder name: the folder names here are the worst a name could
+        //! be (discovery would refuse them), so this checks the second wall
+        //! alone.
+
+        use std::process::{Command, Stdio};
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::render::shell_quote;
+
+        const NAMES: &[&str] = &[
+            "X$(touch P1)",
+            "`touch P2`",
+            "'; touch P3; '",
+            "\"; touch P4; \"",
+            "a\nb; touch P5",
+            "touch P6",
+            "${x:-$(touch P7)}",
+        ];
+
+        fn fragment() -> impl Strategy<Value = &'static str> {
+            proptest::sample::select(vec![
+                "ls ",
+                "echo ",
+                "{{ session.dicom_dir }}",
+                "{{ session.dicom_dir }}",
+                "{{ session.dicom_dir }}",
+                " ls ",
+                " ",
+                " ",
+                "\"",
+                "'",
+                "`",
+                "$(",
+                ")",
+                "${x:-",
+                "}",
+                "; ",
+                "\n",
+                "<<EOF\n",
+                "\nEOF\n",
+                "# ",
+                "x=",
+                "eval ",
+                "bash -c ",
+                "true ",
+                "| cat ",
+                "=( ",
+                " )",
+                "\\",
+            ])
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn an_accepted_command_never_runs_a_folder_name(
+                parts in proptest::collection::vec(fragment(), 1..12),
+                name in proptest::sample::select(NAMES.to_vec()),
+            ) {
+                let command: String = parts.concat();
+                if !outside_value_placements(&command, TemplateKind::Command).is_empty() {
+                    return Ok(());
+                }
+                let script = command.replace("{{ session.dicom_dir }}", &shell_quote(&format!("/d/{name}")));
+                let dir = tempfile::tempdir().unwrap();
+                let _ = Command::new("timeout")
+                    .args(["5", "bash", "-c", &script])
+                    .current_dir(dir.path())
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+                let made: Vec<String> = std::fs::read_dir(dir.path())
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with('P'))
+                    .collect();
+                prop_assert!(made.is_empty(), "{command:?} ran {name:?}: made {made:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_backslash_before_the_value_is_found() {
+        // `ls \'X$(touch P)' ' '`: the backslash takes the opening quote.
+        assert_eq!(
+            places("ls \\{{ session.dicom_dir }} ' '"),
+            [("after a backslash", 1)]
+        );
+        assert_eq!(
+            places("echo \"\\{{ session.scan_id }}\""),
+            [("after a backslash", 1)]
         );
     }
 
@@ -524,15 +773,15 @@ mod tests {
     fn loops_and_sets_carry_the_taint() {
         assert_eq!(
             places("{% for s in sessions %}ls \"{{ s.dicom_dir }}\"{% endfor %}"),
-            [("double quotes", 1)]
+            [("inside double quotes", 1)]
         );
         assert_eq!(
             places("{% set d = session.dicom_dir %}\nls \"{{ d }}\""),
-            [("double quotes", 2)]
+            [("inside double quotes", 2)]
         );
         assert_eq!(
             places("{% set e = session.dicom_dir %}{% set d = e %}ls \"{{ d | shell_quote }}\""),
-            [("double quotes", 1)]
+            [("inside double quotes", 1)]
         );
         assert!(places("{% for s in sessions %}echo \"{{ s.label }}\"{% endfor %}").is_empty());
     }
@@ -541,12 +790,15 @@ mod tests {
     fn script_templates_guard_the_command() {
         let found = outside_value_placements(
             "#!/bin/bash\nbash -c \"{{ command }}\"\n",
-            SCRIPT_OUTSIDE_NAMES,
+            TemplateKind::Script,
         );
         assert_eq!(found.len(), 1);
-        assert_eq!((found[0].inside, found[0].line), ("double quotes", 2));
+        assert_eq!(
+            (found[0].inside, found[0].line),
+            ("inside double quotes", 2)
+        );
         let bundled =
-            outside_value_placements(crate::config::BUNDLED_TEMPLATE, SCRIPT_OUTSIDE_NAMES);
+            outside_value_placements(crate::config::BUNDLED_TEMPLATE, TemplateKind::Script);
         assert!(bundled.is_empty(), "{bundled:?}");
     }
 }
