@@ -592,8 +592,10 @@ fn check_mapping(config: &Config) -> Check {
         ),
         Err(e) => Check::fail(
             "mapping",
-            format!("{e:#}"),
-            "write the CSV that maps scan IDs to subjects, or fix `discovery.mapping`",
+            super::error_chain(&e),
+            e.hint().unwrap_or(
+                "write the CSV that maps scan IDs to subjects, or fix `discovery.mapping`",
+            ),
         ),
     }
 }
