@@ -249,6 +249,23 @@ mod tests {
         assert_eq!(problem(empty.path()), None);
     }
 
+    /// A new study opened by several commands at once: none of them sees a
+    /// half-created database (a 0-byte `state.db` would be refused).
+    #[test]
+    fn a_new_database_is_never_seen_half_created() {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let opened: Vec<bool> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..6)
+                    .map(|_| scope.spawn(|| Store::open(dir.path()).is_ok()))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(opened.iter().all(|ok| *ok), "{opened:?}");
+            assert_eq!(problem(dir.path()), None);
+        }
+    }
+
     #[test]
     fn an_emptied_database_is_refused() {
         let dir = study();

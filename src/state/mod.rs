@@ -33,6 +33,12 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot create the state database `{path}`")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open the state database `{path}`")]
     Open {
         path: PathBuf,
@@ -469,6 +475,39 @@ fn audit(
     Ok(())
 }
 
+/// Creates `path` whole: the schema is written to a temporary file, which is
+/// then linked into place. So no other nfslurm ever sees a `state.db` of
+/// 0 bytes, which it would refuse as emptied (see [`health`]); when two
+/// create it at once, the first link wins and the other uses it.
+fn create_database(dir: &Path, path: &Path) -> Result<()> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".state.db.new-{}-{n}", std::process::id()));
+    let open_err = |source| StateError::Open {
+        path: tmp.clone(),
+        source,
+    };
+    let _ = fs::remove_file(&tmp);
+    {
+        let mut conn = Connection::open(&tmp).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "DELETE")
+            .map_err(open_err)?;
+        schema::migrate(&mut conn).map_err(open_err)?;
+    }
+    let _ = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600));
+    let linked = match fs::hard_link(&tmp, path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        // A file system without hard links: rename (the last one wins).
+        Err(_) => fs::rename(&tmp, path),
+    };
+    let _ = fs::remove_file(&tmp);
+    linked.map_err(|source| StateError::Create {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 impl Store {
     /// Opens (creating when needed) `<dir>/state.db` and brings its schema up to date.
     pub fn open(dir: &Path) -> Result<Store> {
@@ -485,6 +524,9 @@ impl Store {
             path: path.clone(),
             source,
         };
+        if !path.exists() {
+            create_database(dir, &path)?;
+        }
         let mut conn = Connection::open(&path).map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(30))
             .map_err(open_err)?;
