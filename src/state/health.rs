@@ -107,6 +107,11 @@ pub fn problem(dir: &Path) -> Option<String> {
             ));
         }
     }
+    if hot_journal {
+        // A read-only look cannot roll the journal back; the store's own
+        // open does, and then the next command looks again.
+        return None;
+    }
     schema_problem(&path).map(|why| format!("{db} {why}"))
 }
 
