@@ -207,30 +207,56 @@ pub fn logs(settings: &Settings, target: &str, follow: bool) -> anyhow::Result<i
                 out.flush()?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let state = store.run(run.id)?.state;
-                if matches!(state, RunState::Submitting | RunState::Pending) {
-                    if !follow {
+                let now = store.run(run.id)?;
+                let state = now.state;
+                let shown = super::display_path(path);
+                match state {
+                    RunState::Submitting | RunState::Pending if !follow => {
                         return Err(Failure::user(
                             format!("`{}` does not exist yet", path.display()),
                             Some("the job has not started; try `--follow`"),
                         ));
                     }
-                } else if offset == 0 {
-                    // Started or ended, so the log was written: someone removed it.
-                    return Err(Failure::user(
-                        format!(
-                            "the log of run {} (`{}`, attempt {}, {}) was deleted or moved: `{}` does not exist",
-                            run.id,
-                            run.key,
-                            run.attempt,
-                            state.as_str(),
-                            super::display_path(path)
-                        ),
-                        Some(&format!(
-                            "its state, exit code and times are in `nfslurm show {}`",
-                            run.key
-                        )),
-                    ));
+                    RunState::Running if !follow => {
+                        return Err(Failure::user(
+                            format!(
+                                "`{shown}` does not exist: run {} is running, and its node has not written it yet, or it was deleted",
+                                run.id
+                            ),
+                            Some("try `--follow`, which waits for it"),
+                        ));
+                    }
+                    // In flight: `--follow` waits for the file.
+                    _ if state.in_flight() => {}
+                    _ if offset > 0 => {}
+                    _ if now.started_at.is_none() => {
+                        return Err(Failure::user(
+                            format!(
+                                "run {} (`{}`, attempt {}) ended `{}` before it started: it has no log",
+                                run.id,
+                                run.key,
+                                run.attempt,
+                                state.as_str()
+                            ),
+                            Some(&format!("`nfslurm show {}` tells why", run.key)),
+                        ));
+                    }
+                    _ => {
+                        // It started, so it wrote this log: someone removed it.
+                        return Err(Failure::user(
+                            format!(
+                                "the log of run {} (`{}`, attempt {}, {}) was deleted or moved: `{shown}` does not exist",
+                                run.id,
+                                run.key,
+                                run.attempt,
+                                state.as_str(),
+                            ),
+                            Some(&format!(
+                                "its state, exit code and times are in `nfslurm show {}`",
+                                run.key
+                            )),
+                        ));
+                    }
                 }
             }
             Err(e) => return Err(e.into()),

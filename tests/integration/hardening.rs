@@ -460,6 +460,25 @@ fn logs_of_a_run_whose_log_was_deleted_says_so() {
             "{err}"
         );
     }
+    // A run that ended before it started never had a log.
+    let store = nfslurm::state::Store::open(&study.path().join(".nfslurm")).unwrap();
+    store
+        .conn()
+        .execute(
+            "UPDATE runs SET started_at = NULL, state = 'cancelled' WHERE id = 1",
+            [],
+        )
+        .unwrap();
+    drop(store);
+    let out = study.run(&["logs", "run:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(
+            "error: run 1 (`bids/sub-01/ses-1`, attempt 1) ended `cancelled` before it started: it has no log"
+        ),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
