@@ -254,7 +254,7 @@ AccountingStorageHost=127.0.0.1
 AccountingStoragePort=6819
 AccountingStoreFlags=job_comment,job_script
 JobCompType=jobcomp/none
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus Sockets=1 CoresPerSocket=$cpus ThreadsPerCore=1 RealMemory=$real_mem State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus Sockets=1 CoresPerSocket=$cpus ThreadsPerCore=1 RealMemory=$real_mem Feature=nfslurmtest State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP")"
 
   local cg="CgroupPlugin=cgroup/v1"

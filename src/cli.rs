@@ -275,4 +275,16 @@ pub enum WorkerAction {
     /// Run the worker in the foreground (what `start` launches)
     #[command(hide = true)]
     Run,
+    /// Run one local job exactly once (what the worker launches for each job)
+    #[command(hide = true)]
+    Job {
+        /// Time limit in seconds
+        #[arg(long)]
+        time_limit: u64,
+        /// The job's log file; its lock and status file are kept beside it
+        #[arg(long)]
+        log: std::path::PathBuf,
+        /// The rendered script
+        script: std::path::PathBuf,
+    },
 }

@@ -57,12 +57,14 @@ pub fn apply_updates(
         ended.state = new_state;
         ended.ended_at = update.ended_at.or(run.ended_at);
         ended.max_rss_mb = update.max_rss_mb.or(run.max_rss_mb);
+        ended.exit_code = update.exit_code.or(run.exit_code);
         let Some(unit) = units.get(&run.unit_id) else {
             continue;
         };
         let u = policy::on_run_end(&config.retry, pipeline, unit, &ended, now, jitter());
         if u != (crate::state::UnitUpdate {
             unit_id: unit.id,
+            run_id: Some(run.id),
             ..Default::default()
         }) {
             unit_updates.push(u);
@@ -183,6 +185,79 @@ pub struct SubmittedRun {
     pub time_s: u64,
 }
 
+/// One planned action, rendered: what its run's script and files will be.
+#[derive(Debug, Clone)]
+pub struct RenderedAction {
+    pub resources: Resources,
+    pub attempt: u32,
+    pub token: String,
+    pub script_path: PathBuf,
+    pub log_path: PathBuf,
+    /// The whole script, from the pipeline's template.
+    pub script: String,
+}
+
+/// Renders every action of the plan (in plan order), each with a fresh
+/// token, its effective resources and its next attempt number (from
+/// `attempts`, 1 when absent). Writes nothing.
+pub fn render_actions(
+    config: &Config,
+    plan: &Plan,
+    snapshot: &Snapshot,
+    renderer: &Renderer,
+    attempts: &HashMap<UnitKey, u32>,
+    kind: ExecutorKind,
+) -> Result<Vec<RenderedAction>, SubmitError> {
+    let sessions = session_infos(snapshot);
+    let no_sessions = Vec::new();
+    let mut out = Vec::with_capacity(plan.actions.len());
+    for action in &plan.actions {
+        let key = &action.key;
+        let pipeline = config
+            .pipeline(&key.pipeline)
+            .expect("planned pipelines exist");
+        let resources = effective_resources(config, snapshot, key);
+        let attempt = attempts.get(key).copied().unwrap_or(1);
+        let token = new_token();
+        let script_path = scripts_dir(config, key).join(format!("attempt-{attempt}.sbatch"));
+        let log_path = logs_dir(config, key).join(format!("attempt-{attempt}.out"));
+        let subject_sessions = sessions.get(&key.subject).unwrap_or(&no_sessions);
+        let session = key
+            .session
+            .as_ref()
+            .and_then(|label| subject_sessions.iter().find(|s| &s.label == label));
+        let work_dir = crate::render::work_dir_for(config, key);
+        let input = ScriptInput {
+            config,
+            pipeline,
+            unit: key,
+            session,
+            subject_sessions,
+            resources: &resources,
+            attempt,
+            token: &token,
+            output_path: &log_path,
+            work_dir: &work_dir,
+            executor: kind,
+        };
+        let script = renderer
+            .render_script(&input)
+            .map_err(|source| SubmitError::Render {
+                unit: key.clone(),
+                source: Box::new(source),
+            })?;
+        out.push(RenderedAction {
+            resources,
+            attempt,
+            token,
+            script_path,
+            log_path,
+            script,
+        });
+    }
+    Ok(out)
+}
+
 /// Renders, records and submits the plan's actions (all of them, in order).
 ///
 /// Every intent is written (`submitting`, with its token) in one transaction
@@ -225,67 +300,37 @@ pub fn submit_actions(
     };
     let keys: Vec<&UnitKey> = plan.actions.iter().map(|a| &a.key).collect();
     let attempts = store.next_attempts(&keys)?;
-    let sessions = session_infos(snapshot);
-    let no_sessions = Vec::new();
+    let rendered = render_actions(config, plan, snapshot, renderer, &attempts, kind)?;
 
     let mut new_runs = Vec::with_capacity(plan.actions.len());
     let mut scripts = Vec::with_capacity(plan.actions.len());
-    for action in &plan.actions {
-        let key = &action.key;
+    let mut directives = Vec::with_capacity(plan.actions.len());
+    for (action, r) in plan.actions.iter().zip(rendered) {
         let pipeline = config
-            .pipeline(&key.pipeline)
+            .pipeline(&action.key.pipeline)
             .expect("planned pipelines exist");
-        let resources = effective_resources(config, snapshot, key);
-        let attempt = attempts.get(key).copied().unwrap_or(1);
-        let token = new_token();
-        let script_path = scripts_dir(config, key).join(format!("attempt-{attempt}.sbatch"));
-        let log_path = logs_dir(config, key).join(format!("attempt-{attempt}.out"));
-        let subject_sessions = sessions.get(&key.subject).unwrap_or(&no_sessions);
-        let session = key
-            .session
-            .as_ref()
-            .and_then(|label| subject_sessions.iter().find(|s| &s.label == label));
-        let work_dir = crate::render::work_dir_for(config, key);
-        let input = ScriptInput {
-            config,
-            pipeline,
-            unit: key,
-            session,
-            subject_sessions,
-            resources: &resources,
-            attempt,
-            token: &token,
-            output_path: &log_path,
-            work_dir: &work_dir,
-            executor: kind,
-        };
-        let script = renderer
-            .render_script(&input)
-            .map_err(|source| SubmitError::Render {
-                unit: key.clone(),
-                source: Box::new(source),
-            })?;
         let to_ref = |d: &Dependency| match d {
             Dependency::Planned(i) => -1 - *i as i64,
             Dependency::InFlight { run_id, .. } => *run_id,
         };
         new_runs.push(NewRun {
-            key: key.clone(),
-            token,
+            key: action.key.clone(),
+            token: r.token,
             executor: executor.name().to_string(),
             state: RunState::Submitting,
             plan_reason: action.reason.to_string(),
-            cpus: resources.cpus,
-            mem_mb: resources.mem_mb,
-            time_limit_s: resources.time_s,
-            gpus: resources.gpus,
+            cpus: r.resources.cpus,
+            mem_mb: r.resources.mem_mb,
+            time_limit_s: r.resources.time_s,
+            gpus: r.resources.gpus,
             config_hash: pipeline.config_hash.clone(),
             inputs: action.inputs.iter().map(to_ref).collect(),
             depends_on: action.depends_on.iter().map(to_ref).collect(),
-            script_path: script_path.clone(),
-            log_path: log_path.clone(),
+            script_path: r.script_path.clone(),
+            log_path: r.log_path.clone(),
         });
-        scripts.push((script_path, log_path, script));
+        directives.push(crate::executor::slurm::directives::shared(&r.script));
+        scripts.push((r.script_path, r.log_path, r.script));
     }
 
     // Scripts first (kept, named by attempt), then the intents, then the executor.
@@ -302,7 +347,8 @@ pub fn submit_actions(
     let prepared: Vec<Prepared> = new_runs
         .iter()
         .zip(&ids)
-        .map(|(run, &run_id)| Prepared {
+        .zip(directives)
+        .map(|((run, &run_id), directives)| Prepared {
             run_id,
             key: run.key.clone(),
             token: run.token.clone(),
@@ -312,6 +358,7 @@ pub fn submit_actions(
             mem_mb: run.mem_mb,
             time_limit_s: run.time_limit_s,
             gpus: run.gpus,
+            directives,
             retry: run.plan_reason == crate::model::Reason::Retry.as_str(),
             depends_on: run
                 .depends_on
@@ -324,6 +371,27 @@ pub fn submit_actions(
     outcome.deferred += deferred;
     if !outcome.withdrawn.is_empty() {
         store.withdraw_runs(&outcome.withdrawn, "not submitted", now)?;
+    }
+    // A refused submission leaves nothing behind: its intents are withdrawn
+    // (no attempt spent; the next submit renders them afresh).
+    for rejected in &outcome.rejected {
+        let ids: Vec<i64> = rejected.runs.iter().map(|(id, _)| *id).collect();
+        store.withdraw_runs(&ids, &format!("not submitted: {}", rejected.message), now)?;
+    }
+    let gone: std::collections::HashSet<i64> = outcome
+        .withdrawn
+        .iter()
+        .copied()
+        .chain(
+            outcome
+                .rejected
+                .iter()
+                .flat_map(|r| r.runs.iter().map(|(id, _)| *id)),
+        )
+        .collect();
+    // Their scripts name runs that no longer exist.
+    for p in prepared.iter().filter(|p| gone.contains(&p.run_id)) {
+        let _ = fs::remove_file(&p.script_path);
     }
     let job_of: HashMap<i64, String> = outcome.submitted.iter().cloned().collect();
     let mut key_of: HashMap<i64, &UnitKey> = HashMap::new();
@@ -344,7 +412,7 @@ pub fn submit_actions(
     let rows = prepared
         .iter()
         .zip(&new_runs)
-        .filter(|(p, _)| !outcome.withdrawn.contains(&p.run_id))
+        .filter(|(p, _)| !gone.contains(&p.run_id))
         .map(|(p, run)| SubmittedRun {
             run_id: p.run_id,
             key: p.key.clone(),
@@ -396,4 +464,169 @@ fn write_file(path: &Path, text: &str) -> Result<(), SubmitError> {
         fs::create_dir_all(dir).map_err(err)?;
     }
     fs::write(path, text).map_err(err)
+}
+
+/// One sbatch call of a submission, as `plan` and `render` show it before
+/// anything is submitted.
+#[derive(Debug, Clone)]
+pub struct PreviewSubmission {
+    pub pipeline: String,
+    /// (index into the plan's actions, array task index): one member and no
+    /// task index for a single job.
+    pub members: Vec<(usize, Option<u32>)>,
+    /// The members' shared `#SBATCH` directives.
+    pub directives: Vec<String>,
+    /// For an array: the earlier submissions (indices into the preview) it
+    /// follows task by task (`aftercorr`).
+    pub after: Vec<usize>,
+    /// Why a unit goes as a single job, or why this array is split from the
+    /// pipeline's first one; `None` for the pipeline's first array.
+    pub note: Option<String>,
+}
+
+/// The sbatch calls `submit` would make for `plan` in arrays mode: every
+/// action rendered (nothing written), shaped as the Slurm executor shapes
+/// a batch. Also returns the rendered actions, in plan order.
+pub fn preview_submissions(
+    config: &Config,
+    store: Option<&Store>,
+    plan: &Plan,
+    snapshot: &Snapshot,
+    renderer: &Renderer,
+) -> Result<(Vec<PreviewSubmission>, Vec<RenderedAction>), SubmitError> {
+    use crate::executor::slurm::{arrays, directives};
+    let keys: Vec<&UnitKey> = plan.actions.iter().map(|a| &a.key).collect();
+    let attempts = match store {
+        Some(s) => s.next_attempts(&keys)?,
+        None => HashMap::new(),
+    };
+    let rendered = render_actions(
+        config,
+        plan,
+        snapshot,
+        renderer,
+        &attempts,
+        ExecutorKind::Slurm,
+    )?;
+    // Planned actions get negative run IDs; runs in flight keep theirs.
+    let id_of = |i: usize| -1 - i as i64;
+    let batch: Vec<Prepared> = plan
+        .actions
+        .iter()
+        .zip(&rendered)
+        .enumerate()
+        .map(|(i, (a, r))| Prepared {
+            run_id: id_of(i),
+            key: a.key.clone(),
+            token: r.token.clone(),
+            script_path: r.script_path.clone(),
+            log_path: r.log_path.clone(),
+            cpus: r.resources.cpus,
+            mem_mb: r.resources.mem_mb,
+            time_limit_s: r.resources.time_s,
+            gpus: r.resources.gpus,
+            directives: directives::shared(&r.script),
+            retry: a.reason == crate::model::Reason::Retry,
+            depends_on: a
+                .depends_on
+                .iter()
+                .map(|d| match d {
+                    Dependency::Planned(j) => id_of(*j),
+                    Dependency::InFlight { run_id, .. } => *run_id,
+                })
+                .collect(),
+        })
+        .collect();
+    let shape = arrays::shape(&batch, 1000);
+    let mut first_of: HashMap<String, Vec<String>> = HashMap::new();
+    let mut placed: HashMap<i64, bool> = HashMap::new();
+    let mut out = Vec::with_capacity(shape.len());
+    for sub in shape {
+        let members: Vec<(usize, Option<u32>)> = match &sub {
+            arrays::Submission::Single(i) => vec![(*i, None)],
+            arrays::Submission::Array { members, .. } => {
+                members.iter().map(|&(i, t)| (i, Some(t))).collect()
+            }
+        };
+        let p = &batch[members[0].0];
+        let differs = |reference: &Vec<String>| {
+            let added: Vec<&String> = p
+                .directives
+                .iter()
+                .filter(|d| !reference.contains(d))
+                .collect();
+            let dropped: Vec<&String> = reference
+                .iter()
+                .filter(|d| !p.directives.contains(d))
+                .collect();
+            (!added.is_empty() || !dropped.is_empty()).then(|| {
+                let list = |v: &[&String]| {
+                    v.iter()
+                        .map(|d| format!("`{d}`"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                match (added.is_empty(), dropped.is_empty()) {
+                    (false, false) => format!(
+                        "its directives differ from the first `{}` submission's: {} instead of {}",
+                        p.key.pipeline,
+                        list(&added),
+                        list(&dropped)
+                    ),
+                    (false, true) => format!(
+                        "its directives differ from the first `{}` submission's: {} added",
+                        p.key.pipeline,
+                        list(&added)
+                    ),
+                    _ => format!(
+                        "its directives differ from the first `{}` submission's: without {}",
+                        p.key.pipeline,
+                        list(&dropped)
+                    ),
+                }
+            })
+        };
+        let reference = first_of.get(&p.key.pipeline);
+        let note = match &sub {
+            arrays::Submission::Single(_) if p.retry => {
+                Some("a retry goes as a single job".to_string())
+            }
+            arrays::Submission::Single(_)
+                if p.depends_on
+                    .iter()
+                    .any(|d| !placed.get(d).copied().unwrap_or(false)) =>
+            {
+                Some(
+                    "an upstream unit is in flight or goes as a single job: `afterok` on its job"
+                        .to_string(),
+                )
+            }
+            arrays::Submission::Single(_) => {
+                Some(reference.and_then(differs).unwrap_or_else(|| {
+                    "no other unit has the same directives, resources and upstream arrays"
+                        .to_string()
+                }))
+            }
+            arrays::Submission::Array { .. } => reference.and_then(differs),
+        };
+        first_of
+            .entry(p.key.pipeline.clone())
+            .or_insert_with(|| p.directives.clone());
+        let is_array = matches!(sub, arrays::Submission::Array { .. });
+        for &(i, _) in &members {
+            placed.insert(batch[i].run_id, is_array);
+        }
+        let after = match &sub {
+            arrays::Submission::Array { after, .. } => after.clone(),
+            arrays::Submission::Single(_) => Vec::new(),
+        };
+        out.push(PreviewSubmission {
+            pipeline: p.key.pipeline.clone(),
+            members,
+            directives: p.directives.clone(),
+            after,
+            note,
+        });
+    }
+    Ok((out, rendered))
 }

@@ -222,6 +222,15 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             WorkerAction::Stop { now } => commands::worker::stop(&settings, now),
             WorkerAction::Status => commands::worker::status(&settings),
             WorkerAction::Run => commands::worker::run(&settings),
+            WorkerAction::Job {
+                time_limit,
+                log,
+                script,
+            } => commands::worker::job(nfslurm::executor::local::JobSpec {
+                script,
+                log,
+                time_limit: std::time::Duration::from_secs(time_limit),
+            }),
         },
         Command::Cron { action } => {
             let action = match action {

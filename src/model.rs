@@ -248,6 +248,18 @@ impl RunState {
     }
 
     /// Still owned by the executor: submitting, pending or running.
+    /// An attempt that ended badly: worth showing the end of its log.
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            RunState::Failed
+                | RunState::Timeout
+                | RunState::Oom
+                | RunState::InfraFailed
+                | RunState::Lost
+        )
+    }
+
     pub fn in_flight(self) -> bool {
         matches!(
             self,
@@ -354,6 +366,21 @@ impl Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Exit codes with which the shell says a command cannot run at all: 126 (found
+/// but not executable) and 127 (not found). Retrying cannot help.
+pub fn cannot_run(exit_code: i32) -> bool {
+    matches!(exit_code, 126 | 127)
+}
+
+/// The reason recorded on a run that ended with a non-zero exit code.
+pub fn exit_reason(exit_code: i32) -> String {
+    match exit_code {
+        127 => "the command cannot run (exit code 127: command not found)".to_string(),
+        126 => "the command cannot run (exit code 126: not executable)".to_string(),
+        code => format!("exit code {code}"),
     }
 }
 

@@ -68,9 +68,16 @@ pub fn show(settings: &Settings, target: &str) -> anyhow::Result<i32> {
         None => (Vec::new(), Vec::new()),
     };
     let unit = plan.unit(&key);
+    // Why the last attempt failed, at a glance: the end of its log.
+    let tail = runs
+        .iter()
+        .max_by_key(|r| r.id)
+        .filter(|r| r.state.is_failure())
+        .and_then(|r| output::log_tail(&r.log_path, output::LOG_TAIL_LINES).map(|t| (r, t)));
     if settings.json {
         output::print_json(&json!({
             "unit": key.to_string(),
+            "log_tail": tail.as_ref().map(|(_, t)| t),
             "state": unit.map(|u| u.state.as_str()),
             "reason": unit.and_then(|u| u.reason).map(|r| r.as_str()),
             "detail": unit.and_then(|u| u.detail.clone()),
@@ -93,6 +100,12 @@ pub fn show(settings: &Settings, target: &str) -> anyhow::Result<i32> {
     }
     if runs.is_empty() {
         println!("no run yet: `nfslurm plan` says when it will run");
+    }
+    if let Some((run, lines)) = &tail {
+        println!("  last lines of attempt {}'s log:", run.attempt);
+        for line in lines {
+            println!("  | {line}");
+        }
     }
     for r in &runs {
         println!();
@@ -287,7 +300,145 @@ pub fn render(
 ) -> anyhow::Result<i32> {
     let config = super::load_config(settings)?;
     print!("{}", render_unit(&config, pipeline, participant, session)?);
+    if config.executor == crate::config::ExecutorKind::Slurm
+        && config.site.scheduler.submission == crate::config::SubmissionMode::Arrays
+    {
+        print!("{}", render_array(&config, pipeline, participant, session)?);
+    }
     Ok(0)
+}
+
+/// In arrays mode, what reaches Slurm for the unit: the array job its
+/// script runs in, as a submission of every unit of its pipeline would
+/// shape it (the unit's script runs inside with `bash`, so the array's
+/// `#SBATCH` lines are the ones Slurm reads), or the single job it goes as
+/// and why.
+pub fn render_array(
+    config: &Config,
+    pipeline: &str,
+    participant: &str,
+    session: Option<&str>,
+) -> anyhow::Result<String> {
+    use crate::executor::slurm::{SlurmExecutor, arrays};
+    // Labels were checked by `render_unit`.
+    let subject = Label::subject(participant).map_err(|e| Failure::user(e.to_string(), None))?;
+    let session = session
+        .map(Label::session)
+        .transpose()
+        .map_err(|e| Failure::user(e.to_string(), None))?;
+    let key = UnitKey::new(pipeline, &subject, session.as_ref());
+    let (store, snapshot) = super::read_snapshot(config)?;
+    let request = Request {
+        selection: crate::plan::Selection {
+            pipelines: vec![pipeline.to_string()],
+            ..Default::default()
+        },
+        force: true,
+    };
+    let plan = plan::plan(config, &snapshot, engine::now(), &request);
+    let renderer =
+        Renderer::new(config).map_err(|e| Failure::user(super::error_chain(&e), None))?;
+    let (subs, rendered) =
+        engine::preview_submissions(config, store.as_ref(), &plan, &snapshot, &renderer)?;
+    let token = "nfslurm-render-preview";
+    let name = SlurmExecutor::array_job_name(config, pipeline);
+    let cluster = config
+        .pipeline(pipeline)
+        .and_then(|p| p.scheduler.cluster.clone());
+    let command_line = |name: &str, dependency: Option<String>| {
+        let mut args = vec![
+            "sbatch".to_string(),
+            "--parsable".into(),
+            format!("--job-name={name}"),
+            format!("--comment={token}"),
+            "--kill-on-invalid-dep=yes".into(),
+        ];
+        args.extend(dependency.map(|d| format!("--dependency={d}")));
+        args.extend(cluster.as_ref().map(|c| format!("--clusters={c}")));
+        args.join(" ")
+    };
+    let found = plan
+        .actions
+        .iter()
+        .position(|a| a.key == key)
+        .and_then(|i| {
+            subs.iter()
+                .enumerate()
+                .find(|(_, s)| s.members.iter().any(|m| m.0 == i))
+                .map(|(n, s)| (i, n, s))
+        });
+    let Some((index, number, sub)) = found else {
+        return Ok(format!(
+            "#### nfslurm: `{key}` is not a discovered unit of the study: its array cannot be shown\n"
+        ));
+    };
+    if sub.members[0].1.is_none() {
+        let r = &rendered[index];
+        return Ok(format!(
+            "#### nfslurm: in arrays mode `{key}` goes as a single job ({}), with\n#   {} {}\n",
+            sub.note.as_deref().unwrap_or("alone"),
+            command_line(&key.job_name(), None),
+            crate::render::shell_quote(&r.script_path.to_string_lossy())
+        ));
+    }
+    let task = sub
+        .members
+        .iter()
+        .find(|m| m.0 == index)
+        .and_then(|m| m.1)
+        .unwrap_or(1);
+    let tasks: Vec<arrays::Task> = sub
+        .members
+        .iter()
+        .map(|&(i, t)| arrays::Task {
+            index: t.unwrap_or(1),
+            unit: &plan.actions[i].key,
+            script: &rendered[i].script_path,
+            log: &rendered[i].log_path,
+        })
+        .collect();
+    let indices: Vec<u32> = tasks.iter().map(|t| t.index).collect();
+    let p = config.pipeline(pipeline);
+    let dependency = (!sub.after.is_empty()).then(|| {
+        format!(
+            "aftercorr:{}",
+            sub.after
+                .iter()
+                .map(|a| format!("<job of sbatch call {}>", a + 1))
+                .collect::<Vec<_>>()
+                .join(":")
+        )
+    });
+    let logs = config
+        .paths
+        .state_dir
+        .join("logs")
+        .join("arrays")
+        .join(pipeline);
+    let script_path = config
+        .paths
+        .state_dir
+        .join("scripts")
+        .join("arrays")
+        .join(pipeline)
+        .join(format!("{token}.sbatch"));
+    let header = arrays::ArrayHeader {
+        pipeline,
+        template: p.map(|p| p.template_name.as_str()).unwrap_or("?"),
+        directives: &sub.directives,
+        spec: arrays::array_spec(&indices, p.and_then(|p| p.max_concurrent)),
+        logs: &logs,
+        command_line: format!(
+            "{} {}",
+            command_line(&name, dependency),
+            crate::render::shell_quote(&script_path.to_string_lossy())
+        ),
+    };
+    Ok(format!(
+        "#### nfslurm: in arrays mode the script above runs as task {task} of this array job (sbatch call {} of a submission of every `{pipeline}` unit):\n{}",
+        number + 1,
+        arrays::array_script(&header, &tasks)
+    ))
 }
 
 /// The script `submit` would write for one unit, as text.

@@ -195,7 +195,61 @@ pub fn run_plan(settings: &Settings, spec: &SelectionSpec, force: bool) -> anyho
         &Request { selection, force },
     );
     print_plan(settings, &plan, store.as_ref());
+    print_submissions(settings, &config, store.as_ref(), &plan, &snapshot)?;
     Ok(0)
+}
+
+/// In arrays mode, the sbatch calls `submit` would make: each array with
+/// its units, each single job with the reason it is one, and why arrays of a
+/// pipeline are split (their `#SBATCH` directives differ). Text only: the
+/// JSON plan stays one action per unit.
+fn print_submissions(
+    settings: &Settings,
+    config: &Config,
+    store: Option<&Store>,
+    plan: &Plan,
+    snapshot: &crate::state::Snapshot,
+) -> anyhow::Result<()> {
+    if settings.json
+        || plan.actions.is_empty()
+        || config.executor != ExecutorKind::Slurm
+        || config.site.scheduler.submission != crate::config::SubmissionMode::Arrays
+    {
+        return Ok(());
+    }
+    let renderer =
+        Renderer::new(config).map_err(|e| Failure::user(super::error_chain(&e), None))?;
+    let (subs, _) = engine::preview_submissions(config, store, plan, snapshot, &renderer)?;
+    println!(
+        "as {} (arrays mode):",
+        output::count(subs.len(), "sbatch call", "sbatch calls")
+    );
+    for sub in &subs {
+        let units: Vec<String> = sub
+            .members
+            .iter()
+            .map(|&(i, _)| plan.actions[i].key.to_string())
+            .collect();
+        let shown = if units.len() > 4 {
+            format!("{}, … {}", units[..3].join(", "), units[units.len() - 1])
+        } else {
+            units.join(", ")
+        };
+        let head = if sub.members[0].1.is_some() {
+            format!(
+                "  array of {} `{}` units: {shown}",
+                units.len(),
+                sub.pipeline
+            )
+        } else {
+            format!("  job {shown}")
+        };
+        match &sub.note {
+            Some(note) => println!("{head} ({note})"),
+            None => println!("{head}"),
+        }
+    }
+    Ok(())
 }
 
 /// What a submission did, for the command to report.
@@ -204,8 +258,9 @@ pub struct Submitted {
     pub rows: Vec<SubmittedRun>,
     /// The cluster could not be reached (exit 2).
     pub unreachable: Option<String>,
-    /// Runs sbatch refused (a bad request: exit 1).
-    pub rejected: Vec<(UnitKey, String)>,
+    /// Submissions sbatch refused (a config error: exit 1); their runs were
+    /// withdrawn.
+    pub rejected: Vec<crate::executor::Rejected>,
     /// Units left for a later sync by submit limits.
     pub deferred: usize,
 }
@@ -213,8 +268,15 @@ pub struct Submitted {
 impl Submitted {
     /// Says on stderr what did not go as planned (stdout stays data).
     pub fn report_problems(&self, settings: &Settings) {
-        for (key, why) in &self.rejected {
-            eprintln!("error: {key} was refused: {why}");
+        // The last refusal is the command's error (unless the cluster went
+        // unreachable, which is then); the others are said here, in order.
+        let shown = if self.unreachable.is_none() {
+            self.rejected.len().saturating_sub(1)
+        } else {
+            self.rejected.len()
+        };
+        for rejected in &self.rejected[..shown] {
+            eprintln!("error: {}", rejected.message);
         }
         if self.deferred > 0 && !settings.quiet {
             eprintln!(
@@ -234,12 +296,15 @@ impl Submitted {
         if let Some(msg) = &self.unreachable {
             return Some(Failure::unreachable(msg.clone(), Some(hint)));
         }
-        (!self.rejected.is_empty()).then(|| {
-            Failure::user(
-                format!("sbatch refused {} run(s)", self.rejected.len()),
-                Some("fix the request (partition, account, resources) in the config; `nfslurm retry` submits them again"),
-            )
-        })
+        let last = self.rejected.last()?;
+        let units: usize = self.rejected.iter().map(|r| r.runs.len()).sum();
+        Some(Failure::user(
+            last.message.clone(),
+            Some(&format!(
+                "a config error: fix the directive in the template or the config; nothing was submitted for {} (no attempt spent), and the next `submit` or `sync` tries again",
+                output::count(units, "unit", "units")
+            )),
+        ))
     }
 }
 
@@ -270,23 +335,10 @@ pub fn submit_request(
         engine::SubmitError::Exec(x) => exec_failure(x),
         other => anyhow::Error::new(other),
     })?;
-    let rejected = outcome
-        .rejected
-        .iter()
-        .map(|(run, why)| {
-            let key = rows
-                .iter()
-                .find(|r| r.run_id == *run)
-                .map(|r| r.key.clone())
-                .or_else(|| store.run(*run).ok().map(|r| r.key));
-            (key, why.clone())
-        })
-        .filter_map(|(k, w)| k.map(|k| (k, w)))
-        .collect();
     Ok(Submitted {
         rows,
         unreachable: outcome.unreachable,
-        rejected,
+        rejected: outcome.rejected,
         deferred: outcome.deferred,
     })
 }
@@ -345,6 +397,7 @@ pub fn run_submit(
         let (store, snapshot) = super::read_snapshot(&config)?;
         let plan = plan::plan(&config, &snapshot, engine::now(), &request);
         print_plan(settings, &plan, store.as_ref());
+        print_submissions(settings, &config, store.as_ref(), &plan, &snapshot)?;
         return Ok(0);
     }
     let lock = plan_lock(&config, true)?;
@@ -352,7 +405,10 @@ pub fn run_submit(
     reconcile_all(&config, &mut store)?;
     let submitted = submit_request(&config, &mut store, &request)?;
     drop(lock);
-    print_submitted(settings, &submitted.rows);
+    // Over a refusal with nothing submitted, the error says it all.
+    if !submitted.rows.is_empty() || submitted.rejected.is_empty() {
+        print_submitted(settings, &submitted.rows);
+    }
     submitted.report_problems(settings);
     if let Some(err) = submitted.failure(
         "the runs that reached the cluster are recorded; `nfslurm sync` submits the rest later",
@@ -388,6 +444,13 @@ pub fn follow(
     if ids.is_empty() {
         return Ok(0);
     }
+    // A forced request is consumed by the submission that carried it: from
+    // here on only retries of what is followed are submitted, or a `--force
+    // --wait` would submit the forced units again each time their runs end.
+    let request = &Request {
+        selection: request.selection.clone(),
+        force: false,
+    };
     let multi = if settings.quiet || settings.json {
         indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
     } else {
@@ -409,12 +472,34 @@ pub fn follow(
     let cap = if local { base * 2 } else { base * 8 };
     let mut interval = base;
     let mut last_done = 0;
+    // Off a terminal (cron, a pipe, CI logs) bars are hidden: say each change
+    // on a line of its own instead.
+    let lines =
+        !settings.quiet && !settings.json && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut seen: std::collections::HashMap<i64, crate::model::RunState> =
+        std::collections::HashMap::new();
     loop {
         {
             let _lock = plan_lock(config, true)?;
             reconcile_all(config, store)?;
         }
         let runs = store.runs_by_ids(&ids)?;
+        if lines {
+            for r in &runs {
+                if seen.insert(r.id, r.state) != Some(r.state) {
+                    let mut line = format!("{}: {}", r.key, r.state);
+                    if let Some(job) = &r.job_id {
+                        line.push_str(&format!(" (job {job})"));
+                    }
+                    if !r.state.in_flight()
+                        && let Some(reason) = &r.reason
+                    {
+                        line.push_str(&format!(": {}", output::printable(reason)));
+                    }
+                    eprintln!("{line}");
+                }
+            }
+        }
         let done = runs.iter().filter(|r| !r.state.in_flight()).count();
         for (index, pipeline) in config.pipelines.iter().enumerate() {
             let mine: Vec<_> = runs
@@ -484,7 +569,7 @@ pub fn follow(
                 }
                 None => {
                     multi.clear().ok();
-                    return Ok(finish_follow(settings, &plan, &followed));
+                    return Ok(finish_follow(settings, store, &plan, &followed));
                 }
             }
         }
@@ -506,7 +591,12 @@ pub fn follow(
 }
 
 /// The end of `--wait`: how the followed units ended; 3 if any is not done.
-fn finish_follow(settings: &Settings, plan: &Plan, followed: &HashSet<&UnitKey>) -> i32 {
+fn finish_follow(
+    settings: &Settings,
+    store: &Store,
+    plan: &Plan,
+    followed: &HashSet<&UnitKey>,
+) -> i32 {
     let units: Vec<_> = plan
         .units
         .iter()
@@ -529,6 +619,15 @@ fn finish_follow(settings: &Settings, plan: &Plan, followed: &HashSet<&UnitKey>)
                 output::unit_state(u.state),
                 u.detail.as_deref().unwrap_or("")
             );
+            // Why, at a glance: the end of the failed attempt's log.
+            let tail = u
+                .last_run_id
+                .and_then(|id| store.run(id).ok())
+                .filter(|r| r.state.is_failure())
+                .and_then(|r| output::log_tail(&r.log_path, output::LOG_TAIL_LINES));
+            for line in tail.unwrap_or_default() {
+                println!("    | {line}");
+            }
         }
     }
     if not_done.is_empty() { 0 } else { 3 }

@@ -78,3 +78,9 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
     local::run_worker(&config)?;
     Ok(0)
 }
+
+/// `worker job`: runs one local job under its lock (no config needed: the
+/// worker passed everything).
+pub fn job(spec: local::JobSpec) -> anyhow::Result<i32> {
+    Ok(local::run_job(&spec)?)
+}

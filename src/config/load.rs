@@ -875,6 +875,14 @@ fn read_pipeline(
     };
 
     let config_hash = config_hash(&command, container.as_deref(), &template);
+    let config_hash_aliases = if template == super::BUNDLED_TEMPLATE {
+        super::BUNDLED_TEMPLATE_HISTORY
+            .iter()
+            .map(|old| self::config_hash(&command, container.as_deref(), old))
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(Draft {
         pipeline: Pipeline {
             name: name.to_string(),
@@ -892,6 +900,7 @@ fn read_pipeline(
             template_name,
             template,
             config_hash,
+            config_hash_aliases,
         },
         key_loc,
         deps,

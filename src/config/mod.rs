@@ -44,6 +44,13 @@ use yaml::{Ctx, Val};
 /// The bundled sbatch template (overridable by a site's or a pipeline's `template:`).
 pub const BUNDLED_TEMPLATE: &str = include_str!("../../templates/sbatch.sh.tera");
 
+/// Earlier releases' bundled templates. A unit done under one of them is not
+/// stale for that reason alone: upgrading nfslurm never reruns a study (a
+/// site's own template, changed, still does). Append the current template
+/// here whenever it changes.
+pub const BUNDLED_TEMPLATE_HISTORY: &[&str] =
+    &[include_str!("../../templates/history/sbatch-0.1-a.sh.tera")];
+
 /// The config file name searched for upward from the working directory.
 pub const CONFIG_FILE_NAME: &str = "nfslurm.yaml";
 

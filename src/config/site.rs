@@ -42,6 +42,7 @@ pub(crate) const SCHEDULER_KEYS: &[&str] = &[
     "requeue",
     "sacct_chunk",
     "submission",
+    "array_job_name",
 ];
 
 /// The scheduler keys a pipeline may override (they apply per job).
@@ -66,6 +67,7 @@ pub(crate) fn default_scheduler() -> Scheduler {
         requeue: false,
         sacct_chunk: 200,
         submission: SubmissionMode::Arrays,
+        array_job_name: crate::render::DEFAULT_ARRAY_JOB_NAME.to_string(),
     }
 }
 
@@ -121,6 +123,21 @@ pub(crate) fn apply_scheduler_keys(
                         ));
                     }
                 }
+            }
+            "array_job_name" => {
+                let text = val.raw_str(ctx)?;
+                crate::render::array_job_name(text, "study", "pipeline").map_err(|e| {
+                    ctx.src.at(
+                        val.loc(),
+                        val.path,
+                        format!("`{}` is not a usable job name template: {e}", val.path),
+                        Some(
+                            "a Tera template over `study` and `pipeline`, such as `nf-{{ study }}-{{ pipeline }}`"
+                                .to_string(),
+                        ),
+                    )
+                })?;
+                sched.array_job_name = text.to_string();
             }
             _ => unreachable!("scheduler key lists and this match agree"),
         }

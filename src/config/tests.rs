@@ -393,6 +393,31 @@ fn submission_arrays_is_accepted() {
 }
 
 #[test]
+fn array_job_names_say_study_and_pipeline_and_are_configurable() {
+    let c = ok(MINIMAL);
+    assert_eq!(
+        crate::render::array_job_name(&c.site.scheduler.array_job_name, "study", "qsiprep")
+            .unwrap(),
+        "nf-study-qsiprep"
+    );
+    // The study is the config folder's name (`/study/nfslurm.yaml` here).
+    assert_eq!(crate::render::study_name(&c), "study");
+    let c = ok(&format!(
+        "{MINIMAL}scheduler:\n  array_job_name: \"{{{{ pipeline }}}}@{{{{ study }}}}\"\n"
+    ));
+    assert_eq!(
+        c.site.scheduler.array_job_name,
+        "{{ pipeline }}@{{ study }}"
+    );
+    let e = err(&format!(
+        "{MINIMAL}scheduler:\n  array_job_name: \"nf-{{{{ subject }}}}\"\n"
+    ));
+    assert!(e.contains("nfslurm.yaml:5:19"), "{e}");
+    assert!(e.contains("not a usable job name template"), "{e}");
+    assert!(e.contains("subject"), "{e}");
+}
+
+#[test]
 fn local_site_and_executor() {
     let c = ok(&format!(
         "{MINIMAL}site: local\nexecutor: local\nlocal: {{ cpus: 2, mem: 3G }}\n"

@@ -115,8 +115,10 @@ pub struct Scheduler {
     pub requeue: bool,
     /// sacct IDs per call.
     pub sacct_chunk: usize,
-    /// `jobs` or `arrays` (Scale issue); only `jobs` for now.
+    /// `arrays` (the default) or `jobs`.
     pub submission: SubmissionMode,
+    /// Tera template of an array job's name (`study`, `pipeline`).
+    pub array_job_name: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +179,9 @@ pub struct Pipeline {
     pub template: String,
     /// Hash of command, container and template: a change makes done units stale.
     pub config_hash: String,
+    /// The hashes the same command and container had under earlier
+    /// releases' bundled templates (empty for a site's own template).
+    pub config_hash_aliases: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

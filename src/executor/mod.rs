@@ -26,6 +26,9 @@ pub struct Prepared {
     pub mem_mb: u64,
     pub time_limit_s: u64,
     pub gpus: u32,
+    /// The script's shared `#SBATCH` directives (all but job name, output,
+    /// error, comment and array): units share an array only when these agree.
+    pub directives: Vec<String>,
     /// A retry of a failed run: always a single job, never an array task.
     pub retry: bool,
     /// Runs it waits for: earlier in this batch, or already in flight.
@@ -37,8 +40,10 @@ pub struct Prepared {
 pub struct SubmitOutcome {
     /// Run ID and the job ID the executor gave it.
     pub submitted: Vec<(i64, String)>,
-    /// Runs the executor refused for good (bad request): already marked failed.
-    pub rejected: Vec<(i64, String)>,
+    /// Submissions the scheduler refused (a bad request: a config error),
+    /// one per refused call. Their runs are in no other list: the engine
+    /// withdraws them, so nothing of them stays behind.
+    pub rejected: Vec<Rejected>,
     /// Runs never handed over (an upstream run could not be submitted, or a
     /// submit limit was hit): their intents are withdrawn.
     pub withdrawn: Vec<i64>,
@@ -46,6 +51,15 @@ pub struct SubmitOutcome {
     pub deferred: usize,
     /// Set when the cluster could not be reached: the command exits 2.
     pub unreachable: Option<String>,
+}
+
+/// One submission the scheduler refused.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    /// The runs it held (run ID, unit).
+    pub runs: Vec<(i64, UnitKey)>,
+    /// What was refused and why, naming the template line when one is to blame.
+    pub message: String,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::config::{Config, NotifyEvent};
 use crate::model::UnitState;
-use crate::plan::Plan;
+use crate::plan::{Plan, UnitPlan};
 
 /// One notification: `subject` is one line (an email subject), `body` the
 /// whole message, its first line the subject.
@@ -60,6 +60,18 @@ pub fn new_events(
     health: &SyncHealth,
     reported: &Reported,
 ) -> (Vec<Message>, Vec<(String, Option<String>)>) {
+    new_events_with(config, plan, health, reported, &|_| None)
+}
+
+/// As [`new_events`], quoting for each failed unit the last lines of its
+/// failed attempt's log that `log_tail` gives.
+pub fn new_events_with(
+    config: &Config,
+    plan: &Plan,
+    health: &SyncHealth,
+    reported: &Reported,
+    log_tail: &dyn Fn(&UnitPlan) -> Option<Vec<String>>,
+) -> (Vec<Message>, Vec<(String, Option<String>)>) {
     let n = &config.notifications;
     let baseline = reported.get("baseline").is_none();
     let study = study_name(config);
@@ -88,6 +100,9 @@ pub fn new_events(
         for u in failed.iter().take(LIST_MAX) {
             let detail = u.detail.as_deref().unwrap_or("attempts exhausted");
             body.push_str(&format!("- {}: {detail}\n", u.key));
+            for line in log_tail(u).unwrap_or_default() {
+                body.push_str(&format!("    | {line}\n"));
+            }
         }
         if failed.len() > LIST_MAX {
             body.push_str(&format!(
@@ -304,6 +319,26 @@ mod tests {
         let (msgs, _) = new_events(&c, &plan, &healthy, &reported);
         assert_eq!(msgs.len(), 1);
         assert_eq!(msgs[0].event, NotifyEvent::Failed);
+    }
+
+    #[test]
+    fn a_failure_message_quotes_the_end_of_the_failed_log() {
+        let plan = Plan {
+            units: vec![unit("bids", "01", UnitState::Failed, Some(3))],
+            actions: vec![],
+        };
+        let tail = |u: &UnitPlan| {
+            (u.last_run_id == Some(3)).then(|| vec!["bash: dcm2nix: command not found".to_string()])
+        };
+        let (msgs, _) =
+            new_events_with(&config(), &plan, &SyncHealth::default(), &baseline(), &tail);
+        assert!(
+            msgs[0]
+                .body
+                .contains("    | bash: dcm2nix: command not found\n"),
+            "{}",
+            msgs[0].body
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::engine;
 use crate::plan::{self, Request};
 use crate::state::{self, Store};
 
-pub use events::{Message, Reported, SyncHealth, new_events};
+pub use events::{Message, Reported, SyncHealth, new_events, new_events_with};
 pub use send::{DELIVERY_TIMEOUT, deliver, redact_url};
 
 /// `meta` key: the Unix time the last sync ended.
@@ -79,7 +79,14 @@ fn after_sync_inner(
         let reported = read_reported(store)?;
         let snapshot = store.snapshot()?;
         let plan = plan::plan(config, &snapshot, now, &Request::default());
-        let (new, marks) = new_events(config, &plan, &health, &reported);
+        let tail = |u: &crate::plan::UnitPlan| {
+            let run = snapshot.runs.get(&u.last_run_id?)?;
+            run.state
+                .is_failure()
+                .then(|| crate::output::log_tail(&run.log_path, crate::output::LOG_TAIL_LINES))
+                .flatten()
+        };
+        let (new, marks) = new_events_with(config, &plan, &health, &reported, &tail);
         messages = new;
         writes.extend(
             marks

@@ -182,6 +182,50 @@ pub fn json_printed() -> bool {
     JSON_PRINTED.load(Ordering::Relaxed)
 }
 
+/// How many lines of a failed run's log `show`, the `--wait` summary and
+/// notifications quote.
+pub const LOG_TAIL_LINES: usize = 5;
+
+/// The last `lines` non-empty lines of a log, from its last 16 KiB, with
+/// control characters shown as escapes (a job's output never reaches the
+/// terminal raw); `None` when the file cannot be read.
+pub fn log_tail(path: &std::path::Path, lines: usize) -> Option<Vec<String>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    let from = len.saturating_sub(16 * 1024);
+    file.seek(SeekFrom::Start(from)).ok()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut all: Vec<&str> = text.lines().collect();
+    if from > 0 && !all.is_empty() {
+        // The first line read may be cut.
+        all.remove(0);
+    }
+    let kept: Vec<String> = all
+        .iter()
+        .rev()
+        .filter(|l| !l.trim().is_empty())
+        .take(lines)
+        .map(|l| printable(l))
+        .collect();
+    Some(kept.into_iter().rev().collect())
+}
+
+/// Text with control characters (but tabs) escaped, for the terminal.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 pub fn print_json(value: &serde_json::Value) {
     mark_json_printed();
     println!(
@@ -201,6 +245,28 @@ mod tests {
         assert_eq!(duration(3720), "1h02m");
         assert_eq!(megabytes(512), "512M");
         assert_eq!(megabytes(8192), "8.0G");
+    }
+
+    #[test]
+    fn a_log_tail_is_its_last_lines_with_control_characters_escaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("attempt-1.out");
+        let mut text = String::new();
+        for i in 0..5000 {
+            text.push_str(&format!("line {i}\n"));
+        }
+        text.push_str("bash: line 3: qsiprpe: command not found\n\n\x1b[31mred\x07\n");
+        std::fs::write(&log, text).unwrap();
+        let tail = log_tail(&log, 3).unwrap();
+        assert_eq!(
+            tail,
+            vec![
+                "line 4999",
+                "bash: line 3: qsiprpe: command not found",
+                "\\u{1b}[31mred\\u{7}"
+            ]
+        );
+        assert_eq!(log_tail(&dir.path().join("gone.out"), 3), None);
     }
 }
 

@@ -189,6 +189,15 @@ fn retrying_detail(at: i64) -> String {
 }
 
 fn failure_detail(run: &RunRow) -> String {
+    if let Some(code) = run.exit_code.filter(|&c| crate::model::cannot_run(c))
+        && run.state == RunState::Failed
+    {
+        return format!(
+            "attempt {} failed: {}, not retried",
+            run.attempt,
+            crate::model::exit_reason(code)
+        );
+    }
     let mut text = format!("attempt {} {}", run.attempt, run.state);
     if let Some(code) = run.exit_code
         && code != 0
@@ -480,16 +489,33 @@ fn evaluate<'s>(
     let upstream_units: Vec<&UnitPlan> = up_idx.iter().map(|&i| &done_units[i]).collect();
     // An upstream unit that is anything but done will produce new output
     // (or is stuck trying to): this unit's output is out of date with it.
-    let upstream_moving = upstream_units.iter().any(|u| u.state != UnitState::Done);
+    // An upstream run that this unit's last success consumed (its job ran
+    // after that run succeeded: afterok, or the worker's own check) is that
+    // upstream's output even while its end is not recorded yet, as when a
+    // sync sees the downstream job end before the upstream one.
+    let consumed = |i: usize| -> Option<i64> {
+        let up = &done_units[i];
+        let id = up.last_run_id?;
+        (matches!(up.state, UnitState::Queued | UnitState::Running)
+            && success?.inputs.contains(&id))
+        .then_some(id)
+    };
+    let upstream_moving = up_idx
+        .iter()
+        .any(|&i| done_units[i].state != UnitState::Done && consumed(i).is_none());
     let inputs_changed = success.is_some_and(|s| {
-        let current = up_idx.iter().filter_map(|&i| done_facts[i].success_id());
+        let current = up_idx
+            .iter()
+            .filter_map(|&i| consumed(i).or(done_facts[i].success_id()));
         !same_set(current, &s.inputs)
     });
 
     let need = if forced {
         Some(Reason::Forced)
     } else if let Some(s) = success {
-        if s.config_hash != pipeline.config_hash {
+        if s.config_hash != pipeline.config_hash
+            && !pipeline.config_hash_aliases.contains(&s.config_hash)
+        {
             Some(Reason::ConfigChanged)
         } else if upstream_moving || inputs_changed {
             Some(Reason::UpstreamChanged)
@@ -513,7 +539,12 @@ fn evaluate<'s>(
             let exhausted = if run.state.is_infra() {
                 rec.infra_attempts > config.retry.infra_max
             } else {
+                // A command that cannot run is not retried (until `retry`
+                // resets the budget).
                 rec.attempts >= max_attempts
+                    || (rec.attempts > 0
+                        && run.state == RunState::Failed
+                        && run.exit_code.is_some_and(crate::model::cannot_run))
             };
             if exhausted {
                 unit.state = UnitState::Failed;

@@ -45,6 +45,7 @@ pub fn on_run_end(
 ) -> UnitUpdate {
     let mut update = UnitUpdate {
         unit_id: unit.id,
+        run_id: Some(run.id),
         ..Default::default()
     };
     let end = run.ended_at.unwrap_or(now);
@@ -54,6 +55,20 @@ pub fn on_run_end(
             update.attempts = Some(0);
             update.infra_attempts = Some(0);
             update.next_attempt_at = Some(None);
+        }
+        RunState::Failed if run.exit_code.is_some_and(crate::model::cannot_run) => {
+            // A typo in the command or a missing image: no retry can help.
+            let attempts = unit.attempts + 1;
+            update.attempts = Some(attempts);
+            update.next_attempt_at = Some(None);
+            update.audit = Some((
+                run.state.to_string(),
+                "failed".to_string(),
+                format!(
+                    "{}: not retried, fix the command or the image, then `nfslurm retry`",
+                    crate::model::exit_reason(run.exit_code.unwrap_or(127))
+                ),
+            ));
         }
         RunState::Failed | RunState::Timeout | RunState::Oom => {
             let attempts = unit.attempts + 1;

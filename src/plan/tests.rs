@@ -474,3 +474,80 @@ fn subject_level_after_subject_level_waits_for_the_same_subject() {
     };
     assert_eq!(plan.actions[up].key, key("qsiprep", "02", None));
 }
+
+/// Found by `scripts/chaos.sh`: a sync that saw a downstream job end before
+/// the upstream job it ran after (sacct lag) took the upstream as rerunning
+/// and ran the downstream unit a second time.
+#[test]
+fn downstream_end_seen_before_its_upstream_end_is_not_stale() {
+    let mut world = World::new(&[("01", "1"), ("01", "2")]);
+    let b1 = world.add_run(&key("bids", "01", Some("1")), RunState::Succeeded, vec![]);
+    // bids ses-2 ended too, but this sync still has it running.
+    let b2 = world.add_run(&key("bids", "01", Some("2")), RunState::Running, vec![]);
+    world.add_run(
+        &key("qsiprep", "01", None),
+        RunState::Succeeded,
+        vec![b1, b2],
+    );
+    let plan = world.plan(&Request::default());
+    assert!(
+        !action_keys(&plan).contains(&"qsiprep/sub-01".to_string()),
+        "{:?}",
+        action_keys(&plan)
+    );
+    assert_eq!(
+        state_of(&plan, &key("qsiprep", "01", None)),
+        UnitState::Done
+    );
+    // When it is recorded, nothing changes either.
+    world.snap.runs.get_mut(&b2).unwrap().state = RunState::Succeeded;
+    let unit = world
+        .snap
+        .units
+        .get_mut(&key("bids", "01", Some("2")))
+        .unwrap();
+    unit.success_run_id = Some(b2);
+    let plan = world.plan(&Request::default());
+    assert_eq!(
+        state_of(&plan, &key("qsiprep", "01", None)),
+        UnitState::Done
+    );
+    // A rerun of that upstream (a new run, not the one consumed) still makes
+    // the downstream stale.
+    world.add_run(&key("bids", "01", Some("2")), RunState::Running, vec![]);
+    let plan = world.plan(&Request::default());
+    assert_ne!(
+        state_of(&plan, &key("qsiprep", "01", None)),
+        UnitState::Done
+    );
+}
+
+/// Upgrading nfslurm changes its bundled template; a study done under the
+/// previous one must not rerun for that alone.
+#[test]
+fn units_done_under_an_earlier_bundled_template_are_not_stale() {
+    let mut world = World::new(&[("01", "1")]);
+    world.complete_all();
+    let p = &world.config.pipelines[0];
+    let old = crate::config::config_hash(
+        &p.command,
+        p.container.as_deref(),
+        crate::config::BUNDLED_TEMPLATE_HISTORY[0],
+    );
+    assert_ne!(old, p.config_hash, "the bundled template changed since");
+    assert!(p.config_hash_aliases.contains(&old));
+    for run in world.snap.runs.values_mut() {
+        if run.key.pipeline == "bids" {
+            run.config_hash = old.clone();
+        }
+    }
+    assert!(world.plan(&Request::default()).actions.is_empty());
+    // A hash no template of nfslurm ever gave is a config change.
+    for run in world.snap.runs.values_mut() {
+        if run.key.pipeline == "bids" {
+            run.config_hash = "a site's older template".into();
+        }
+    }
+    let plan = world.plan(&Request::default());
+    assert_eq!(plan.actions[0].reason, Reason::ConfigChanged);
+}

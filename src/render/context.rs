@@ -214,6 +214,13 @@ pub(crate) fn script_context(input: &ScriptInput, command: &str) -> Result<Conte
         map(vec![
             ("runtime", raw(runtime.as_str())),
             ("image", opt(&p.container)),
+            // A file the job checks before it starts the container (not a
+            // `docker://` or `library://` URI), so a missing image ends the
+            // job at once with exit 126: "the command cannot run".
+            (
+                "image_file",
+                opt(&p.container.as_ref().filter(|i| !i.contains("://")).cloned()),
+            ),
             ("options", list(&settings.options)),
             ("binds", list(&p.binds)),
             ("env", Value::from(env)),

@@ -313,6 +313,65 @@ impl Renderer {
     }
 }
 
+/// The default `scheduler.array_job_name`: whose study, which pipeline.
+pub const DEFAULT_ARRAY_JOB_NAME: &str = "nf-{{ study }}-{{ pipeline }}";
+
+/// The name of an array job: `template` (Tera, with `study` and `pipeline`)
+/// rendered, whitespace and control characters made `_` (sbatch takes the
+/// name as one argument; squeue prints it in a column). An error when the
+/// template does not parse, uses another variable, or renders to nothing.
+pub fn array_job_name(template: &str, study: &str, pipeline: &str) -> Result<String, String> {
+    let mut tera = new_tera();
+    tera.add_raw_template("array_job_name", template)
+        .map_err(|e| describe(&e).0)?;
+    let mut ctx = Context::new();
+    ctx.insert("study", study);
+    ctx.insert("pipeline", pipeline);
+    let text = tera
+        .render("array_job_name", &ctx)
+        .map_err(|e| describe(&e).0)?;
+    let name: String = text
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_whitespace() || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        return Err("it renders to an empty name".into());
+    }
+    Ok(name)
+}
+
+/// The study's name for job names: the config folder's name, reduced to
+/// letters, digits, `.`, `_` and `-`.
+pub fn study_name(config: &Config) -> String {
+    let raw = config
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "study".into()
+    } else {
+        name
+    }
+}
+
 /// Renders the pipeline's command alone. Compiles the config's templates on
 /// every call: prefer a [`Renderer`] when rendering more than one unit.
 pub fn render_command(input: &ScriptInput) -> Result<String, RenderError> {

@@ -45,6 +45,7 @@ fn scheduler() -> Scheduler {
         requeue: false,
         sacct_chunk: 200,
         submission: SubmissionMode::Jobs,
+        array_job_name: crate::render::DEFAULT_ARRAY_JOB_NAME.to_string(),
     }
 }
 
@@ -75,6 +76,7 @@ fn pipeline(name: &str, level: Level, command: &str) -> Pipeline {
         template_name: "bundled:sbatch.sh.tera".to_string(),
         template: TEMPLATE.to_string(),
         config_hash: "0".to_string(),
+        config_hash_aliases: Vec::new(),
     }
 }
 

@@ -293,6 +293,9 @@ impl RunUpdate {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UnitUpdate {
     pub unit_id: i64,
+    /// The run whose end this update follows from, if any: the update is
+    /// dropped with the run's when that run had already ended.
+    pub run_id: Option<i64>,
     pub attempts: Option<u32>,
     pub infra_attempts: Option<u32>,
     pub next_attempt_at: Option<Option<i64>>,
@@ -554,6 +557,15 @@ impl Store {
         }
     }
 
+    /// A write transaction that takes the write lock at once (`BEGIN
+    /// IMMEDIATE`): a deferred one that reads first and writes later gets
+    /// "database is locked" at once, without waiting, when another process
+    /// wrote in between; an immediate one waits for the busy timeout instead.
+    fn write_tx(&mut self) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+        self.conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+    }
+
     pub fn conn(&self) -> &Connection {
         &self.conn
     }
@@ -584,7 +596,7 @@ impl Store {
     /// updated when their validity changed. Sessions that disappeared from disk
     /// are kept: nothing is ever forgotten silently.
     pub fn register_sessions(&mut self, found: &[SessionRow], now: i64) -> Result<SessionChanges> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write_tx()?;
         let mut changes = SessionChanges::default();
         {
             let mut known = HashMap::new();
@@ -899,7 +911,7 @@ impl Store {
     /// call, and returns their IDs in the same order. `depends_on` entries
     /// that are negative refer to runs of this same batch (`-1 - index`).
     pub fn create_runs(&mut self, new_runs: &[NewRun], now: i64) -> Result<Vec<i64>> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write_tx()?;
         let mut ids = Vec::with_capacity(new_runs.len());
         {
             let mut ensure_unit = tx.prepare_cached(
@@ -974,7 +986,7 @@ impl Store {
 
     /// Gives runs new tokens (array tasks: `<array token>_<task>`), before sbatch.
     pub fn set_tokens(&mut self, tokens: &[(i64, String)]) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write_tx()?;
         {
             let mut stmt = tx.prepare_cached("UPDATE runs SET token = ?2 WHERE id = ?1")?;
             for (id, token) in tokens {
@@ -999,7 +1011,8 @@ impl Store {
         if runs.is_empty() && units.is_empty() {
             return Ok(());
         }
-        let tx = self.conn.transaction()?;
+        let tx = self.write_tx()?;
+        let mut stale_runs: Vec<i64> = Vec::new();
         {
             let mut current = tx.prepare_cached("SELECT state, unit_id FROM runs WHERE id = ?1")?;
             let mut update = tx.prepare_cached(
@@ -1016,6 +1029,16 @@ impl Store {
             for u in runs {
                 let (old, unit_id): (String, i64) =
                     current.query_row([u.run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                // An ended run stays as it ended: a late report (a worker
+                // recording a job `nfslurm cancel` just stopped, two
+                // processes racing) never rewrites it, nor its unit.
+                if let Some(new) = u.state
+                    && new.as_str() != old
+                    && !RunState::parse(&old).is_none_or(RunState::in_flight)
+                {
+                    stale_runs.push(u.run_id);
+                    continue;
+                }
                 update.execute(params![
                     u.run_id,
                     u.state.map(RunState::as_str),
@@ -1071,6 +1094,9 @@ impl Store {
                  success_run_id = COALESCE(?11, success_run_id) WHERE id = ?1",
             )?;
             for u in units {
+                if u.run_id.is_some_and(|id| stale_runs.contains(&id)) {
+                    continue;
+                }
                 unit_update.execute(params![
                     u.unit_id,
                     u.attempts,
@@ -1099,7 +1125,7 @@ impl Store {
         if run_ids.is_empty() {
             return Ok(());
         }
-        let tx = self.conn.transaction()?;
+        let tx = self.write_tx()?;
         for &id in run_ids {
             let unit_id: Option<i64> = tx
                 .query_row("SELECT unit_id FROM runs WHERE id = ?1", [id], |r| r.get(0))

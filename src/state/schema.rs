@@ -109,7 +109,14 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<i64> {
         )));
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let tx = conn.transaction()?;
+        // Immediate, and the version read again under the write lock: two
+        // processes opening a new study at once migrate it once.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if now > index as i64 {
+            tx.commit()?;
+            continue;
+        }
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (index + 1) as i64)?;
         tx.commit()?;

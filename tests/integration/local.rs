@@ -413,3 +413,115 @@ fn submit_hands_runs_to_the_worker_and_stop_lets_running_jobs_finish() {
     study.ok(&["submit", "--all", "--wait"]);
     assert!(study.unit_states().values().all(|s| s == "done"));
 }
+
+/// A typo in a command was retried with the full backoff, silently, and the
+/// log line saying why was never shown.
+#[test]
+fn a_command_that_cannot_run_fails_at_once_and_its_log_is_shown() {
+    let study = chain_study("local", 1, 1, "dcm2niixx --version");
+    study.ok(&["discover"]);
+    let out = study.run(&["submit", "--all", "--wait"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    // One attempt, not max_attempts: retrying cannot fix a missing command.
+    let runs = study.runs();
+    let bids: Vec<_> = runs.iter().filter(|r| r["pipeline"] == "bids").collect();
+    assert_eq!(bids.len(), 1, "{runs:?}");
+    assert_eq!(bids[0]["exit_code"], 127);
+    let reason = bids[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("the command cannot run"), "{reason}");
+    let states = study.unit_states();
+    assert_eq!(states["bids/sub-01/ses-1"], "failed");
+    assert_eq!(states["qsiprep/sub-01"], "blocked");
+    // The --wait summary quotes the log; off a terminal, a line per change.
+    assert!(stdout.contains("| "), "{stdout}");
+    assert!(stdout.contains("dcm2niixx: command not found"), "{stdout}");
+    assert!(
+        stderr.contains("bids/sub-01/ses-1: running")
+            && stderr.contains("bids/sub-01/ses-1: failed"),
+        "{stderr}"
+    );
+    // show says it too, as text and JSON.
+    let show = study.ok(&["show", "bids/sub-01/ses-1"]);
+    assert!(show.contains("last lines of attempt 1's log"), "{show}");
+    assert!(show.contains("dcm2niixx: command not found"), "{show}");
+    let json = study.json(&["show", "bids/sub-01/ses-1"]);
+    let tail = json["log_tail"].as_array().unwrap();
+    assert!(
+        tail.iter()
+            .any(|l| l.as_str().unwrap().contains("command not found")),
+        "{json}"
+    );
+    // `retry` resets the budget: it runs once more (and fails at once again).
+    study.ok(&["retry", "--failed"]);
+    let out = study.run(&["submit", "--all", "--wait"]);
+    assert_eq!(out.status.code(), Some(3));
+    let runs = study.runs();
+    assert_eq!(runs.iter().filter(|r| r["pipeline"] == "bids").count(), 2);
+}
+
+#[test]
+fn a_missing_container_image_fails_the_unit_at_once() {
+    let study = crate::common::Study::new();
+    study.write(
+        "site.yaml",
+        "name: lab\nscheduler: { partition: null }\ncontainer: { runtime: apptainer, options: [], binds: [] }\n",
+    );
+    study.write(
+        "nfslurm.yaml",
+        r#"version: 1
+site: site.yaml
+executor: local
+paths: { dicom_root: dicom }
+discovery:
+  mapping: { file: mapping.csv }
+  validation: { min_files: 1 }
+  settle: 0s
+pipelines:
+  bids:
+    level: session
+    container: /nonexistent/heudiconv.sif
+    command: heudiconv --version
+"#,
+    );
+    study.session_folder("S1", 1);
+    study.write("mapping.csv", "ScanID,SubjectCode,SessionID\nS1,01,1\n");
+    study.ok(&["discover"]);
+    let out = study.run(&["submit", "--all", "--wait"]);
+    assert_eq!(out.status.code(), Some(3));
+    let runs = study.runs();
+    assert_eq!(runs.len(), 1, "not retried: {runs:?}");
+    assert_eq!(runs[0]["exit_code"], 126);
+    let show = study.ok(&["show", "bids/sub-01/ses-1"]);
+    assert!(
+        show.contains("container image /nonexistent/heudiconv.sif not found"),
+        "{show}"
+    );
+}
+
+/// `submit --force --wait` re-planned with the same forced request each time
+/// the followed runs ended, and submitted the forced units without end.
+#[test]
+fn a_forced_request_is_consumed_once_and_wait_ends() {
+    let study = chain_study("local", 2, 1, "");
+    study.ok(&["discover"]);
+    study.ok(&["submit", "--all", "--wait"]);
+    assert_eq!(study.runs().len(), 8);
+    let out = study
+        .cmd()
+        .args(["submit", "--force", "--pipeline", "qsiparc", "--wait"])
+        .timeout(std::time::Duration::from_secs(60))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let runs = study.runs();
+    assert_eq!(runs.len(), 10, "one forced run per qsiparc unit: {runs:?}");
+    assert_eq!(
+        runs.iter()
+            .filter(|r| r["reason"] == "forced" || r["plan_reason"] == "forced")
+            .count(),
+        2,
+        "{runs:?}"
+    );
+}

@@ -3,9 +3,11 @@
 //! `scripts/slurm-test-cluster.sh` starts.
 
 mod arrays;
+mod chaos;
 mod common;
 mod failures;
 mod hardening;
 mod local;
 mod ops;
 mod slurm;
+mod templates;

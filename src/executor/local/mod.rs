@@ -3,17 +3,28 @@
 //! within the configured CPUs and memory.
 //!
 //! `submit` records runs as `pending` and makes sure a worker is running; the
-//! worker is the only process that starts local jobs. It holds
-//! `<state_dir>/worker.lock` for its lifetime, so "is a worker alive" is a
-//! lock test, immune to PID reuse; it exits on its own when nothing is left.
+//! worker is the only process that starts local jobs and records their
+//! states. It holds `<state_dir>/worker.lock` for its lifetime, so "is a
+//! worker alive" is a lock test, immune to PID reuse; it exits on its own
+//! when nothing is left.
+//!
+//! Each job runs under a wrapper (see [`job`]) that outlives the worker and
+//! keeps the job's outcome beside its log, so a worker killed at any moment
+//! loses nothing and runs nothing twice: the next worker (started by the
+//! next `sync` or `submit`) adopts jobs still running and records those that
+//! ended.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+mod job;
+
+pub use job::{JobFiles, JobSpec, JobStatus, Probe, run_job};
 
 use crate::config::Config;
 use crate::engine;
@@ -23,8 +34,20 @@ use crate::state::{self, RunRow, RunUpdate, Store};
 
 pub const WORKER_LOCK: &str = "worker.lock";
 pub const WORKER_PID: &str = "worker.pid";
-/// Why a run the worker was running is `lost` when the worker is gone.
-const WORKER_GONE: &str = "the local worker stopped while the job ran";
+/// The lock `submit` and `sync` hold while they plan and submit.
+pub const PLAN_LOCK: &str = "plan.lock";
+/// Why a run whose job started but left no outcome is an infrastructure failure.
+const JOB_ABANDONED: &str =
+    "the job's wrapper was killed while it ran: its outcome is unknown, so it runs again";
+
+fn pending_update(run_id: i64) -> RunUpdate {
+    RunUpdate {
+        run_id,
+        state: Some(RunState::Pending),
+        job_id: Some(run_id.to_string()),
+        ..Default::default()
+    }
+}
 
 /// Signals received by the worker (SIGINT/SIGTERM): 1 = finish running jobs
 /// and stop, 2 or more = kill them too.
@@ -92,7 +115,6 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 }
 
 pub struct LocalExecutor {
-    state_dir: PathBuf,
     config: Config,
     /// Start a worker after submitting (off in tests that drive the worker).
     pub autostart: bool,
@@ -101,7 +123,6 @@ pub struct LocalExecutor {
 impl LocalExecutor {
     pub fn new(config: &Config) -> LocalExecutor {
         LocalExecutor {
-            state_dir: config.paths.state_dir.clone(),
             config: config.clone(),
             autostart: true,
         }
@@ -117,29 +138,18 @@ impl Executor for LocalExecutor {
         &mut self,
         _store: &Store,
         open: &[RunRow],
-        now: i64,
+        _now: i64,
     ) -> Result<Vec<RunUpdate>, ExecError> {
-        if worker_alive(&self.state_dir) {
-            return Ok(Vec::new());
-        }
-        // No worker: a run it was running has no one to finish it.
-        let mut updates = Vec::new();
-        let mut pending = false;
-        for run in open {
-            match run.state {
-                RunState::Running => {
-                    updates.push(RunUpdate::ended(run.id, RunState::Lost, WORKER_GONE, now))
-                }
-                RunState::Submitting => updates.push(RunUpdate {
-                    run_id: run.id,
-                    state: Some(RunState::Pending),
-                    job_id: Some(run.id.to_string()),
-                    ..Default::default()
-                }),
-                _ => pending = true,
-            }
-        }
-        if (pending || !updates.is_empty()) && self.autostart {
+        // The caller holds the plan lock, so a `submitting` run is an intent
+        // a killed `submit` or `sync` left: hand it to the worker. Jobs that
+        // ran or run are the worker's to record (it adopts what a killed
+        // worker left, from the jobs' own files): one writer of their state.
+        let updates: Vec<RunUpdate> = open
+            .iter()
+            .filter(|r| r.state == RunState::Submitting)
+            .map(|r| pending_update(r.id))
+            .collect();
+        if !open.is_empty() && self.autostart {
             ensure_worker(&self.config)?;
         }
         Ok(updates)
@@ -182,12 +192,19 @@ impl Executor for LocalExecutor {
     ) -> Result<Vec<RunUpdate>, ExecError> {
         let mut updates = Vec::new();
         for run in runs {
-            if run.state == RunState::Running
-                && let Some(pid) = run.pid
+            let files = JobFiles::of_log(&run.log_path);
+            // Not started: fence it so that no wrapper ever starts it.
+            // Started: end its process group (the lock says it still runs).
+            let fenced = files
+                .fence()
+                .map_err(|e| ExecError::Other(format!("cannot cancel run {}: {e}", run.id)))?;
+            if !fenced
+                && let Ok(Probe::Running(pgid)) = files.probe()
+                && pgid > 0
             {
-                // SAFETY: plain kill(2) of the job's process group.
+                // SAFETY: kill(2) of the job's process group, which holds its lock.
                 unsafe {
-                    libc::kill(-(pid as i32), libc::SIGTERM);
+                    libc::kill(-pgid, libc::SIGTERM);
                 }
             }
             updates.push(RunUpdate::ended(
@@ -201,39 +218,85 @@ impl Executor for LocalExecutor {
     }
 }
 
-/// One job the worker started.
-struct Child {
-    pid: i32,
-    started: Instant,
-    started_at: i64,
-    time_limit: Duration,
+/// A job the worker watches: one it started, or one it adopted from a
+/// worker that died.
+struct Watch {
+    /// The wrapper this worker started, until it is reaped.
+    wrapper: Option<i32>,
+    /// How the wrapper exited, once reaped.
+    wrapper_exit: Option<i32>,
+    /// The job's process group, once known.
+    pgid: i32,
     cpus: u32,
     mem_mb: u64,
-    timed_out: bool,
+    /// Ended by `worker stop --now`.
+    killed: bool,
 }
 
-/// Outcome of a finished child: (state, exit code, max RSS MB).
-fn reap(pid: i32) -> Option<(i32, i64)> {
+/// Reaps a wrapper this process started: its exit code once it has exited.
+fn reap_wrapper(pid: i32) -> Option<i32> {
     let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain data; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-    if r != pid {
-        return None;
-    }
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else if libc::WIFSIGNALED(status) {
-        128 + libc::WTERMSIG(status)
+    // SAFETY: waitpid on our own child, without blocking.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    if r == pid {
+        Some(if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            128 + libc::WTERMSIG(status)
+        })
+    } else if r < 0 {
+        // Not our child (any more): treat as exited.
+        Some(-1)
     } else {
-        1
+        None
+    }
+}
+
+/// The run update for a job whose status file says it ended.
+fn ended_update(run: &RunRow, status: &JobStatus, killed: bool, now: i64) -> RunUpdate {
+    let code = status.exit_code.unwrap_or(1);
+    let (state, reason) = if killed {
+        (
+            RunState::InfraFailed,
+            Some("killed: the local worker was stopped".to_string()),
+        )
+    } else if status.timed_out {
+        (
+            RunState::Timeout,
+            Some(format!(
+                "time limit {} reached",
+                crate::config::format_slurm_time(run.time_limit_s)
+            )),
+        )
+    } else if code == 0 {
+        (RunState::Succeeded, None)
+    } else {
+        (RunState::Failed, Some(crate::model::exit_reason(code)))
     };
-    // ru_maxrss is in kilobytes on Linux.
-    Some((code, usage.ru_maxrss / 1024))
+    let ended = status.ended_at.unwrap_or(now);
+    RunUpdate {
+        run_id: run.id,
+        state: Some(state),
+        exit_code: Some(code),
+        reason,
+        started_at: status.started_at,
+        ended_at: Some(ended),
+        elapsed_s: status.started_at.map(|s| (ended - s).max(0)),
+        max_rss_mb: status.max_rss_mb,
+        pid: status.pgid.map(i64::from),
+        ..Default::default()
+    }
+}
+
+/// A run whose job started but whose outcome nobody wrote.
+fn abandoned_update(run: &RunRow, now: i64) -> RunUpdate {
+    RunUpdate::ended(run.id, RunState::InfraFailed, JOB_ABANDONED, now)
 }
 
 /// The worker: starts pending local runs whose dependencies succeeded, within
-/// the CPU and memory limits, until nothing is left or it is told to stop.
+/// the CPU and memory limits, watches them (and any job a previous worker
+/// left running) until they end, and stops when nothing is left or it is
+/// told to.
 pub fn run_worker(config: &Config) -> anyhow::Result<()> {
     let dir = &config.paths.state_dir;
     let Some(_lock) = state::try_lock(dir, WORKER_LOCK)? else {
@@ -247,95 +310,153 @@ pub fn run_worker(config: &Config) -> anyhow::Result<()> {
     )?;
     let mut store = Store::open(dir)?;
     let limits = &config.local;
-    let mut children: HashMap<i64, Child> = HashMap::new();
+    let exe = std::env::current_exe()?;
+    let mut watched: HashMap<i64, Watch> = HashMap::new();
+    // Wrappers that exited without starting their job, per run.
+    let mut false_starts: HashMap<i64, u32> = HashMap::new();
+    let mut last_submitting_check = Instant::now() - Duration::from_secs(60);
     tracing::info!(
         cpus = limits.cpus,
         mem_mb = limits.mem_mb,
         "local worker started"
     );
 
-    // Runs marked running by a worker that died are lost (retried as infra).
-    let now = engine::now();
-    let orphans: Vec<RunUpdate> = store
-        .open_runs()?
-        .into_iter()
-        .filter(|r| r.executor == "local" && r.state == RunState::Running)
-        .map(|r| RunUpdate::ended(r.id, RunState::Lost, WORKER_GONE, now))
-        .collect();
-    engine::apply_updates(config, &mut store, &orphans, now)?;
-
     loop {
         let signals = STOP_SIGNALS.load(Ordering::SeqCst);
         let now = engine::now();
         let mut updates = Vec::new();
-
-        // Finished or overdue children.
-        let mut finished = Vec::new();
-        for (&run_id, child) in children.iter_mut() {
-            if (child.started.elapsed() > child.time_limit || signals >= 2) && !child.timed_out {
-                child.timed_out = child.started.elapsed() > child.time_limit;
-                // SAFETY: kill(2) of the job's own process group.
-                unsafe {
-                    libc::kill(-child.pid, libc::SIGTERM);
-                }
-            }
-            if let Some((code, rss)) = reap(child.pid) {
-                let state = if child.timed_out {
-                    RunState::Timeout
-                } else if signals >= 2 {
-                    RunState::InfraFailed
-                } else if code == 0 {
-                    RunState::Succeeded
-                } else {
-                    RunState::Failed
-                };
-                let reason = match state {
-                    RunState::Timeout => Some(format!(
-                        "time limit {} reached",
-                        crate::config::format_slurm_time(child.time_limit.as_secs())
-                    )),
-                    RunState::InfraFailed => Some("killed: the local worker was stopped".into()),
-                    RunState::Failed => Some(format!("exit code {code}")),
-                    _ => None,
-                };
-                updates.push(RunUpdate {
-                    run_id,
-                    state: Some(state),
-                    exit_code: Some(code),
-                    reason,
-                    ended_at: Some(now),
-                    elapsed_s: Some(now - child.started_at),
-                    max_rss_mb: Some(rss),
-                    ..Default::default()
-                });
-                finished.push(run_id);
-            }
-        }
-        for id in &finished {
-            children.remove(id);
-        }
-        // A job killed by `nfslurm cancel` is already recorded `cancelled`: keep it so.
-        if !finished.is_empty() {
-            let cancelled: Vec<i64> = store
-                .runs_by_ids(&finished)?
-                .into_iter()
-                .filter(|r| r.state == RunState::Cancelled)
-                .map(|r| r.id)
-                .collect();
-            updates.retain(|u| !cancelled.contains(&u.run_id));
-        }
-
-        // Pending runs: start, wait, or fail for their upstream.
-        let open: Vec<RunRow> = store
+        let open: HashMap<i64, RunRow> = store
             .open_runs()?
             .into_iter()
             .filter(|r| r.executor == "local")
+            .map(|r| (r.id, r))
             .collect();
-        let pending: Vec<&RunRow> = open
-            .iter()
-            .filter(|r| r.state == RunState::Pending && !children.contains_key(&r.id))
-            .collect();
-        let dep_ids: Vec<i64> = pending
+
+        // Jobs being watched: ended yet?
+        let mut gone = Vec::new();
+        for (&run_id, w) in watched.iter_mut() {
+            if let Some(pid) = w.wrapper
+                && let Some(code) = reap_wrapper(pid)
+            {
+                w.wrapper = None;
+                w.wrapper_exit = Some(code);
+            }
+            let files = open.get(&run_id).map(|r| JobFiles::of_log(&r.log_path));
+            if w.pgid == 0
+                && let Some(pgid) = files
+                    .as_ref()
+                    .and_then(|f| f.read_status())
+                    .and_then(|s| s.pgid)
+            {
+                w.pgid = pgid;
+                updates.push(RunUpdate {
+                    run_id,
+                    pid: Some(pgid as i64),
+                    ..Default::default()
+                });
+            }
+            if signals >= 2 && !w.killed && w.pgid > 0 {
+                w.killed = true;
+                // SAFETY: kill(2) of the job's own process group.
+                unsafe {
+                    libc::kill(-w.pgid, libc::SIGTERM);
+                }
+            }
+            if w.wrapper.is_some() {
+                continue;
+            }
+            let Some(run) = open.get(&run_id) else {
+                // Cancelled (or ended) by someone else: its record stands.
+                gone.push(run_id);
+                continue;
+            };
+            let files = JobFiles::of_log(&run.log_path);
+            match files.probe()? {
+                Probe::Running(_) => {}
+                Probe::Ended(status) => {
+                    updates.push(ended_update(run, &status, w.killed, now));
+                    gone.push(run_id);
+                }
+                Probe::Abandoned(_) => {
+                    updates.push(abandoned_update(run, now));
+                    gone.push(run_id);
+                }
+                Probe::Fenced => gone.push(run_id),
+                Probe::NotStarted => {
+                    // The wrapper exited without starting it: try again, a few times.
+                    let n = false_starts.entry(run_id).or_default();
+                    *n += 1;
+                    if *n >= 3 {
+                        updates.push(RunUpdate::ended(
+                            run_id,
+                            RunState::InfraFailed,
+                            &format!(
+                                "the local job wrapper could not start the job (exit code {})",
+                                w.wrapper_exit.unwrap_or(-1)
+                            ),
+                            now,
+                        ));
+                    }
+                    gone.push(run_id);
+                }
+            }
+        }
+        for id in &gone {
+            watched.remove(id);
+        }
+        // Runs recorded as running that nobody watches: a previous worker's.
+        let mut startable: Vec<&RunRow> = Vec::new();
+        let mut submitting = false;
+        for run in open.values() {
+            if watched.contains_key(&run.id) {
+                continue;
+            }
+            match run.state {
+                RunState::Running => match JobFiles::of_log(&run.log_path).probe()? {
+                    Probe::Running(pgid) => {
+                        tracing::info!(run = run.id, pgid, "adopted a running job");
+                        watched.insert(
+                            run.id,
+                            Watch {
+                                wrapper: None,
+                                wrapper_exit: None,
+                                pgid,
+                                cpus: run.cpus,
+                                mem_mb: run.mem_mb,
+                                killed: false,
+                            },
+                        );
+                    }
+                    Probe::Ended(status) => updates.push(ended_update(run, &status, false, now)),
+                    Probe::Abandoned(_) => updates.push(abandoned_update(run, now)),
+                    Probe::Fenced => updates.push(RunUpdate::ended(
+                        run.id,
+                        RunState::Cancelled,
+                        CANCELLED_BY_US,
+                        now,
+                    )),
+                    Probe::NotStarted => startable.push(run),
+                },
+                RunState::Pending => startable.push(run),
+                RunState::Submitting => submitting = true,
+                _ => {}
+            }
+        }
+        // Intents a killed `submit` or `sync` left: theirs once no one plans.
+        if submitting && last_submitting_check.elapsed() > Duration::from_secs(2) {
+            last_submitting_check = Instant::now();
+            if let Some(_plan) = state::try_lock(dir, PLAN_LOCK)? {
+                for run in store.open_runs()? {
+                    if run.executor == "local" && run.state == RunState::Submitting {
+                        updates.push(pending_update(run.id));
+                    }
+                }
+            }
+        }
+
+        // Start what is ready, or fail it for its upstream.
+        startable.sort_by_key(|r| r.id);
+        let dep_ids: Vec<i64> = startable
             .iter()
             .flat_map(|r| r.depends_on.iter().copied())
             .collect();
@@ -348,9 +469,10 @@ pub fn run_worker(config: &Config) -> anyhow::Result<()> {
             .iter()
             .filter_map(|u| u.state.map(|s| (u.run_id, s)))
             .collect();
-        let mut used_cpus: u32 = children.values().map(|c| c.cpus).sum();
-        let mut used_mem: u64 = children.values().map(|c| c.mem_mb).sum();
-        for run in &pending {
+        let mut used_cpus: u32 = watched.values().map(|c| c.cpus).sum();
+        let mut used_mem: u64 = watched.values().map(|c| c.mem_mb).sum();
+        let mut waiting = false;
+        for run in &startable {
             let mut ready = true;
             let mut failed_up = None;
             for d in &run.depends_on {
@@ -386,28 +508,40 @@ pub fn run_worker(config: &Config) -> anyhow::Result<()> {
                 });
                 continue;
             }
+            waiting = true;
             if !ready || signals > 0 {
                 continue;
             }
             let fits = (used_cpus + run.cpus <= limits.cpus
                 && used_mem + run.mem_mb <= limits.mem_mb)
-                || children.is_empty();
+                || watched.is_empty();
             if !fits {
                 continue;
             }
-            match start(config, run) {
-                Ok(child) => {
-                    used_cpus += child.cpus;
-                    used_mem += child.mem_mb;
-                    updates.push(RunUpdate {
-                        run_id: run.id,
-                        state: Some(RunState::Running),
-                        started_at: Some(child.started_at),
-                        node: Some(hostname()),
-                        pid: Some(child.pid as i64),
-                        ..Default::default()
-                    });
-                    children.insert(run.id, child);
+            match start(config, &exe, run) {
+                Ok(pid) => {
+                    used_cpus += run.cpus;
+                    used_mem += run.mem_mb;
+                    if run.state != RunState::Running {
+                        updates.push(RunUpdate {
+                            run_id: run.id,
+                            state: Some(RunState::Running),
+                            started_at: Some(now),
+                            node: Some(hostname()),
+                            ..Default::default()
+                        });
+                    }
+                    watched.insert(
+                        run.id,
+                        Watch {
+                            wrapper: Some(pid),
+                            wrapper_exit: None,
+                            pgid: 0,
+                            cpus: run.cpus,
+                            mem_mb: run.mem_mb,
+                            killed: false,
+                        },
+                    );
                 }
                 Err(e) => updates.push(RunUpdate {
                     run_id: run.id,
@@ -420,19 +554,14 @@ pub fn run_worker(config: &Config) -> anyhow::Result<()> {
         }
         engine::apply_updates(config, &mut store, &updates, now)?;
 
-        let waiting = pending.len()
-            > updates
-                .iter()
-                .filter(|u| u.state == Some(RunState::UpstreamFailed))
-                .count();
-        if children.is_empty() && (signals > 0 || !waiting) {
+        if watched.is_empty() && (signals > 0 || !waiting) && !submitting {
             // Quiet for a moment: a submit may be adding runs right now.
-            if signals == 0 && !waiting {
+            if signals == 0 {
                 std::thread::sleep(Duration::from_millis(300));
                 let more = store
                     .open_runs()?
                     .iter()
-                    .any(|r| r.executor == "local" && r.state == RunState::Pending);
+                    .any(|r| r.executor == "local" && r.state.in_flight());
                 if more {
                     continue;
                 }
@@ -457,16 +586,21 @@ fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// Starts one run's script with the environment a Slurm job would see.
-fn start(config: &Config, run: &RunRow) -> std::io::Result<Child> {
+/// Starts the wrapper of one run (`nfslurm worker job`), with the
+/// environment a Slurm job would see, in its own process group so that it
+/// outlives this worker. Returns the wrapper's PID.
+fn start(config: &Config, exe: &Path, run: &RunRow) -> std::io::Result<i32> {
     if let Some(dir) = run.log_path.parent() {
         fs::create_dir_all(dir)?;
     }
-    let log = open_append(&run.log_path)?;
-    let log2 = log.try_clone()?;
     let work_dir = crate::render::work_dir_for(config, &run.key);
     fs::create_dir_all(&work_dir)?;
-    let child = Command::new("bash")
+    let worker_log = open_append(&config.paths.state_dir.join("worker.log"))?;
+    let child = Command::new(exe)
+        .args(["worker", "job", "--time-limit"])
+        .arg(run.time_limit_s.max(1).to_string())
+        .arg("--log")
+        .arg(&run.log_path)
         .arg(&run.script_path)
         .current_dir(&config.dir)
         .env("SLURM_JOB_ID", run.id.to_string())
@@ -477,20 +611,13 @@ fn start(config: &Config, run: &RunRow) -> std::io::Result<Child> {
         .env("SLURMD_NODENAME", hostname())
         .env("NFSLURM_TOKEN", &run.token)
         .env("NFSLURM_EXECUTOR", "local")
+        .env_remove("NFSLURM_FAULT")
         .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
+        .stdout(Stdio::null())
+        .stderr(worker_log)
         .process_group(0)
         .spawn()?;
-    Ok(Child {
-        pid: child.id() as i32,
-        started: Instant::now(),
-        started_at: engine::now(),
-        time_limit: Duration::from_secs(run.time_limit_s.max(1)),
-        cpus: run.cpus,
-        mem_mb: run.mem_mb,
-        timed_out: false,
-    })
+    Ok(child.id() as i32)
 }
 
 /// Asks the worker to stop: running jobs finish, nothing new starts.

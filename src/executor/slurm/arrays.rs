@@ -1,7 +1,8 @@
 //! Job arrays (`scheduler.submission: arrays`): the shape of a submission.
 //!
-//! Units of one pipeline that share resources are submitted as one array
-//! job, indexed by subject, one array per (pipeline, session ordinal), linked
+//! Units of one pipeline whose scripts carry the same `#SBATCH` directives
+//! (all but the per-task ones, see [`super::directives`]) and the same
+//! resources are submitted as one array job, indexed by subject, one array per (pipeline, session ordinal), linked
 //! with `aftercorr` (task i after task i). What was verified on Slurm 22.05
 //! (docs/arrays.md): with `aftercorr:A`, task i of the child waits for A's
 //! task i only, and a failed A_i cancels only the child's task i; but a child
@@ -16,8 +17,11 @@
 //! Everything here is pure: the executor writes files and calls sbatch.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
 
 use crate::executor::Prepared;
+use crate::model::UnitKey;
+use crate::render::shell_quote;
 
 /// One sbatch call of a submission.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +50,8 @@ struct GroupKey {
     mem_mb: u64,
     time_s: u64,
     gpus: u32,
+    /// The members' shared `#SBATCH` directives, interned for this batch.
+    directives: usize,
     chunk: u32,
 }
 
@@ -86,6 +92,8 @@ pub fn shape(batch: &[Prepared], max_index: u32) -> Vec<Submission> {
         .map(|(i, p)| (p.run_id, i))
         .collect();
 
+    // Identical directive lists share one number.
+    let mut directive_sets: HashMap<&[String], usize> = HashMap::new();
     let mut out: Vec<Submission> = Vec::new();
     // Where each batch entry went: (submission index, task index if an array member).
     let mut placed: HashMap<usize, (usize, Option<u32>)> = HashMap::new();
@@ -133,6 +141,10 @@ pub fn shape(batch: &[Prepared], max_index: u32) -> Vec<Submission> {
                 mem_mb: p.mem_mb,
                 time_s: p.time_limit_s,
                 gpus: p.gpus,
+                directives: {
+                    let next = directive_sets.len();
+                    *directive_sets.entry(&p.directives).or_insert(next)
+                },
                 chunk,
             };
             groups.entry((key, after)).or_default().push((i, task));
@@ -156,6 +168,73 @@ pub fn shape(batch: &[Prepared], max_index: u32) -> Vec<Submission> {
         }
     }
     out
+}
+
+/// One task of an array script.
+#[derive(Debug, Clone, Copy)]
+pub struct Task<'a> {
+    pub index: u32,
+    pub unit: &'a UnitKey,
+    pub script: &'a Path,
+    pub log: &'a Path,
+}
+
+/// How an array is handed to sbatch: the values nfslurm sets per array.
+#[derive(Debug, Clone)]
+pub struct ArrayHeader<'a> {
+    pub pipeline: &'a str,
+    /// The template the members' scripts were rendered from (for readers).
+    pub template: &'a str,
+    /// The members' shared `#SBATCH` directives, the same for every task.
+    pub directives: &'a [String],
+    /// `--array` value (indices and throttle).
+    pub spec: String,
+    /// Folder of the tasks' Slurm output (`%A_%a.out`).
+    pub logs: &'a Path,
+    /// The sbatch command line, for the script's header.
+    pub command_line: String,
+}
+
+/// The array's script: its directives (nfslurm's per-array ones, then the
+/// members' shared ones, as their template wrote them) and a `case` on the
+/// task index that runs each unit's own script into its own log. Written once
+/// at submit time and never rewritten, it is the array's manifest.
+pub fn array_script(header: &ArrayHeader, tasks: &[Task]) -> String {
+    let mut text = String::from("#!/bin/bash\n");
+    text.push_str(&format!("#SBATCH --array={}\n", header.spec));
+    text.push_str(&format!(
+        "#SBATCH --output={}\n",
+        shell_quote(&format!("{}/%A_%a.out", header.logs.display()))
+    ));
+    text.push_str(&format!(
+        "# The directives of the units' scripts (template `{}`), the same for every task:\n",
+        header.template
+    ));
+    for d in header.directives {
+        text.push_str(&format!("#SBATCH {d}\n"));
+    }
+    text.push_str(&format!(
+        "# nfslurm array of {} {} of `{}`: task index = subject. Submitted as\n#   {}\n",
+        tasks.len(),
+        if tasks.len() == 1 { "unit" } else { "units" },
+        header.pipeline,
+        header.command_line
+    ));
+    text.push_str("set -euo pipefail\ncase \"$SLURM_ARRAY_TASK_ID\" in\n");
+    for t in tasks {
+        text.push_str(&format!(
+            "  {}) unit={} script={} log={} ;;\n",
+            t.index,
+            shell_quote(&t.unit.to_string()),
+            shell_quote(&t.script.to_string_lossy()),
+            shell_quote(&t.log.to_string_lossy()),
+        ));
+    }
+    text.push_str(
+        "  *) echo \"nfslurm: no unit for task $SLURM_ARRAY_TASK_ID\" >&2; exit 2 ;;\nesac\n",
+    );
+    text.push_str("echo \"[nfslurm] array task $SLURM_ARRAY_TASK_ID runs $unit\"\nexec bash \"$script\" > \"$log\" 2>&1\n");
+    text
 }
 
 /// Task indices of a squeue summary row such as `123_[1,4,7-9%2]`; `None`
@@ -233,6 +312,7 @@ mod tests {
             mem_mb: 1024,
             time_limit_s: 3600,
             gpus: 0,
+            directives: vec!["--mem=1024M".into()],
             retry: false,
             depends_on: deps.to_vec(),
         }
@@ -336,6 +416,101 @@ mod tests {
                 Submission::Single(3),
             ]
         );
+    }
+
+    /// A site template's directive that differs between units (here a
+    /// `--constraint` a pipeline override gave one of them) splits the array.
+    #[test]
+    fn units_whose_directives_differ_never_share_an_array() {
+        let mut batch = vec![
+            prep(1, "bids", "01", Some("1"), &[]),
+            prep(2, "bids", "02", Some("1"), &[]),
+            prep(3, "bids", "03", Some("1"), &[]),
+            prep(4, "bids", "04", Some("1"), &[]),
+        ];
+        for p in &mut batch[2..] {
+            p.directives.push("--constraint=avx2".into());
+        }
+        assert_eq!(
+            shape(&batch, 1000),
+            vec![
+                Submission::Array {
+                    members: vec![(0, 1), (1, 2)],
+                    after: vec![]
+                },
+                Submission::Array {
+                    members: vec![(2, 3), (3, 4)],
+                    after: vec![]
+                },
+            ]
+        );
+    }
+
+    /// The array's script: nfslurm's per-array lines, then the members'
+    /// shared directives verbatim, then the task table.
+    #[test]
+    fn array_scripts_carry_the_members_directives() {
+        let a = UnitKey::new("bids", &Label::new("01").unwrap(), None);
+        let b = UnitKey::new("bids", &Label::new("03").unwrap(), None);
+        let directives = vec![
+            "--mem=1024M".to_string(),
+            "--nice=77".into(),
+            "-x node7".into(),
+            "--clusters=other".into(),
+        ];
+        let header = ArrayHeader {
+            pipeline: "bids",
+            template: "/site/sbatch.sh.tera",
+            directives: &directives,
+            spec: array_spec(&[1, 3], Some(2)),
+            logs: Path::new("/s/logs/arrays/bids"),
+            command_line: "sbatch --parsable --job-name=nf-study-bids /s/a.sbatch".into(),
+        };
+        let tasks = [
+            Task {
+                index: 1,
+                unit: &a,
+                script: Path::new("/s/scripts/a.sbatch"),
+                log: Path::new("/s/logs/a b.out"),
+            },
+            Task {
+                index: 3,
+                unit: &b,
+                script: Path::new("/s/scripts/b.sbatch"),
+                log: Path::new("/s/logs/b.out"),
+            },
+        ];
+        let text = array_script(&header, &tasks);
+        let expected = "#!/bin/bash
+#SBATCH --array=1,3%2
+#SBATCH --output=/s/logs/arrays/bids/%A_%a.out
+# The directives of the units' scripts (template `/site/sbatch.sh.tera`), the same for every task:
+#SBATCH --mem=1024M
+#SBATCH --nice=77
+#SBATCH -x node7
+#SBATCH --clusters=other
+# nfslurm array of 2 units of `bids`: task index = subject. Submitted as
+#   sbatch --parsable --job-name=nf-study-bids /s/a.sbatch
+set -euo pipefail
+case \"$SLURM_ARRAY_TASK_ID\" in
+  1) unit=bids/sub-01 script=/s/scripts/a.sbatch log='/s/logs/a b.out' ;;
+  3) unit=bids/sub-03 script=/s/scripts/b.sbatch log=/s/logs/b.out ;;
+  *) echo \"nfslurm: no unit for task $SLURM_ARRAY_TASK_ID\" >&2; exit 2 ;;
+esac
+echo \"[nfslurm] array task $SLURM_ARRAY_TASK_ID runs $unit\"
+exec bash \"$script\" > \"$log\" 2>&1
+";
+        assert_eq!(text, expected);
+        // What sbatch reads from it: the members' directives, none lost.
+        let read: Vec<String> = crate::executor::slurm::directives::parse(&text)
+            .into_iter()
+            .map(|d| d.text)
+            .collect();
+        assert_eq!(
+            read[..2],
+            ["--array=1,3%2", "--output=/s/logs/arrays/bids/%A_%a.out"]
+        );
+        assert_eq!(read[2..], directives[..]);
     }
 
     #[test]

@@ -11,10 +11,11 @@ use std::time::Duration;
 use backon::{BlockingRetryable, ExponentialBuilder};
 
 use super::arrays::{self, Submission};
+use super::directives;
 use super::parse::{self, SACCT_FORMAT, SQUEUE_FORMAT, SacctJob, SlurmState, SqueueRow};
 use crate::config::{Config, Scheduler, SubmissionMode};
 use crate::engine;
-use crate::executor::{CANCELLED_BY_US, ExecError, Executor, Prepared, SubmitOutcome};
+use crate::executor::{CANCELLED_BY_US, ExecError, Executor, Prepared, Rejected, SubmitOutcome};
 use crate::model::RunState;
 use crate::state::{RunRow, RunUpdate, Store};
 
@@ -155,25 +156,26 @@ impl SlurmExecutor {
         .call()
     }
 
-    /// Writes the array's script: the job's directives, and a `case` on the
-    /// task index that runs each unit's own script into its own log. It is
-    /// the manifest of the array, written once and never rewritten. The runs'
-    /// tokens become `<array token>_<task>` before sbatch is called.
+    /// Writes the array's script ([`arrays::array_script`]): nfslurm's
+    /// per-array directives, the members' shared `#SBATCH` lines as their
+    /// template wrote them (grouping made them the same for every member),
+    /// and the task table. The runs' tokens become `<token>_<task>` before
+    /// sbatch is called.
     fn write_array_script(
         &self,
         store: &mut Store,
         batch: &[Prepared],
         members: &[(usize, u32)],
+        token: &str,
+        command_line: &[String],
     ) -> Result<PathBuf, ExecError> {
         let first = &batch[members[0].0];
-        let token = engine::new_token();
         let tokens: Vec<(i64, String)> = members
             .iter()
             .map(|&(i, t)| (batch[i].run_id, format!("{token}_{t}")))
             .collect();
         store.set_tokens(&tokens)?;
         let pipeline = self.config.pipeline(&first.key.pipeline);
-        let scheduler = pipeline.map(|p| &p.scheduler).unwrap_or(&self.scheduler);
         let throttle = pipeline.and_then(|p| p.max_concurrent);
         let state_dir = &self.config.paths.state_dir;
         let dir = state_dir
@@ -188,60 +190,115 @@ impl SlurmExecutor {
             |e: std::io::Error| ExecError::Other(format!("cannot write the array script: {e}"));
         std::fs::create_dir_all(&dir).map_err(io)?;
         std::fs::create_dir_all(&logs).map_err(io)?;
-        let indices: Vec<u32> = members.iter().map(|m| m.1).collect();
-        let mut text = String::from("#!/bin/bash\n");
-        let mut directive = |d: String| text.push_str(&format!("#SBATCH {d}\n"));
-        directive(format!(
-            "--array={}",
-            arrays::array_spec(&indices, throttle)
-        ));
-        directive(format!("--cpus-per-task={}", first.cpus));
-        directive(format!("--mem={}M", first.mem_mb));
-        directive(format!(
-            "--time={}",
-            crate::config::format_slurm_time(first.time_limit_s)
-        ));
-        if first.gpus > 0 {
-            directive(format!("--gres=gpu:{}", first.gpus));
-        }
-        for (flag, value) in [
-            ("--partition", &scheduler.partition),
-            ("--account", &scheduler.account),
-            ("--qos", &scheduler.qos),
-        ] {
-            if let Some(v) = value {
-                directive(format!("{flag}={v}"));
-            }
-        }
-        for extra in &scheduler.extra_directives {
-            directive(extra.clone());
-        }
-        directive(format!("--output={}/%A_%a.out", logs.display()));
-        directive(format!("--comment={token}"));
-        if !scheduler.requeue {
-            directive("--no-requeue".into());
-        }
-        text.push_str(&format!(
-            "# nfslurm array of {} units of `{}`: task index = subject\nset -euo pipefail\ncase \"$SLURM_ARRAY_TASK_ID\" in\n",
-            members.len(),
-            first.key.pipeline
-        ));
-        for &(i, t) in members {
-            let p = &batch[i];
-            text.push_str(&format!(
-                "  {t}) unit={} script={} log={} ;;\n",
-                crate::render::shell_quote(&p.key.to_string()),
-                crate::render::shell_quote(&p.script_path.to_string_lossy()),
-                crate::render::shell_quote(&p.log_path.to_string_lossy()),
-            ));
-        }
-        text.push_str(
-            "  *) echo \"nfslurm: no unit for task $SLURM_ARRAY_TASK_ID\" >&2; exit 2 ;;\nesac\n",
-        );
-        text.push_str("echo \"[nfslurm] array task $SLURM_ARRAY_TASK_ID runs $unit\"\nexec bash \"$script\" > \"$log\" 2>&1\n");
         let path = dir.join(format!("{token}.sbatch"));
-        std::fs::write(&path, text).map_err(io)?;
+        let indices: Vec<u32> = members.iter().map(|m| m.1).collect();
+        let tasks: Vec<arrays::Task> = members
+            .iter()
+            .map(|&(i, t)| arrays::Task {
+                index: t,
+                unit: &batch[i].key,
+                script: &batch[i].script_path,
+                log: &batch[i].log_path,
+            })
+            .collect();
+        let mut shown = vec!["sbatch".to_string()];
+        shown.extend(command_line.iter().map(|a| crate::render::shell_quote(a)));
+        shown.push(crate::render::shell_quote(&path.to_string_lossy()));
+        let header = arrays::ArrayHeader {
+            pipeline: &first.key.pipeline,
+            template: pipeline.map(|p| p.template_name.as_str()).unwrap_or("?"),
+            directives: &first.directives,
+            spec: arrays::array_spec(&indices, throttle),
+            logs: &logs,
+            command_line: shown.join(" "),
+        };
+        std::fs::write(&path, arrays::array_script(&header, &tasks)).map_err(io)?;
         Ok(path)
+    }
+
+    /// The name of an array job of `pipeline` (`scheduler.array_job_name`).
+    pub fn array_job_name(config: &Config, pipeline: &str) -> String {
+        crate::render::array_job_name(
+            &config.site.scheduler.array_job_name,
+            &crate::render::study_name(config),
+            pipeline,
+        )
+        // Checked when the config was loaded; a fallback all the same.
+        .unwrap_or_else(|_| format!("nf-{pipeline}"))
+    }
+
+    /// What sbatch refused, naming the template line that holds the
+    /// directive Slurm's message points at, when there is one.
+    fn refusal(&self, batch: &[Prepared], members: &[(usize, Option<u32>)], msg: &str) -> String {
+        let first = &batch[members[0].0];
+        let what = if members.len() == 1 {
+            format!("`{}`", first.key)
+        } else {
+            format!(
+                "the array of {} `{}` units (`{}`, …)",
+                members.len(),
+                first.key.pipeline,
+                first.key
+            )
+        };
+        let reason = msg.strip_prefix("`sbatch` failed: ").unwrap_or(msg);
+        let Some(pipeline) = self.config.pipeline(&first.key.pipeline) else {
+            return format!("sbatch refused {what}: {reason}");
+        };
+        let blamed = directives::options_blamed(reason);
+        let rendered = std::fs::read_to_string(&first.script_path).unwrap_or_default();
+        let lines = directives::lines_to_blame(&pipeline.template, &rendered, blamed);
+        if !lines.is_empty() {
+            let at: Vec<String> = lines
+                .iter()
+                .map(|(n, text)| format!("`{}:{n}`: `{text}`", pipeline.template_name))
+                .collect();
+            return format!(
+                "sbatch refused {what}: {reason}; the directive is at {}",
+                at.join(", ")
+            );
+        }
+        let from_config: Vec<&String> = pipeline
+            .scheduler
+            .extra_directives
+            .iter()
+            .filter(|d| {
+                directives::parse(&format!("#SBATCH {d}"))
+                    .iter()
+                    .any(|x| blamed.contains(&x.name.as_str()))
+            })
+            .collect();
+        if !from_config.is_empty() {
+            return format!(
+                "sbatch refused {what}: {reason}; the directive comes from `scheduler.extra_directives` (`{}`), written by the template `{}`",
+                from_config
+                    .iter()
+                    .map(|d| d.as_str())
+                    .collect::<Vec<_>>()
+                    .join("`, `"),
+                pipeline.template_name
+            );
+        }
+        format!(
+            "sbatch refused {what}: {reason}; its directives come from the template `{}` (rendered: `{}`)",
+            pipeline.template_name,
+            first.script_path.display()
+        )
+    }
+
+    /// `--clusters` for a submission of `pipeline`: its own cluster (a
+    /// pipeline may override the site's), so that the command line, which
+    /// wins over the script, never contradicts the template.
+    fn cluster_args_for(&self, pipeline: &str) -> Vec<String> {
+        let cluster = self
+            .config
+            .pipeline(pipeline)
+            .map(|p| &p.scheduler.cluster)
+            .unwrap_or(&self.scheduler.cluster);
+        match cluster {
+            Some(c) => vec![format!("--clusters={c}")],
+            None => Vec::new(),
+        }
     }
 
     fn cluster_args(&self) -> Vec<String> {
@@ -401,6 +458,9 @@ fn update_from_sacct(run: &RunRow, job: &SacctJob) -> RunUpdate {
                     code
                 });
                 update.reason = Some(match state {
+                    RunState::Failed if crate::model::cannot_run(code) => {
+                        crate::model::exit_reason(code)
+                    }
                     RunState::Failed => format!("exit code {}:{}", code, job.exit_code.signal),
                     RunState::UpstreamFailed => "cancelled by Slurm: an upstream job failed".into(),
                     RunState::Cancelled => job.state.to_string(),
@@ -740,29 +800,33 @@ impl Executor for SlurmExecutor {
                     }
                 }
             };
-            let (name, script) = match submission {
-                Submission::Single(i) => (
-                    batch[*i].key.job_name(),
-                    batch[*i].script_path.to_string_lossy().into_owned(),
+            let first = &batch[members[0].0];
+            let (name, token) = match submission {
+                Submission::Single(_) => (first.key.job_name(), first.token.clone()),
+                Submission::Array { .. } => (
+                    Self::array_job_name(&self.config, &first.key.pipeline),
+                    engine::new_token(),
                 ),
-                Submission::Array { members, .. } => {
-                    let path = self.write_array_script(store, batch, members)?;
-                    (
-                        format!("nf-{}-array", batch[members[0].0].key.pipeline),
-                        path.to_string_lossy().into_owned(),
-                    )
-                }
             };
+            // Per job or array, set by nfslurm on the command line, which
+            // wins over the script: name, token, dependency handling.
             let mut args = vec![
                 "--parsable".to_string(),
                 format!("--job-name={name}"),
+                format!("--comment={token}"),
                 "--kill-on-invalid-dep=yes".into(),
             ];
             if let Some(dep) = dependency {
                 args.push(format!("--dependency={dep}"));
             }
-            args.extend(self.cluster_args());
-            args.push(script);
+            args.extend(self.cluster_args_for(&first.key.pipeline));
+            let script = match submission {
+                Submission::Single(_) => first.script_path.clone(),
+                Submission::Array { members, .. } => {
+                    self.write_array_script(store, batch, members, &token, &args)?
+                }
+            };
+            args.push(script.to_string_lossy().into_owned());
             let result = self.call("sbatch", &args);
             #[cfg(debug_assertions)]
             let result = {
@@ -817,16 +881,19 @@ impl Executor for SlurmExecutor {
                     stopped = true;
                 }
                 Err(CallError::Failed(msg)) => {
-                    for &(i, _) in &members {
-                        pending_updates.push(RunUpdate {
-                            run_id: batch[i].run_id,
-                            state: Some(RunState::Failed),
-                            reason: Some(format!("sbatch refused it: {msg}")),
-                            ended_at: Some(now),
-                            ..Default::default()
-                        });
-                        outcome.rejected.push((batch[i].run_id, msg.clone()));
+                    // A refused request is a config error, not a failed run:
+                    // the runs are withdrawn (no attempt spent) and the array
+                    // manifest that never became a job is removed.
+                    if matches!(submission, Submission::Array { .. }) {
+                        let _ = std::fs::remove_file(&script);
                     }
+                    outcome.rejected.push(Rejected {
+                        runs: members
+                            .iter()
+                            .map(|&(i, _)| (batch[i].run_id, batch[i].key.clone()))
+                            .collect(),
+                        message: self.refusal(batch, &members, &msg),
+                    });
                 }
             }
         }
