@@ -38,6 +38,10 @@ pub struct GlobalArgs {
     /// No colour (also: NO_COLOR)
     #[arg(long, global = true)]
     pub no_color: bool,
+    /// Set aside a state nfslurm refuses (an emptied, truncated or foreign
+    /// `state.db`), moving it into `<state_dir>/backup-<time>/`, and start afresh
+    #[arg(long, global = true)]
+    pub reset_state: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

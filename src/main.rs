@@ -15,11 +15,36 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // With `--json`, stdout is JSON whatever happens: errors (below) and
+    // even a bug's panic are printed as `{"error": …, "hint": …}`.
+    let json = std::env::args_os().any(|a| a == "--json");
+    if json {
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !nfslurm::output::json_printed() {
+                print_json_error(
+                    &format!("internal error: {info}"),
+                    Some(
+                        "this is a bug in nfslurm: please report it with the command that caused it",
+                    ),
+                );
+            }
+            default_hook(info);
+        }));
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
             // Usage errors are user errors: exit 1 (2 means "cluster unreachable").
             let code = if err.use_stderr() { 1 } else { 0 };
+            if json && code == 1 {
+                let text = err.render().to_string();
+                let first = text.lines().next().unwrap_or("invalid arguments");
+                print_json_error(
+                    first.trim_start_matches("error: "),
+                    Some("see `nfslurm --help`"),
+                );
+            }
             let _ = err.print();
             return ExitCode::from(code);
         }
@@ -54,7 +79,7 @@ fn main() -> ExitCode {
     );
     let code = match result {
         Ok(code) => ExitCode::from(code as u8),
-        Err(err) => report(&err),
+        Err(err) => report(&err, json),
     };
     if let Some(log) = log {
         log.finish();
@@ -69,8 +94,15 @@ fn init_tracing(verbose: u8, quiet: bool, no_color: bool) {
         (false, 1) => "info",
         (false, _) => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("nfslurm={default}")));
+    // The HTTP client logs the URLs it is given, and a webhook URL is a
+    // secret: its logs are never shown, whatever `RUST_LOG` asks.
+    for quiet in ["ureq=off", "ureq_proto=off"] {
+        if let Ok(directive) = quiet.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let ansi = !no_color
         && std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
@@ -83,7 +115,9 @@ fn init_tracing(verbose: u8, quiet: bool, no_color: bool) {
 }
 
 /// Prints the error chain and a hint; picks the exit code (SPEC §4).
-fn report(err: &anyhow::Error) -> ExitCode {
+/// With `--json` the error is also printed on stdout, as
+/// `{"error": …, "hint": …}`, so that a script always reads JSON.
+fn report(err: &anyhow::Error, json: bool) -> ExitCode {
     // A closed pipe (`nfslurm status | head`) is not an error worth a message.
     if let Some(io) = err.downcast_ref::<std::io::Error>()
         && io.kind() == std::io::ErrorKind::BrokenPipe
@@ -91,15 +125,27 @@ fn report(err: &anyhow::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     eprintln!("error: {err:#}");
-    match err.downcast_ref::<Failure>() {
-        Some(f) => {
-            if let Some(hint) = &f.hint {
-                eprintln!("hint: {hint}");
-            }
-            ExitCode::from(f.code as u8)
-        }
-        None => ExitCode::from(1),
+    let failure = err.downcast_ref::<Failure>();
+    let state_hint = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<nfslurm::state::StateError>())
+        .and_then(|e| e.hint());
+    let hint = failure
+        .and_then(|f| f.hint.as_deref())
+        .or(state_hint.as_deref());
+    if let Some(hint) = hint {
+        eprintln!("hint: {hint}");
     }
+    // After a document (`sync --json` that lost the cluster prints what it
+    // did, then fails), stdout stays one document: the error is on stderr.
+    if json && !nfslurm::output::json_printed() {
+        print_json_error(&format!("{err:#}"), hint);
+    }
+    ExitCode::from(failure.map_or(1, |f| f.code as u8))
+}
+
+fn print_json_error(error: &str, hint: Option<&str>) {
+    nfslurm::output::print_json(&serde_json::json!({ "error": error, "hint": hint }));
 }
 
 fn selection(args: &nfslurm::cli::SelectionArgs) -> SelectionSpec {
@@ -119,6 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             ExecutorArg::Local => ExecutorKind::Local,
         }),
         json: g.json,
+        reset_state: g.reset_state,
         quiet: g.quiet,
         verbose: g.verbose,
     };
@@ -169,7 +216,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             runs,
             selection: s,
             failed,
-        } => commands::manage::retry(&settings, &runs, &selection(&s), failed),
+        } => commands::manage::retry(&settings, &runs, &selection(&s), s.all, failed),
         Command::Worker { action } => match action {
             WorkerAction::Start => commands::worker::start(&settings),
             WorkerAction::Stop { now } => commands::worker::stop(&settings, now),

@@ -31,12 +31,43 @@ impl<'de> Deserialize<'de> for Label {
     }
 }
 
+/// The most characters a label may have: file names and Slurm job names are
+/// built from labels, and no scanner writes a longer subject code.
+pub const MAX_LABEL_LEN: usize = 64;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "`{value}` is not a valid BIDS label: use letters and digits only (for example `01` or `sub-01`)"
-)]
+#[error("`{}` {}{}", self.shown(), self.reason(), if self.too_long { "" } else { " (for example `01` or `sub-01`)" })]
 pub struct LabelError {
     pub value: String,
+    /// Longer than [`MAX_LABEL_LEN`] (else: empty, or not letters and digits).
+    pub too_long: bool,
+}
+
+impl LabelError {
+    /// What is wrong, after the value: `is too long: …` or `is not a valid
+    /// BIDS label: …`.
+    pub fn reason(&self) -> String {
+        if self.too_long {
+            format!(
+                "is too long for a label: {} characters, at most {MAX_LABEL_LEN}",
+                self.value.chars().count()
+            )
+        } else {
+            "is not a valid BIDS label: use letters and digits only".to_string()
+        }
+    }
+
+    /// The value as shown in a message: control characters escaped, and cut
+    /// after 40 characters (a whole spreadsheet cell may be pasted there).
+    pub fn shown(&self) -> String {
+        let escaped = crate::output::escape_controls(&self.value);
+        if escaped.chars().count() > 40 {
+            let head: String = escaped.chars().take(40).collect();
+            format!("{head}…")
+        } else {
+            escaped.into_owned()
+        }
+    }
 }
 
 impl Label {
@@ -44,8 +75,9 @@ impl Label {
     pub fn parse_with_prefix(value: &str, prefix: &str) -> Result<Label, LabelError> {
         let trimmed = value.trim();
         let bare = trimmed.strip_prefix(prefix).unwrap_or(trimmed);
-        Label::new(bare).map_err(|_| LabelError {
+        Label::new(bare).map_err(|e| LabelError {
             value: value.to_string(),
+            too_long: e.too_long,
         })
     }
 
@@ -57,16 +89,18 @@ impl Label {
         Label::parse_with_prefix(value, "ses-")
     }
 
-    /// A bare label: non-empty, ASCII alphanumeric, at most 64 characters.
+    /// A bare label: non-empty, ASCII alphanumeric, at most
+    /// [`MAX_LABEL_LEN`] characters.
     pub fn new(value: &str) -> Result<Label, LabelError> {
         if !value.is_empty()
-            && value.len() <= 64
+            && value.len() <= MAX_LABEL_LEN
             && value.bytes().all(|b| b.is_ascii_alphanumeric())
         {
             Ok(Label(Arc::from(value)))
         } else {
             Err(LabelError {
                 value: value.to_string(),
+                too_long: value.len() > MAX_LABEL_LEN,
             })
         }
     }
@@ -376,5 +410,28 @@ mod tests {
         assert_eq!(UnitKey::parse("bids/sub-01/ses-2"), Some(key.clone()));
         assert_eq!(UnitKey::parse("bids/01/2"), Some(key));
         assert_eq!(UnitKey::parse("bids/01; rm/2"), None);
+    }
+}
+
+#[cfg(test)]
+mod label_length_tests {
+    use super::*;
+
+    #[test]
+    fn a_label_over_64_characters_is_too_long() {
+        assert!(Label::new(&"a".repeat(64)).is_ok());
+        let e = Label::subject(&format!("sub-{}", "a".repeat(65))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "`sub-{}…` is too long for a label: 69 characters, at most 64",
+                "a".repeat(36)
+            )
+        );
+        let e = Label::subject("01; rm -rf ~").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`01; rm -rf ~` is not a valid BIDS label: use letters and digits only (for example `01` or `sub-01`)"
+        );
     }
 }

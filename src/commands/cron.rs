@@ -432,12 +432,12 @@ fn install(settings: &Settings, config: &Config, every: &str) -> anyhow::Result<
         .collect();
     if settings.json {
         output::print_json(&json!({
-            "action": action, "line": line, "schedule": schedule.text,
+            "action": action, "line": redact_urls(&line), "schedule": schedule.text,
             "log": log, "host": host(), "user": user(), "carried": carried,
         }));
         return Ok(0);
     }
-    println!("{action}: {line}");
+    println!("{action}: {}", redact_urls(&line));
     println!(
         "  runs `nfslurm sync` {} from the crontab of `{}` on `{}`",
         schedule.text,
@@ -475,9 +475,10 @@ fn show(settings: &Settings, file: &Path, config: Option<&Config>) -> anyhow::Re
         .lines()
         .find(|l| is_our_line(l, &mark))
         .map(str::to_string);
-    let others: Vec<&str> = nfslurm_lines(&crontab)
+    let others: Vec<String> = nfslurm_lines(&crontab)
         .into_iter()
         .filter(|l| !is_our_line(l, &mark))
+        .map(redact_urls)
         .collect();
     let log = config.map(log_path);
     let log_meta = log.as_ref().and_then(|l| fs::metadata(l).ok());
@@ -491,7 +492,7 @@ fn show(settings: &Settings, file: &Path, config: Option<&Config>) -> anyhow::Re
     };
     if settings.json {
         output::print_json(&json!({
-            "installed": line.is_some(), "line": line, "log": log,
+            "installed": line.is_some(), "line": line.as_deref().map(redact_urls), "log": log,
             "log_bytes": log_meta.as_ref().map(|m| m.len()),
             "last_sync_at": output::rfc3339(last_sync),
             "host": host(), "user": user(), "other_nfslurm_lines": others,
@@ -500,7 +501,7 @@ fn show(settings: &Settings, file: &Path, config: Option<&Config>) -> anyhow::Re
         return Ok(0);
     }
     match &line {
-        Some(l) => println!("{l}"),
+        Some(l) => println!("{}", redact_urls(l)),
         None => {
             println!("no crontab line for `{}` on `{}`", file.display(), host());
             println!("hint: `nfslurm cron install --every 15m` adds one");
@@ -536,6 +537,19 @@ fn show(settings: &Settings, file: &Path, config: Option<&Config>) -> anyhow::Re
     Ok(0)
 }
 
+/// A crontab line as it may be shown: the line carries the values of the
+/// variables the config expands, and one may be a webhook URL (a secret).
+/// Every URL in it is shown as scheme, host and port only; the crontab
+/// itself keeps the real value (only its owner and root can read it).
+pub fn redact_urls(line: &str) -> String {
+    static URL: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\x22]+")
+            .expect("a constant, valid regex")
+    });
+    URL.replace_all(line, |c: &regex::Captures| crate::notify::redact_url(&c[0]))
+        .into_owned()
+}
+
 fn remove(settings: &Settings, file: &Path) -> anyhow::Result<i32> {
     let mark = marker(file);
     let before = read_crontab()?;
@@ -550,7 +564,7 @@ fn remove(settings: &Settings, file: &Path) -> anyhow::Result<i32> {
     if settings.json {
         output::print_json(&json!({
             "action": if removed.is_empty() { "absent" } else { "removed" },
-            "lines": removed,
+            "lines": removed.iter().map(|l| redact_urls(l)).collect::<Vec<_>>(),
         }));
     } else if removed.is_empty() {
         println!(
@@ -559,7 +573,7 @@ fn remove(settings: &Settings, file: &Path) -> anyhow::Result<i32> {
         );
     } else {
         for l in &removed {
-            println!("removed: {l}");
+            println!("removed: {}", redact_urls(l));
         }
     }
     Ok(0)
@@ -611,8 +625,12 @@ pub struct SyncLog {
 impl SyncLog {
     /// Rotates `path` if it is too large, then sends stdout and stderr to it.
     pub fn start(path: &Path) -> io::Result<SyncLog> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        if !dir.as_os_str().is_empty() && !dir.exists() {
+        // `--log plain.log` has the parent `""`: the working directory.
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        if !dir.exists() {
             crate::state::ensure_state_dir(dir).map_err(io::Error::other)?;
         }
         {
@@ -683,6 +701,16 @@ impl SyncLog {
 
 #[cfg(test)]
 mod tests {
+    /// Issue 9: a webhook URL carried in the crontab line is not printed.
+    #[test]
+    fn urls_in_a_shown_crontab_line_are_redacted() {
+        let line = "*/15 * * * * PATH=/usr/bin SLACK_WEBHOOK='https://u:PASS@hooks.example.org/services/T/B/SECRET?x=Q' HOOK2=http://h:8/p /bin/nfslurm --config /s/nfslurm.yaml sync --log /s/.nfslurm/cron.log # nfslurm: /s/nfslurm.yaml";
+        assert_eq!(
+            redact_urls(line),
+            "*/15 * * * * PATH=/usr/bin SLACK_WEBHOOK='https://hooks.example.org/…' HOOK2=http://h:8/… /bin/nfslurm --config /s/nfslurm.yaml sync --log /s/.nfslurm/cron.log # nfslurm: /s/nfslurm.yaml"
+        );
+    }
+
     use super::*;
 
     fn sched(fields: &str) -> Schedule {

@@ -39,7 +39,8 @@ pipelines:
     command: |
       out={{ paths.bids_root }}/sub-{{ subject.label }}/ses-{{ session.label }}/dwi
       mkdir -p "$out"
-      files=( $(find {{ session.dicom_dir }} -type f) )
+      dicom={{ session.dicom_dir }}
+      files=( $(find "$dicom" -type f) )
       echo "sub-{{ subject.label }} ses-{{ session.label }}: ${#files[@]} DICOM files" > "$out/sub-{{ subject.label }}_ses-{{ session.label }}_dwi.txt"
       sleep 1
     resources: { cpus: 1, mem: 256M, time: "00:05:00" }

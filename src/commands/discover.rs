@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use serde_json::json;
 
-use super::{Failure, Settings, display_path};
+use super::{Failure, Settings, display_path, json_path};
 use crate::config::Config;
 use crate::output;
 use crate::state::{SessionChanges, SessionRow, Store};
@@ -21,7 +21,7 @@ pub fn discover_and_register(
         &config.paths.dicom_root,
         SystemTime::now(),
     )
-    .map_err(|e| Failure::user(super::error_chain(&e), None))?;
+    .map_err(|e| Failure::user(super::error_chain(&e), e.hint()))?;
     let rows: Vec<SessionRow> = report
         .sessions
         .iter()
@@ -47,7 +47,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
     if settings.json {
         let session = |s: &SessionRow| {
             json!({"scan_id": s.scan_id, "subject": s.subject, "session": s.session,
-                   "dicom_dir": s.dicom_dir, "valid": s.valid, "problem": s.problem})
+                   "dicom_dir": json_path(&s.dicom_dir), "valid": s.valid, "problem": s.problem})
         };
         output::print_json(&json!({
             "new": changes.new.iter().map(session).collect::<Vec<_>>(),
@@ -57,10 +57,10 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
             "conflicts": changes.conflicts.iter().map(|(s, sub, ses)| json!({"scan_id": s.scan_id,
                 "registered": {"subject": sub, "session": ses}, "sheet": {"subject": s.subject, "session": s.session}})).collect::<Vec<_>>(),
             "sessions": report.sessions.len(),
-            "unmapped": report.unmapped.iter().map(|u| json!({"scan_id": u.scan_id, "folder": u.folder})).collect::<Vec<_>>(),
+            "unmapped": report.unmapped.iter().map(|u| json!({"scan_id": u.scan_id, "folder": json_path(&u.folder)})).collect::<Vec<_>>(),
             "invalid": report.sessions.iter().filter(|s| s.problem.is_some())
                 .map(|s| json!({"scan_id": s.scan_id, "subject": s.subject, "session": s.session, "problem": s.problem})).collect::<Vec<_>>(),
-            "skipped": report.skipped.iter().map(|s| json!({"folder": s.folder, "why": s.why})).collect::<Vec<_>>(),
+            "skipped": report.skipped.iter().map(|s| json!({"folder": json_path(&s.folder), "why": s.why})).collect::<Vec<_>>(),
             "mapping_problems": report.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         }));
         return Ok(0);

@@ -140,7 +140,30 @@ pub fn check_study(config: &Config) -> Vec<Check> {
     }
     checks.push(check_state(&config.paths.state_dir));
     checks.push(check_cron(config));
+    if let Some(c) = check_notifications(config) {
+        checks.push(c);
+    }
     checks
+}
+
+/// Which channels notifications go to. Nothing is sent; the webhook URL is a
+/// secret and shown as scheme and host only.
+fn check_notifications(config: &Config) -> Option<Check> {
+    let n = &config.notifications;
+    let mut channels = Vec::new();
+    if let Some(url) = &n.webhook {
+        channels.push(format!("webhook `{}`", crate::notify::redact_url(url)));
+    }
+    if n.command.is_some() {
+        channels.push("`notifications.command`".to_string());
+    }
+    if channels.is_empty() {
+        return None;
+    }
+    Some(Check::ok(
+        "notify",
+        format!("notifications by {}", channels.join(" and ")),
+    ))
 }
 
 fn print(settings: &Settings, checks: &[Check]) {
@@ -569,8 +592,10 @@ fn check_mapping(config: &Config) -> Check {
         ),
         Err(e) => Check::fail(
             "mapping",
-            format!("{e:#}"),
-            "write the CSV that maps scan IDs to subjects, or fix `discovery.mapping`",
+            super::error_chain(&e),
+            e.hint().unwrap_or(
+                "write the CSV that maps scan IDs to subjects, or fix `discovery.mapping`",
+            ),
         ),
     }
 }
@@ -604,6 +629,15 @@ fn last_sync_read_only(dir: &Path) -> Option<i64> {
 /// The state database, opened read-only: integrity and schema version.
 fn check_state(dir: &Path) -> Check {
     let db = dir.join("state.db");
+    if let Some(why) = crate::state::health::problem(dir) {
+        let hint = crate::state::StateError::Refused {
+            dir: dir.to_path_buf(),
+            why: why.clone(),
+        }
+        .hint()
+        .unwrap_or_default();
+        return Check::fail("state", why, hint);
+    }
     if !db.exists() {
         return Check::ok("state", "no state yet: the first `nfslurm sync` creates it");
     }

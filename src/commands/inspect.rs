@@ -8,7 +8,7 @@ use serde_json::json;
 use super::{Failure, Settings};
 use crate::config::Config;
 use crate::engine;
-use crate::model::{Label, UnitKey};
+use crate::model::{Label, RunState, UnitKey};
 use crate::output;
 use crate::plan::{self, Request};
 use crate::render::{Renderer, ScriptInput};
@@ -50,19 +50,23 @@ pub fn show(settings: &Settings, target: &str) -> anyhow::Result<i32> {
             Some("run `nfslurm sync` first"),
         ));
     };
-    let (key, unit_id) = match UnitKey::parse(target)
-        .and_then(|k| store.unit_id(&k).ok().flatten().map(|id| (k, id)))
-    {
-        Some(found) => found,
-        None => {
-            let run = find_run(&store, target)?;
-            (run.key.clone(), run.unit_id)
-        }
-    };
-    let runs = store.runs_of_unit(unit_id)?;
-    let audit = store.audit_of_unit(unit_id)?;
     let snapshot = store.snapshot()?;
     let plan = plan::plan(&config, &snapshot, engine::now(), &Request::default());
+    let (key, unit_id) = match UnitKey::parse(target) {
+        Some(k) if store.unit_id(&k)?.is_some() || plan.unit(&k).is_some() => {
+            // A registered unit that never ran has no row yet: shown all the same.
+            let id = store.unit_id(&k)?;
+            (k, id)
+        }
+        _ => {
+            let run = find_run(&store, target)?;
+            (run.key.clone(), Some(run.unit_id))
+        }
+    };
+    let (runs, audit) = match unit_id {
+        Some(id) => (store.runs_of_unit(id)?, store.audit_of_unit(id)?),
+        None => (Vec::new(), Vec::new()),
+    };
     let unit = plan.unit(&key);
     // Why the last attempt failed, at a glance: the end of its log.
     let tail = runs
@@ -93,6 +97,9 @@ pub fn show(settings: &Settings, target: &str) -> anyhow::Result<i32> {
         if let Some(d) = &u.detail {
             println!("  {d}");
         }
+    }
+    if runs.is_empty() {
+        println!("no run yet: `nfslurm plan` says when it will run");
     }
     if let Some((run, lines)) = &tail {
         println!("  last lines of attempt {}'s log:", run.attempt);
@@ -178,6 +185,26 @@ pub fn logs(settings: &Settings, target: &str, follow: bool) -> anyhow::Result<i
             Some("run `nfslurm sync` first"),
         ));
     };
+    if let Some(key) = UnitKey::parse(target)
+        && store.unit_id(&key)?.is_none_or(|id| {
+            store
+                .runs_of_unit(id)
+                .map(|runs| runs.is_empty())
+                .unwrap_or(false)
+        })
+    {
+        let snapshot = store.snapshot()?;
+        let plan = plan::plan(&config, &snapshot, engine::now(), &Request::default());
+        if let Some(unit) = plan.unit(&key) {
+            // A registered unit that never ran: no log, and that is no error.
+            let why = unit.reason.map(|r| format!(", {r}")).unwrap_or_default();
+            eprintln!(
+                "`{key}` has not run yet ({}{why}): no log to show",
+                unit.state.as_str()
+            );
+            return Ok(0);
+        }
+    }
     let run = find_run(&store, target)?;
     let path = &run.log_path;
     let mut out = std::io::stdout();
@@ -193,11 +220,56 @@ pub fn logs(settings: &Settings, target: &str, follow: bool) -> anyhow::Result<i
                 out.flush()?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if !follow {
-                    return Err(Failure::user(
-                        format!("`{}` does not exist yet", path.display()),
-                        Some("the job has not started; try `--follow`"),
-                    ));
+                let now = store.run(run.id)?;
+                let state = now.state;
+                let shown = super::display_path(path);
+                match state {
+                    RunState::Submitting | RunState::Pending if !follow => {
+                        return Err(Failure::user(
+                            format!("`{}` does not exist yet", path.display()),
+                            Some("the job has not started; try `--follow`"),
+                        ));
+                    }
+                    RunState::Running if !follow => {
+                        return Err(Failure::user(
+                            format!(
+                                "`{shown}` does not exist: run {} is running, and its node has not written it yet, or it was deleted",
+                                run.id
+                            ),
+                            Some("try `--follow`, which waits for it"),
+                        ));
+                    }
+                    // In flight: `--follow` waits for the file.
+                    _ if state.in_flight() => {}
+                    _ if offset > 0 => {}
+                    _ if now.started_at.is_none() => {
+                        return Err(Failure::user(
+                            format!(
+                                "run {} (`{}`, attempt {}) ended `{}` before it started: it has no log",
+                                run.id,
+                                run.key,
+                                run.attempt,
+                                state.as_str()
+                            ),
+                            Some(&format!("`nfslurm show {}` tells why", run.key)),
+                        ));
+                    }
+                    _ => {
+                        // It started, so it wrote this log: someone removed it.
+                        return Err(Failure::user(
+                            format!(
+                                "the log of run {} (`{}`, attempt {}, {}) was deleted or moved: `{shown}` does not exist",
+                                run.id,
+                                run.key,
+                                run.attempt,
+                                state.as_str(),
+                            ),
+                            Some(&format!(
+                                "its state, exit code and times are in `nfslurm show {}`",
+                                run.key
+                            )),
+                        ));
+                    }
                 }
             }
             Err(e) => return Err(e.into()),

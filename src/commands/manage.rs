@@ -42,13 +42,37 @@ pub fn cancel(
     if runs.is_empty() && selection.is_all() && !all {
         return Err(Failure::user(
             "say what to cancel: job IDs, or selection flags",
-            Some("`nfslurm cancel --all` cancels every open run of the study"),
+            Some("`nfslurm cancel --all` cancels every unit of the study that is not done"),
         ));
     }
     let _lock = super::submit::plan_lock(&config, true)?;
     let mut store = super::open_store(&config)?;
     let sel = (!selection.is_all() || all).then_some(&selection);
     let targets = selected_runs(&store, runs, sel)?;
+    // With a selection (or `--all`), every unit it names stops until `retry`,
+    // not only those with a run in flight: a waiting unit must not be
+    // submitted by the next sync either. Done and invalid units stay as they are.
+    let mut idle: Vec<(crate::model::UnitKey, UnitState)> = Vec::new();
+    if let Some(sel) = sel {
+        let snapshot = store.snapshot()?;
+        let plan = plan::plan(&config, &snapshot, engine::now(), &Request::default());
+        idle = plan
+            .units
+            .iter()
+            .filter(|u| sel.matches(&u.key))
+            .filter(|u| {
+                !matches!(
+                    u.state,
+                    UnitState::Done
+                        | UnitState::Invalid
+                        | UnitState::Cancelled
+                        | UnitState::Queued
+                        | UnitState::Running
+                )
+            })
+            .map(|u| (u.key.clone(), u.state))
+            .collect();
+    }
     let open: Vec<RunRow> = targets
         .iter()
         .filter(|r| r.state.in_flight())
@@ -82,6 +106,22 @@ pub fn cancel(
             });
         }
     }
+    let keys: Vec<&crate::model::UnitKey> = idle.iter().map(|(k, _)| k).collect();
+    let ids = store.ensure_units(&keys)?;
+    for ((_, state), id) in idle.iter().zip(&ids) {
+        if seen.insert(*id) {
+            units.push(UnitUpdate {
+                unit_id: *id,
+                cancelled: Some(true),
+                audit: Some((
+                    state.as_str().into(),
+                    "cancelled".into(),
+                    "nfslurm cancel".into(),
+                )),
+                ..Default::default()
+            });
+        }
+    }
     store.apply(&updates, &units, now)?;
     if !settings.quiet {
         for r in &targets {
@@ -91,25 +131,31 @@ pub fn cancel(
                 r.job_id.as_deref().unwrap_or("-")
             );
         }
-        if targets.is_empty() {
+        for (key, state) in &idle {
+            println!("cancelled {key} (was {})", state.as_str());
+        }
+        if targets.is_empty() && idle.is_empty() {
             println!("nothing to cancel");
         }
     }
     Ok(0)
 }
 
+/// `all`: every failed, cancelled or retrying unit (`--all`), as a
+/// selection flag says; `failed`: only the failed ones.
 pub fn retry(
     settings: &Settings,
     runs: &[String],
     spec: &SelectionSpec,
+    all: bool,
     failed: bool,
 ) -> anyhow::Result<i32> {
     let config = super::load_config(settings)?;
     let selection = super::resolve_selection(&config, spec)?;
-    if runs.is_empty() && selection.is_all() && !failed {
+    if runs.is_empty() && selection.is_all() && !failed && !all {
         return Err(Failure::user(
-            "say what to retry: job IDs, selection flags, or `--failed`",
-            None,
+            "say what to retry: job IDs, selection flags, `--failed` or `--all`",
+            Some("`nfslurm retry --all` retries every failed or cancelled unit"),
         ));
     }
     let lock = super::submit::plan_lock(&config, true)?;
@@ -131,7 +177,7 @@ pub fn retry(
             || (matches!(
                 u.state,
                 UnitState::Failed | UnitState::Cancelled | UnitState::Retrying
-            ) && (!selection.is_all() || failed)
+            ) && (!selection.is_all() || failed || all)
                 && selection.matches(&u.key)
                 && (!failed || u.state == UnitState::Failed));
         if pick {

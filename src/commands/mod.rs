@@ -31,6 +31,8 @@ pub struct Settings {
     pub json: bool,
     pub quiet: bool,
     pub verbose: u8,
+    /// `--reset-state`: set a refused state aside before the command runs.
+    pub reset_state: bool,
 }
 
 /// An error that carries its exit code (SPEC §4) and an optional hint.
@@ -110,7 +112,27 @@ pub fn load_config(settings: &Settings) -> anyhow::Result<Config> {
     if let Some(kind) = settings.executor {
         config.executor = kind;
     }
+    if settings.reset_state {
+        reset_state(&config)?;
+    }
     Ok(config)
+}
+
+/// `--reset-state`: moves a refused state aside and says where.
+fn reset_state(config: &Config) -> anyhow::Result<()> {
+    let dir = &config.paths.state_dir;
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let backup = crate::state::health::reset(dir, &stamp).map_err(|why| {
+        Failure::user(
+            why,
+            Some("without `--reset-state`, nfslurm uses the state as it is"),
+        )
+    })?;
+    eprintln!(
+        "moved the refused state to `{}`; starting afresh (every unit runs again)",
+        display_path(&backup)
+    );
+    Ok(())
 }
 
 fn config_failure(err: config::ConfigError) -> anyhow::Error {
@@ -173,13 +195,23 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// A path for people: relative to the working directory when inside it,
+/// with control characters escaped (folder names come from outside).
 pub fn display_path(path: &Path) -> String {
     let cwd = std::env::current_dir().unwrap_or_default();
-    if cwd.parent().is_none() {
+    let shown = if cwd.parent().is_none() {
         // At `/` every absolute path would lose its leading slash.
-        return path.display().to_string();
-    }
-    path.strip_prefix(&cwd)
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| path.display().to_string())
+        path.display().to_string()
+    } else {
+        path.strip_prefix(&cwd)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| path.display().to_string())
+    };
+    crate::output::escape_controls(&shown).into_owned()
+}
+
+/// A path as a JSON string: lossy for a name that is not UTF-8 (serde
+/// refuses those, and `--json` output must always be JSON).
+pub fn json_path(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
 }

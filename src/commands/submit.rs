@@ -137,6 +137,7 @@ pub fn print_plan(settings: &Settings, plan: &Plan, store: Option<&Store>) {
         });
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());
+        output::mark_json_printed();
         if serde_json::to_writer_pretty(&mut out, &PlanJson { actions }).is_ok() {
             let _ = writeln!(out);
         }

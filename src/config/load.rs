@@ -11,6 +11,7 @@ use super::error::{ConfigError, Loc, Source, backticked, closest};
 use super::site::{PIPELINE_SCHEDULER_KEYS, SCHEDULER_KEYS, apply_scheduler_keys, load_site};
 use super::template::check_tera;
 use super::types::*;
+use super::units::{MAX_CPUS, MAX_GPUS};
 use super::yaml::{self, Ctx, EnvLookup, Map, Val};
 use super::{display_name, resolve_path, site::read_template};
 use crate::model::Level;
@@ -427,7 +428,7 @@ fn read_retry(ctx: &Ctx, v: Option<Val>) -> Result<RetryPolicy, ConfigError> {
             r.time_factor = v.float_in(ctx, 1.0, None, "at least 1")?;
         }
         if let Some(v) = tm.get("max_time") {
-            r.max_time_s = v.duration(ctx)?;
+            r.max_time_s = v.time_limit(ctx)?;
         }
     }
     if let Some(v) = m.get("infra_max") {
@@ -447,7 +448,7 @@ fn read_local(ctx: &Ctx, v: Option<Val>) -> Result<LocalLimits, ConfigError> {
     if let Some(v) = v {
         let m = Map::open(ctx, v.node, v.path, LOCAL_KEYS)?;
         if let Some(v) = m.get("cpus") {
-            limits.cpus = v.u32_min(ctx, 1)?;
+            limits.cpus = v.u32_range(ctx, 1, MAX_CPUS, "CPUs")?;
         }
         if let Some(v) = m.get("mem") {
             limits.mem_mb = positive_memory(ctx, v)?;
@@ -471,8 +472,10 @@ fn read_notifications(ctx: &Ctx, v: Option<Val>) -> Result<Notifications, Config
                 v.loc(),
                 v.path,
                 format!(
-                    "`{}` must be an `http://` or `https://` URL, found `{url}`",
-                    v.path
+                    "`{}` must be an `http://` or `https://` URL, found `{}`",
+                    v.path,
+                    // The URL is a secret: never echo its path or credentials.
+                    crate::notify::redact_url(url)
                 ),
                 Some(
                     "write the incoming-webhook URL, e.g. `https://hooks.slack.com/services/…`"
@@ -770,6 +773,24 @@ fn read_pipeline(
         )
     })?;
 
+    if let Some(p) =
+        crate::render::outside_value_placements(&command, crate::render::TemplateKind::Command)
+            .into_iter()
+            .next()
+    {
+        let loc =
+            find_line(ctx.text, command_val.loc().line, &p.excerpt).unwrap_or(command_val.loc());
+        return Err(ctx.src.at(
+            loc,
+            command_val.path,
+            format!(
+                "`{}` puts `{}` {}, where a folder name could run as code: `{}`",
+                command_val.path, p.expr, p.inside, p.excerpt
+            ),
+            Some(OUTSIDE_VALUE_HINT.to_string()),
+        ));
+    }
+
     let container = match m.get("container") {
         None => None,
         Some(v) => {
@@ -815,13 +836,13 @@ fn read_pipeline(
     if let Some(v) = m.get("resources") {
         let rm = Map::open(ctx, v.node, v.path, RESOURCE_KEYS)?;
         if let Some(v) = rm.get("cpus") {
-            resources.cpus = v.u32_min(ctx, 1)?;
+            resources.cpus = v.u32_range(ctx, 1, MAX_CPUS, "CPUs per job")?;
         }
         if let Some(v) = rm.get("mem") {
             resources.mem_mb = positive_memory(ctx, v)?;
         }
         if let Some(v) = rm.get("time") {
-            resources.time_s = v.duration(ctx)?;
+            resources.time_s = v.time_limit(ctx)?;
             if resources.time_s == 0 {
                 return Err(ctx.src.at(
                     v.loc(),
@@ -832,7 +853,7 @@ fn read_pipeline(
             }
         }
         if let Some(v) = rm.get("gpus") {
-            resources.gpus = v.u32(ctx)?;
+            resources.gpus = v.u32_range(ctx, 0, MAX_GPUS, "GPUs per job")?;
         }
     }
 
@@ -885,6 +906,12 @@ fn read_pipeline(
         deps,
     })
 }
+
+/// How to write a folder name or scan ID in a command or template so that
+/// the shell reads it as one word and nothing else.
+pub(crate) const OUTSIDE_VALUE_HINT: &str = "write it as a word of its own, outside any quotes \
+     (`ls {{ session.dicom_dir }}`: nfslurm quotes it); to use it in a string, `$(...)` or a \
+     heredoc, set a variable first (`dir={{ session.dicom_dir }}`) and write `\"$dir\"` there";
 
 /// The first line from `from` (1-based) whose content is `wanted`, as a location.
 fn find_line(text: &str, from: u64, wanted: &str) -> Option<Loc> {

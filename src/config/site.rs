@@ -369,6 +369,24 @@ pub(crate) fn read_template(
             ),
         )
     })?;
+    if let Some(p) =
+        crate::render::outside_value_placements(&text, crate::render::TemplateKind::Script)
+            .into_iter()
+            .next()
+    {
+        return Err(ctx.src.at(
+            val.loc(),
+            val.path,
+            format!(
+                "the template `{name}` puts `{}` {} at {name}:{}, where a folder name could run as code: `{}`",
+                p.expr, p.inside, p.line, p.excerpt
+            ),
+            Some(format!(
+                "{} (in a script template, `{{{{ command | shell_quote }}}}` is one word)",
+                super::load::OUTSIDE_VALUE_HINT
+            )),
+        ));
+    }
     Ok((name, text))
 }
 

@@ -922,3 +922,177 @@ fn bad_notifications() {
         ))
     );
 }
+
+/// Issue 9: `ls "{{ session.dicom_dir }}"` ran a folder named
+/// `X$(touch PWNED)`; the loader refuses it, naming the place and the fix.
+#[test]
+fn folder_name_inside_double_quotes_is_refused() {
+    insta::assert_snapshot!(
+        "outside_value_in_double_quotes",
+        err(&format!(
+            "{MINIMAL}discovery:\n  pattern: '^(?P<scan_id>.+)$'\npipelines:\n  bids:\n    command: |\n      echo start\n      ls \"{{{{ session.dicom_dir }}}}\"\n"
+        ))
+    );
+}
+
+#[test]
+fn outside_values_in_backticks_substitutions_and_heredocs_are_refused() {
+    for (command, inside) in [
+        ("echo `ls {{ session.dicom_dir }}`", "backticks"),
+        ("n=$(ls {{ session.dicom_dir }} | wc -l)", "`$(...)`"),
+        (
+            "cat <<EOF\n      {{ session.scan_id }}\n      EOF",
+            "a heredoc",
+        ),
+        (
+            "{% for s in sessions %}echo \"{{ s.scan_id }}\"{% endfor %}",
+            "double quotes",
+        ),
+        ("eval {{ session.scan_id }}", "as an argument of `eval`"),
+        ("bash -c {{ session.scan_id }}", "as a shell's `-c` code"),
+        ("{{ session.dicom_dir }}/run.sh", "as the command's name"),
+    ] {
+        let text = format!("{MINIMAL}pipelines:\n  bids:\n    command: |\n      {command}\n");
+        let message = err(&text);
+        let place = if inside.starts_with("as ") {
+            inside.to_string()
+        } else {
+            format!("inside {inside}")
+        };
+        assert!(
+            message.contains(&format!("{place}, where a folder name could run as code")),
+            "{command}: {message}"
+        );
+        assert!(
+            message.contains("hint: write it as a word of its own"),
+            "{message}"
+        );
+    }
+    // The same values as plain words load.
+    ok(&format!(
+        "{MINIMAL}pipelines:\n  bids:\n    command: |\n      dir={{{{ session.dicom_dir }}}}\n      ls \"$dir\" {{{{ session.scan_id }}}}\n"
+    ));
+}
+
+#[test]
+fn a_script_template_quoting_the_command_in_double_quotes_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("job.sh.tera"),
+        "#!/bin/bash\nbash -c \"{{ command }}\"\n",
+    )
+    .unwrap();
+    let file = dir.path().join("nfslurm.yaml");
+    let text = "version: 1\npaths:\n  dicom_root: dicom\npipelines:\n  a:\n    command: echo\n    template: job.sh.tera\n";
+    let e = load_str_with_env(text, &file, &env).unwrap_err().report();
+    assert!(
+        e.contains("puts `{{ command }}` inside double quotes at") && e.contains("job.sh.tera:2"),
+        "{e}"
+    );
+}
+
+mod fuzz {
+    //! Nothing the loader is given makes it panic: any text, and a valid
+    //! config with odd values put where values go.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Values a hand-edited config may hold: empty, huge, negative, odd
+    /// units, control characters, templates, YAML structure.
+    fn odd_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            Just("99999999999999999999".to_string()),
+            Just("-1".to_string()),
+            Just("0".to_string()),
+            Just("1e309".to_string()),
+            Just("18446744073709551616".to_string()),
+            Just("999999999999T".to_string()),
+            Just("99999999:00:00".to_string()),
+            Just("9999999999d".to_string()),
+            Just("[]".to_string()),
+            Just("{}".to_string()),
+            Just("~".to_string()),
+            Just("'{{ x'".to_string()),
+            Just("\"\\u0000\\u001b\"".to_string()),
+            "[ -~]{0,40}",
+            "\\PC{0,20}",
+            "[0-9]{1,30}[KMGTPkmgtp]?",
+            "[0-9:\\-]{1,20}",
+        ]
+    }
+
+    const TEMPLATE: &str = "version: 1\nsite: local\npaths:\n  dicom_root: dicom\ndiscovery:\n  pattern: @P\n  settle: @S\n  validation: { min_files: @F }\npipelines:\n  a:\n    command: @C\n    resources: { cpus: @U, mem: @M, time: @T, gpus: @G }\n    max_concurrent: @N\nretry:\n  max_attempts: @A\n  initial_delay: @D\n  factor: @X\n";
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_text_loads_or_errors(text in "\\PC{0,400}") {
+            let _ = load_at(&text, "nfslurm.yaml");
+        }
+
+        #[test]
+        fn odd_values_load_or_error_with_a_location(values in proptest::collection::vec(odd_value(), 13)) {
+            let mut text = TEMPLATE.to_string();
+            for (key, value) in ["@P", "@S", "@F", "@C", "@U", "@M", "@T", "@G", "@N", "@A", "@D", "@X"].iter().zip(&values) {
+                text = text.replacen(key, value, 1);
+            }
+            let loaded = load_at(&text, "nfslurm.yaml");
+            if let Ok(c) = &loaded {
+                for p in &c.pipelines {
+                    let r = &p.resources;
+                    prop_assert!(r.cpus >= 1 && r.cpus <= crate::config::units::MAX_CPUS);
+                    prop_assert!(r.gpus <= crate::config::units::MAX_GPUS);
+                    prop_assert!(r.mem_mb >= 1 && r.mem_mb <= crate::config::units::MAX_MEM_MB);
+                    prop_assert!(r.time_s >= 1 && r.time_s <= crate::config::units::MAX_TIME_S);
+                }
+            }
+            if let Err(e) = loaded {
+                let report = e.report();
+                prop_assert!(report.starts_with("nfslurm.yaml"), "{}", report);
+                prop_assert!(!report.lines().next().unwrap_or("").ends_with('.'), "{}", report);
+            }
+        }
+    }
+}
+
+/// Issue 9: `cpus: 99999999999999999999` said "whole number".
+#[test]
+fn resources_have_upper_bounds() {
+    let res = |r: &str| {
+        err(&format!(
+            "{MINIMAL}pipelines:\n  a:\n    command: x\n    resources: {{ {r} }}\n"
+        ))
+    };
+    insta::assert_snapshot!(
+        "resources_upper_bounds",
+        [
+            res("cpus: 99999999999999999999"),
+            res("cpus: 5000"),
+            res("gpus: 65"),
+            res("mem: 65T"),
+            res("mem: 99999999999999999999999P"),
+            res("time: 366d"),
+            res("time: \"9000:00:00\""),
+        ]
+        .join("\n\n")
+    );
+    // The bounds themselves load.
+    let c = ok(&format!(
+        "{MINIMAL}pipelines:\n  a:\n    command: x\n    resources: {{ cpus: 4096, gpus: 64, mem: 64T, time: 365d }}\n"
+    ));
+    let r = &c.pipelines[0].resources;
+    assert_eq!(
+        (r.cpus, r.gpus, r.mem_mb, r.time_s),
+        (4096, 64, 64 * 1024 * 1024, 365 * 86_400)
+    );
+    assert!(
+        err(&format!(
+            "{MINIMAL}retry:\n  on_timeout: {{ max_time: 400d }}\n"
+        ))
+        .contains("more than the 365 days nfslurm accepts")
+    );
+}

@@ -208,7 +208,8 @@ pub struct LocalLimits {
 }
 
 /// What `sync` tells people about, and how (`notifications:` block).
-#[derive(Debug, Clone, PartialEq)]
+/// `Debug` shows the webhook redacted: it is a secret.
+#[derive(Clone, PartialEq)]
 pub struct Notifications {
     /// Slack-style incoming webhook: a JSON POST `{"text": "..."}`.
     pub webhook: Option<String>,
@@ -229,6 +230,20 @@ impl Default for Notifications {
             events: NotifyEvent::ALL.to_vec(),
             unreachable_after: 3,
         }
+    }
+}
+
+impl std::fmt::Debug for Notifications {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifications")
+            .field(
+                "webhook",
+                &self.webhook.as_deref().map(crate::notify::redact_url),
+            )
+            .field("command", &self.command.as_ref().map(|_| "…"))
+            .field("events", &self.events)
+            .field("unreachable_after", &self.unreachable_after)
+            .finish()
     }
 }
 

@@ -12,6 +12,15 @@ pub const DURATION_FORMS: &str = "`02:00:00`, `1-02:00:00`, `90:00` (minutes:sec
 pub const MEMORY_FORMS: &str = "`8G`, `8GB`, `8Gi`, `8000M`, `512MB`, `1T`, `1.5G`, \
      or a plain number of megabytes such as `8000` (G = 1024 M, as in Slurm)";
 
+/// The most CPUs one job may ask for: more than any node has.
+pub const MAX_CPUS: u32 = 4096;
+/// The most GPUs one job may ask for.
+pub const MAX_GPUS: u32 = 64;
+/// The most memory one job may ask for: 64T, in MB.
+pub const MAX_MEM_MB: u64 = 64 * 1024 * 1024;
+/// The longest time limit: 365 days, in seconds.
+pub const MAX_TIME_S: u64 = 365 * 86_400;
+
 /// Parses a duration into seconds.
 ///
 /// Accepted forms:
@@ -106,8 +115,11 @@ fn parse_unit_duration(text: &str) -> Result<u64, String> {
         total += value * factor;
         seen_any = true;
     }
-    if !seen_any || !total.is_finite() || total > u64::MAX as f64 / 2.0 {
+    if !seen_any {
         return Err(bad());
+    }
+    if !total.is_finite() || total > u64::MAX as f64 / 2.0 {
+        return Err(format!("`{text}` is too long"));
     }
     Ok(total.round() as u64)
 }
@@ -180,7 +192,7 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
     };
     let mb = (value * factor).ceil();
     if !mb.is_finite() || mb > u64::MAX as f64 / 2.0 {
-        return Err(bad());
+        return Err(format!("`{text}` is too large"));
     }
     Ok(mb as u64)
 }

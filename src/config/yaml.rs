@@ -16,7 +16,9 @@ use serde_saphyr::granit_parser::{Event, Marker, Parser, ScalarStyle, Span, Tag}
 
 use super::error::{ConfigError, Loc, Source, backticked, closest};
 use super::expand::expand_vars;
-use super::units::{DURATION_FORMS, MEMORY_FORMS, parse_duration, parse_memory};
+use super::units::{
+    DURATION_FORMS, MAX_MEM_MB, MAX_TIME_S, MEMORY_FORMS, parse_duration, parse_memory,
+};
 
 #[derive(Debug, Clone)]
 pub(crate) struct Node {
@@ -586,7 +588,15 @@ impl<'a> Val<'a> {
             _ => return Err(self.type_error(ctx, "a whole number", Some("4".into()))),
         };
         let digits = text.strip_prefix('+').unwrap_or(text).replace('_', "");
-        digits.parse::<u64>().map_err(|_| {
+        digits.parse::<u64>().map_err(|e| {
+            if *e.kind() == std::num::IntErrorKind::PosOverflow {
+                return ctx.src.at(
+                    self.node.loc,
+                    self.path,
+                    format!("`{}` is too large: `{text}`", self.path),
+                    Some("write the number this key is for, such as `4`".to_string()),
+                );
+            }
             ctx.src.at(
                 self.node.loc,
                 self.path,
@@ -594,6 +604,46 @@ impl<'a> Val<'a> {
                 Some("write a number such as `4`, without quotes or units".to_string()),
             )
         })
+    }
+
+    /// A whole number from `min` to `max`; `what` says what the bound is for
+    /// (`CPUs per job`), in the message.
+    pub fn u32_range(&self, ctx: &Ctx, min: u32, max: u32, what: &str) -> Result<u32, ConfigError> {
+        let text = match &self.node.kind {
+            Kind::Scalar { text, .. } => text.trim().to_string(),
+            _ => String::new(),
+        };
+        let huge = {
+            let digits = text.strip_prefix('+').unwrap_or(&text).replace('_', "");
+            !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+        };
+        let v = match self.uint(ctx) {
+            Ok(v) => v,
+            // Too large for any integer: still "too large", with the bound.
+            Err(_) if huge => u64::MAX,
+            Err(e) => return Err(e),
+        };
+        if v > u64::from(max) {
+            return Err(ctx.src.at(
+                self.node.loc,
+                self.path,
+                format!(
+                    "`{}` is too large: `{text}`, more than the {max} {what} nfslurm accepts",
+                    self.path
+                ),
+                Some(format!("ask for at most {max}")),
+            ));
+        }
+        let v = v as u32;
+        if v < min {
+            return Err(ctx.src.at(
+                self.node.loc,
+                self.path,
+                format!("`{}` must be at least {min}, found `{v}`", self.path),
+                None,
+            ));
+        }
+        Ok(v)
     }
 
     pub fn u32(&self, ctx: &Ctx) -> Result<u32, ConfigError> {
@@ -706,18 +756,56 @@ impl<'a> Val<'a> {
             Kind::Scalar { text, .. } => text.as_str(),
             _ => return Err(self.type_error(ctx, "a memory size", Some("8G".into()))),
         };
-        parse_memory(text).map_err(|_| {
-            ctx.src.at(
+        let mb = match parse_memory(text) {
+            Ok(mb) => mb,
+            Err(e) if e.ends_with("too large") => u64::MAX,
+            Err(_) => {
+                return Err(ctx.src.at(
+                    self.node.loc,
+                    self.path,
+                    format!(
+                        "`{}` is `{}`, which is not a memory size",
+                        self.path,
+                        text.trim()
+                    ),
+                    Some(format!("memory is written {MEMORY_FORMS}")),
+                ));
+            }
+        };
+        if mb > MAX_MEM_MB {
+            return Err(ctx.src.at(
                 self.node.loc,
                 self.path,
                 format!(
-                    "`{}` is `{}`, which is not a memory size",
+                    "`{}` is too large: `{}`, more than the 64T nfslurm accepts",
                     self.path,
                     text.trim()
                 ),
-                Some(format!("memory is written {MEMORY_FORMS}")),
-            )
-        })
+                Some("ask for what one job can use on one node, such as `64G`".to_string()),
+            ));
+        }
+        Ok(mb)
+    }
+
+    /// A time limit: a duration of at most 365 days.
+    pub fn time_limit(&self, ctx: &Ctx) -> Result<u64, ConfigError> {
+        let secs = self.duration(ctx)?;
+        if secs > MAX_TIME_S {
+            let text = match &self.node.kind {
+                Kind::Scalar { text, .. } => text.trim().to_string(),
+                _ => secs.to_string(),
+            };
+            return Err(ctx.src.at(
+                self.node.loc,
+                self.path,
+                format!(
+                    "`{}` is too long: `{text}`, more than the 365 days nfslurm accepts",
+                    self.path
+                ),
+                Some("ask for what one job needs, such as `\"24:00:00\"` or `3d`".to_string()),
+            ));
+        }
+        Ok(secs)
     }
 
     /// A list of scalars (a single scalar is a list of one), each with its

@@ -24,7 +24,7 @@ use crate::plan::{self, Request};
 use crate::state::{self, Store};
 
 pub use events::{Message, Reported, SyncHealth, new_events, new_events_with};
-pub use send::{DELIVERY_TIMEOUT, deliver};
+pub use send::{DELIVERY_TIMEOUT, deliver, redact_url};
 
 /// `meta` key: the Unix time the last sync ended.
 pub const META_LAST_SYNC: &str = "sync.last_at";

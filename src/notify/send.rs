@@ -29,7 +29,8 @@ pub fn deliver(n: &Notifications, config: &Config, message: &Message) {
     }
 }
 
-/// POSTs `{"text": text}` as JSON; any answer but 2xx is an error.
+/// POSTs `{"text": text}` as JSON; any answer but 2xx is an error. The
+/// error never holds the URL's secret parts (see [`redact_url`]).
 pub fn post_webhook(url: &str, text: &str, timeout: Duration) -> Result<(), String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
@@ -42,29 +43,71 @@ pub fn post_webhook(url: &str, text: &str, timeout: Duration) -> Result<(), Stri
         .post(url)
         .content_type("application/json")
         .send(body.as_bytes())
-        .map_err(|e| format!("POST to `{}`: {e}", redacted(url)))?;
+        .map_err(|e| {
+            format!(
+                "POST to `{}`: {}",
+                redact_url(url),
+                scrub(&e.to_string(), url)
+            )
+        })?;
     let status = response.status();
     if status.is_success() {
         Ok(())
     } else {
         Err(format!(
             "POST to `{}` answered {}",
-            redacted(url),
+            redact_url(url),
             status.as_u16()
         ))
     }
 }
 
-/// A webhook URL is a secret (whoever has it can post): messages show its
-/// scheme and host only.
-fn redacted(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let host = rest.split('/').next().unwrap_or(rest);
-    if rest.len() > host.len() {
-        format!("{scheme}://{host}/…")
+/// A webhook URL is a secret: whoever has it can post, and it may carry a
+/// user and password (`https://user:pass@host/…`), a token in its path
+/// (Slack's `/services/T…/B…/secret`) or in its query (`?token=…`). Messages,
+/// logs and JSON show its scheme, host and port only: `https://host/…`.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    // The userinfo ends at the last `@` of the authority.
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let more = if end < rest.len() || host.len() < authority.len() {
+        "/…"
     } else {
-        format!("{scheme}://{host}")
+        ""
+    };
+    format!("{scheme}{host}{more}")
+}
+
+/// `text` (an HTTP library's error) with every secret part of `url` removed:
+/// libraries quote the URL they were given.
+fn scrub(text: &str, url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let mut secrets: Vec<&str> = vec![url];
+    if let Some((userinfo, _)) = authority.rsplit_once('@') {
+        secrets.push(userinfo);
+        secrets.extend(userinfo.split(':'));
     }
+    if tail.len() > 1 {
+        secrets.push(tail);
+        secrets.extend(
+            tail.split(['/', '?', '&', '=', '#'])
+                .filter(|p| p.len() >= 3),
+        );
+    }
+    // Longest first, so that a part of a secret does not leave the rest.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = text.to_string();
+    for secret in secrets.into_iter().filter(|s| !s.is_empty()) {
+        out = out.replace(secret, "…");
+    }
+    out
 }
 
 /// Runs `sh -c COMMAND nfslurm SUBJECT` with the body on standard input and
@@ -135,10 +178,30 @@ mod tests {
     #[test]
     fn webhook_urls_are_redacted_in_messages() {
         assert_eq!(
-            redacted("https://hooks.slack.com/services/T0/B0/secret"),
+            redact_url("https://hooks.slack.com/services/T0/B0/secret"),
             "https://hooks.slack.com/…"
         );
-        assert_eq!(redacted("http://127.0.0.1:9"), "http://127.0.0.1:9");
+        assert_eq!(redact_url("http://127.0.0.1:9"), "http://127.0.0.1:9");
+        // Issue 9: the password was printed in the WARN line.
+        assert_eq!(
+            redact_url("http://user:PASS@host/hook?token=Q"),
+            "http://host/…"
+        );
+        assert_eq!(redact_url("https://u:p@w@host:8443"), "https://host:8443/…");
+        assert_eq!(redact_url("https://host?token=Q"), "https://host/…");
+        assert_eq!(redact_url("hooks.example.org/x"), "hooks.example.org/…");
+    }
+
+    #[test]
+    fn library_errors_are_scrubbed_of_every_secret_part() {
+        let url = "http://user:PASS@host:9/hooks/SECRETPATH?token=SECRETQUERY";
+        let text = format!(
+            "bad uri {url}; user:PASS; /hooks/SECRETPATH?token=SECRETQUERY; SECRETQUERY PASS"
+        );
+        let out = scrub(&text, url);
+        for secret in ["PASS", "SECRETPATH", "SECRETQUERY", "user"] {
+            assert!(!out.contains(secret), "{out}");
+        }
     }
 
     fn config(dir: &std::path::Path) -> Config {
@@ -213,5 +276,23 @@ mod tests {
         .unwrap_err();
         assert!(err.starts_with("POST to `http://127.0.0.1:"), "{err}");
         assert!(start.elapsed() < Duration::from_secs(3));
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use crate::config::Notifications;
+
+    #[test]
+    fn the_config_debug_form_hides_the_webhook() {
+        let n = Notifications {
+            webhook: Some("https://u:PASS@hooks.example.org/services/SECRET?t=Q".into()),
+            ..Notifications::default()
+        };
+        let text = format!("{n:?}");
+        assert!(text.contains("https://hooks.example.org/…"), "{text}");
+        for secret in ["PASS", "SECRET", "t=Q"] {
+            assert!(!text.contains(secret), "{text}");
+        }
     }
 }

@@ -170,6 +170,18 @@ pub fn megabytes(mb: i64) -> String {
     }
 }
 
+/// Whether this process printed its JSON document already: an error after
+/// it (`sync --json` that lost the cluster) is then not a second document.
+static JSON_PRINTED: AtomicBool = AtomicBool::new(false);
+
+pub fn mark_json_printed() {
+    JSON_PRINTED.store(true, Ordering::Relaxed);
+}
+
+pub fn json_printed() -> bool {
+    JSON_PRINTED.load(Ordering::Relaxed)
+}
+
 /// How many lines of a failed run's log `show`, the `--wait` summary and
 /// notifications quote.
 pub const LOG_TAIL_LINES: usize = 5;
@@ -215,6 +227,7 @@ pub fn printable(text: &str) -> String {
 }
 
 pub fn print_json(value: &serde_json::Value) {
+    mark_json_printed();
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
@@ -254,5 +267,37 @@ mod tests {
             ]
         );
         assert_eq!(log_tail(&dir.path().join("gone.out"), 3), None);
+    }
+}
+
+/// `text` with control characters written as escapes (`\n`, `\u{1b}`), so
+/// that a folder name or log line from outside never reaches a terminal raw
+/// (an escape sequence in a name could rewrite the screen).
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::escape_controls;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_controls("sub-01 ünï"), "sub-01 ünï");
+        assert_eq!(
+            escape_controls("a\x1b[2Jb\nc\u{9b}"),
+            "a\\u{1b}[2Jb\\nc\\u{9b}"
+        );
     }
 }

@@ -24,7 +24,11 @@
 //!   named `$(rm -rf ~)`. Do not put these values inside quotes in the
 //!   command (`"{{ x }}"` would show the quotes literally) and do not build
 //!   strings with `~` before quoting; write `{{ paths.derivatives }}/qsiprep`,
-//!   which is a correct shell word either way.
+//!   which is a correct shell word either way. For the values that come from
+//!   folder names (`dicom_dir`, `scan_id`) this is enforced: the config
+//!   loader refuses a command that puts them anywhere but a plain word
+//!   ([`outside_value_placements`]), and discovery refuses folder names with
+//!   shell-special characters in the first place.
 //! - These pre-quoted values are marked *safe*, and the `shell_quote` filter
 //!   leaves safe values alone, so `{{ session.dicom_dir | shell_quote }}` is
 //!   harmless (never quoted twice). Numbers are safe too.
@@ -41,6 +45,7 @@
 
 mod container;
 mod context;
+mod placement;
 mod quote;
 
 use std::collections::HashMap;
@@ -53,6 +58,7 @@ use crate::model::{Label, Level, UnitKey};
 
 pub use container::{Runtime, container_argv, container_prefix};
 pub use context::{slurm_time, work_dir_for};
+pub use placement::{Placement, TemplateKind, outside_value_placements};
 pub use quote::{shell_join, shell_quote};
 
 /// One session of a subject, as a template sees it.

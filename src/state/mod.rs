@@ -10,6 +10,7 @@
 //! serialises the short write transactions, and readers (`status`) never wait
 //! for more than one of them.
 
+pub mod health;
 mod schema;
 
 use std::collections::HashMap;
@@ -32,6 +33,12 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot create the state database `{path}`")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open the state database `{path}`")]
     Open {
         path: PathBuf,
@@ -48,6 +55,24 @@ pub enum StateError {
     },
     #[error("run {0} does not exist")]
     NoSuchRun(i64),
+    /// The state exists but is not a whole nfslurm database (see [`health`]).
+    #[error("{why}")]
+    Refused { dir: PathBuf, why: String },
+}
+
+impl StateError {
+    /// What to do about it, for the `hint:` line.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            StateError::Refused { .. } => Some(
+                "restore `state.db` from a backup (nothing was changed); or, to start the study \
+                 afresh (every unit runs again), add `--reset-state`: nfslurm moves `state.db`, \
+                 `scripts/` and `logs/` into a `backup-<time>` folder of the state directory first"
+                    .to_string(),
+            ),
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T, E = StateError> = std::result::Result<T, E>;
@@ -453,15 +478,58 @@ fn audit(
     Ok(())
 }
 
+/// Creates `path` whole: the schema is written to a temporary file, which is
+/// then linked into place. So no other nfslurm ever sees a `state.db` of
+/// 0 bytes, which it would refuse as emptied (see [`health`]); when two
+/// create it at once, the first link wins and the other uses it.
+fn create_database(dir: &Path, path: &Path) -> Result<()> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".state.db.new-{}-{n}", std::process::id()));
+    let open_err = |source| StateError::Open {
+        path: tmp.clone(),
+        source,
+    };
+    let _ = fs::remove_file(&tmp);
+    {
+        let mut conn = Connection::open(&tmp).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "DELETE")
+            .map_err(open_err)?;
+        schema::migrate(&mut conn).map_err(open_err)?;
+    }
+    let _ = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600));
+    let linked = match fs::hard_link(&tmp, path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        // A file system without hard links: rename (the last one wins).
+        Err(_) => fs::rename(&tmp, path),
+    };
+    let _ = fs::remove_file(&tmp);
+    linked.map_err(|source| StateError::Create {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 impl Store {
     /// Opens (creating when needed) `<dir>/state.db` and brings its schema up to date.
     pub fn open(dir: &Path) -> Result<Store> {
+        // Never take an emptied, truncated or foreign database for a new study.
+        if let Some(why) = health::problem(dir) {
+            return Err(StateError::Refused {
+                dir: dir.to_path_buf(),
+                why,
+            });
+        }
         ensure_state_dir(dir)?;
         let path = dir.join("state.db");
         let open_err = |source| StateError::Open {
             path: path.clone(),
             source,
         };
+        if !path.exists() {
+            create_database(dir, &path)?;
+        }
         let mut conn = Connection::open(&path).map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(30))
             .map_err(open_err)?;
@@ -482,7 +550,7 @@ impl Store {
 
     /// Opens an existing database read-only side: returns `None` if there is none yet.
     pub fn open_existing(dir: &Path) -> Result<Option<Store>> {
-        if dir.join("state.db").exists() {
+        if dir.join("state.db").exists() || health::problem(dir).is_some() {
             Store::open(dir).map(Some)
         } else {
             Ok(None)
@@ -689,7 +757,19 @@ impl Store {
             })
         })?;
         for row in rows {
-            out.push(row?);
+            let mut row = row?;
+            // Registered before discovery refused names a shell could run
+            // (issue 9): such a session is invalid now, and never rendered.
+            if row.valid
+                && let Some(why) = row
+                    .dicom_dir
+                    .file_name()
+                    .and_then(|n| crate::study::unsafe_folder_name(&n.to_string_lossy()))
+            {
+                row.valid = false;
+                row.problem = Some(format!("the folder's {why}"));
+            }
+            out.push(row);
         }
         Ok(out)
     }
@@ -803,6 +883,28 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?)
+    }
+
+    /// The IDs of these units, creating the rows of units that never ran (so
+    /// that `cancel` can mark a unit before its first run), in one transaction.
+    pub fn ensure_units(&mut self, keys: &[&UnitKey]) -> Result<Vec<i64>> {
+        let tx = self.conn.transaction()?;
+        let mut ids = Vec::with_capacity(keys.len());
+        {
+            let mut ensure = tx.prepare_cached(
+                "INSERT INTO units (pipeline, subject, session) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(pipeline, subject, session) DO UPDATE SET pipeline = pipeline \
+                 RETURNING id",
+            )?;
+            for key in keys {
+                ids.push(ensure.query_row(
+                    params![key.pipeline, key.subject.as_str(), session_text(key)],
+                    |r| r.get(0),
+                )?);
+            }
+        }
+        tx.commit()?;
+        Ok(ids)
     }
 
     /// Records the intent of every run in one transaction, before any executor
@@ -1267,6 +1369,46 @@ mod tests {
         store.withdraw_runs(&ids2, "test", 103).unwrap();
         let snap = store.snapshot().unwrap();
         assert_eq!(snap.last_run(&a).unwrap().id, ids[0]);
+    }
+
+    /// Issue 9: a folder named like a command, registered by an older
+    /// nfslurm, is never rendered into a script.
+    #[test]
+    fn a_session_registered_with_an_unsafe_folder_name_reads_as_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let row = |scan: &str, sub: &str| SessionRow {
+            scan_id: scan.into(),
+            subject: label(sub),
+            session: label("1"),
+            dicom_dir: format!("/d/{scan}").into(),
+            valid: true,
+            problem: None,
+            n_files: 9,
+        };
+        store
+            .register_sessions(&[row("X$(touch PWNED)", "01"), row("B", "02")], 1)
+            .unwrap();
+        let sessions = store.snapshot().unwrap().sessions;
+        let bad = sessions
+            .iter()
+            .find(|s| s.subject.as_str() == "01")
+            .unwrap();
+        assert!(!bad.valid);
+        assert!(
+            bad.problem.as_deref().unwrap().starts_with(
+                "the folder's name contains `$` `(` `)`, which a shell could run as code"
+            ),
+            "{:?}",
+            bad.problem
+        );
+        assert!(
+            sessions
+                .iter()
+                .find(|s| s.subject.as_str() == "02")
+                .unwrap()
+                .valid
+        );
     }
 
     #[test]

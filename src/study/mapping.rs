@@ -52,7 +52,14 @@ impl fmt::Display for MappingProblem {
             .file_name()
             .map(|n| n.to_string_lossy())
             .unwrap_or_else(|| self.file.to_string_lossy());
-        write!(f, "{}:{}: {}", name, self.row, self.message)
+        // Cells come from a spreadsheet: no raw control character reaches a terminal.
+        write!(
+            f,
+            "{}:{}: {}",
+            crate::output::escape_controls(&name),
+            self.row,
+            crate::output::escape_controls(&self.message)
+        )
     }
 }
 
@@ -117,6 +124,21 @@ pub fn parse_mapping(
         .iter()
         .map(|h| h.trim().to_string())
         .collect();
+    // Two columns with one name: which one holds the labels is a guess, and
+    // a wrong guess maps sessions to the wrong subjects.
+    for (i, h) in headers.iter().enumerate() {
+        if h.is_empty() {
+            continue;
+        }
+        if let Some(j) = headers[i + 1..].iter().position(|o| o == h) {
+            return Err(StudyError::DuplicateColumn {
+                file: file.clone(),
+                column: h.clone(),
+                first: i + 1,
+                second: i + j + 2,
+            });
+        }
+    }
     let column = |name: &str| -> Result<usize, StudyError> {
         headers
             .iter()
@@ -169,6 +191,23 @@ pub fn parse_mapping(
             row,
             message,
         };
+        // A ragged row: a cell with an unquoted comma (`Doe, Jane`) shifts
+        // every cell after it, so no cell of it can be trusted. Extra cells
+        // that are all empty (trailing commas of a spreadsheet export) are fine.
+        let cells = record.len();
+        let extra_empty = record.iter().skip(headers.len()).all(str::is_empty);
+        if cells < headers.len() || !extra_empty {
+            let scan_id = cell(scan_col);
+            problems.push(problem(format!(
+                "the row has {cells} cell{}, the header {}: put a cell that holds a comma in double quotes, and give every row one cell per column (an empty one as `,,`)",
+                if cells == 1 { "" } else { "s" },
+                headers.len()
+            )));
+            if !scan_id.is_empty() {
+                rejected.insert(scan_id.to_string());
+            }
+            continue;
+        }
 
         let scan_id = cell(scan_col);
         if scan_id.is_empty() {
@@ -185,17 +224,14 @@ pub fn parse_mapping(
                 cfg.subject_column
             ))
         } else {
-            Label::subject(subject_text).map_err(|_| {
-                format!(
-                    "subject `{subject_text}` is not a valid BIDS label: use letters and digits only"
-                )
-            })
+            Label::subject(subject_text)
+                .map_err(|e| format!("subject `{}` {}", e.shown(), e.reason()))
         };
         let session = match session_col.map(cell) {
             None | Some("") => Ok(None),
-            Some(text) => Label::session(text).map(Some).map_err(|_| {
-                format!("session `{text}` is not a valid BIDS label: use letters and digits only")
-            }),
+            Some(text) => Label::session(text)
+                .map(Some)
+                .map_err(|e| format!("session `{}` {}", e.shown(), e.reason())),
         };
         match (subject, session) {
             (Ok(subject), Ok(session)) => {
@@ -372,16 +408,47 @@ mod tests {
         let (mapping, problems) = load(text, false).unwrap();
         assert!(mapping.is_empty());
         assert_eq!(problems.len(), 2);
-        assert!(
-            problems[0]
-                .to_string()
-                .starts_with("mapping.csv:2: scan `A1` has no subject")
+        assert_eq!(
+            problems[0].to_string(),
+            "mapping.csv:2: the row has 1 cell, the header 2: put a cell that holds a comma in double quotes, and give every row one cell per column (an empty one as `,,`)"
         );
         assert!(
             problems[1]
                 .to_string()
                 .starts_with("mapping.csv:3: no scan ID")
         );
+    }
+
+    #[test]
+    fn a_row_with_an_unquoted_comma_is_refused_naming_its_line() {
+        let text = "ScanID,SubjectCode,SessionID\nA1,01,1\nA2,Doe, Jane,1\nA3,03,1,,\n\"A4\",\"04\",\"1\"\nA2,02,1\n";
+        let (mapping, problems) = load(text, true).unwrap();
+        assert_eq!(
+            problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            [
+                "mapping.csv:3: the row has 4 cells, the header 3: put a cell that holds a comma in double quotes, and give every row one cell per column (an empty one as `,,`)"
+            ]
+        );
+        // The ragged row's scan ID stays unmapped, even with a good row elsewhere.
+        assert!(mapping.get("A2").is_none());
+        assert!(mapping.is_rejected("A2"));
+        // Trailing empty cells (a spreadsheet export) are fine.
+        assert_eq!(mapping.get("A3").unwrap().subject.as_str(), "03");
+        assert_eq!(mapping.get("A4").unwrap().subject.as_str(), "04");
+    }
+
+    #[test]
+    fn a_duplicate_column_refuses_the_sheet() {
+        let err = load("ScanID,SubjectCode,ScanID\nA1,01,A2\n", false).unwrap_err();
+        assert!(
+            err.to_string().ends_with(
+                "mapping.csv` has two columns named `ScanID` (columns 1 and 3 of line 1)"
+            ),
+            "{err}"
+        );
+        assert!(err.hint().unwrap().contains("rename or delete one"));
+        // Empty header cells (trailing commas) are not names.
+        assert!(load("ScanID,SubjectCode,,\nA1,01,,\n", false).is_ok());
     }
 
     #[test]
@@ -392,5 +459,83 @@ mod tests {
             problems[0].to_string(),
             "mapping.csv:2: session `a b` is not a valid BIDS label: use letters and digits only"
         );
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    //! The mapping sheet comes from a spreadsheet: no bytes make it panic.
+
+    use std::path::PathBuf;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn cfg(session: bool) -> MappingConfig {
+        MappingConfig {
+            file: PathBuf::from("/study/mapping.csv"),
+            scan_id_column: "ScanID".to_string(),
+            subject_column: "SubjectCode".to_string(),
+            session_column: session.then(|| "SessionID".to_string()),
+        }
+    }
+
+    /// One cell: empty, huge, quoted, with commas, newlines, BOMs, bytes.
+    fn cell() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(Vec::new()),
+            Just(b"01".to_vec()),
+            Just(vec![b'9'; 10_000]),
+            Just(b"\"a,b\"".to_vec()),
+            Just(b"\"unclosed".to_vec()),
+            Just(b"\xEF\xBB\xBF".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"\xff\xfe".to_vec()),
+            "[A-Za-z0-9 ;$-]{0,12}".prop_map(String::into_bytes),
+            proptest::collection::vec(any::<u8>(), 0..16),
+        ]
+    }
+
+    fn sheet() -> impl Strategy<Value = Vec<u8>> {
+        let header = prop_oneof![
+            Just(b"ScanID,SubjectCode,SessionID".to_vec()),
+            Just(b"ScanID,SubjectCode".to_vec()),
+            Just(b"\xEF\xBB\xBFScanID, SubjectCode ,SessionID,".to_vec()),
+            Just(b"ScanID,ScanID,SubjectCode".to_vec()),
+            Just(Vec::new()),
+        ];
+        let row = proptest::collection::vec(cell(), 0..5).prop_map(|cells| cells.join(&b","[..]));
+        (header, proptest::collection::vec(row, 0..12)).prop_map(|(header, rows)| {
+            let mut out = header;
+            for row in rows {
+                out.push(b'\n');
+                out.extend(row);
+            }
+            out
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_bytes_parse_or_error(bytes in proptest::collection::vec(any::<u8>(), 0..600), session: bool) {
+            let _ = parse_mapping(&bytes, &cfg(session));
+        }
+
+        #[test]
+        fn odd_sheets_give_labels_that_are_bids_labels(sheet in sheet(), session: bool) {
+            if let Ok((mapping, problems)) = parse_mapping(&sheet, &cfg(session)) {
+                for row in mapping.iter() {
+                    prop_assert!(row.subject.as_str().chars().all(|c| c.is_ascii_alphanumeric()));
+                    prop_assert!(!row.scan_id.is_empty());
+                }
+                for p in problems {
+                    prop_assert!(p.row >= 2, "{}", p);
+                    prop_assert!(!p.to_string().chars().any(char::is_control), "{:?}", p.to_string());
+                }
+            }
+        }
     }
 }

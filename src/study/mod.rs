@@ -43,6 +43,12 @@ pub use mapping::{Mapping, MappingProblem, MappingRow, load_mapping, parse_mappi
 
 use scan::Walk;
 
+/// Why a session folder name is refused (a control character, or a
+/// character a shell reads as code), or `None` when it is safe in a script.
+pub fn unsafe_folder_name(name: &str) -> Option<String> {
+    scan::unsafe_name(name)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StudyError {
     #[error("cannot read the mapping file `{}`", file.display())]
@@ -67,6 +73,16 @@ pub enum StudyError {
         column: String,
         found: Vec<String>,
     },
+    #[error(
+        "the mapping file `{}` has two columns named `{column}` (columns {first} and {second} of line 1)",
+        file.display()
+    )]
+    DuplicateColumn {
+        file: PathBuf,
+        column: String,
+        first: usize,
+        second: usize,
+    },
     #[error("cannot list the DICOM folder `{}`", path.display())]
     ReadDir {
         path: PathBuf,
@@ -75,11 +91,29 @@ pub enum StudyError {
     },
 }
 
+impl StudyError {
+    /// What to do about it, for the `hint:` line.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            StudyError::DuplicateColumn { .. } => {
+                Some("rename or delete one of the two columns, so that each name is used once")
+            }
+            StudyError::MissingColumn { .. } => Some(
+                "name the columns in `discovery.mapping` (`scan_id_column`, `subject_column`, `session_column`) as the header row spells them",
+            ),
+            _ => None,
+        }
+    }
+}
+
 fn describe_columns(found: &[String]) -> String {
     if found.iter().all(|c| c.is_empty()) {
         "the file has no header row".to_string()
     } else {
-        let names: Vec<String> = found.iter().map(|c| format!("`{c}`")).collect();
+        let names: Vec<String> = found
+            .iter()
+            .map(|c| format!("`{}`", crate::output::escape_controls(c)))
+            .collect();
         format!("columns found: {}", names.join(", "))
     }
 }
@@ -217,10 +251,11 @@ pub fn discover_with_mapping(
             (Some(label), _) => label.clone(),
             (None, Some(text)) => match Label::session(text) {
                 Ok(label) => label,
-                Err(_) => {
+                Err(e) => {
                     problems.push(format!(
-                        "session `{text}` from the folder name is not a valid BIDS label: \
-                         use letters and digits only"
+                        "session `{}` from the folder name {}",
+                        e.shown(),
+                        e.reason()
                     ));
                     ordinal_label(ordinal)
                 }
@@ -252,6 +287,16 @@ pub fn discover_with_mapping(
     });
     unmapped.sort_by(|a, b| (&a.scan_id, &a.folder).cmp(&(&b.scan_id, &b.folder)));
     skipped.sort_by(|a, b| a.folder.cmp(&b.folder));
+    // Problems quote names from the disk (series folders, paths): stored and
+    // shown, they never carry a raw control character.
+    for s in &mut sessions {
+        if let Some(p) = &mut s.problem {
+            *p = crate::output::escape_controls(p).into_owned();
+        }
+    }
+    for k in &mut skipped {
+        k.why = crate::output::escape_controls(&k.why).into_owned();
+    }
     Ok(DiscoveryReport {
         sessions,
         unmapped,
@@ -681,6 +726,86 @@ mod tests {
         assert!(matches!(err, StudyError::ReadDir { .. }));
     }
 
+    /// Issue 9: a folder named `X$(touch PWNED)` must never reach a script.
+    #[test]
+    fn shell_special_and_control_characters_in_folder_names_are_skipped() {
+        let s = study(
+            "^(?P<scan_id>.+)$",
+            "ScanID,SubjectCode\nX$(touch PWNED),01\nS1,02\nesc\x1b[2J,03\n",
+            false,
+        );
+        add_session(&s.root, "X$(touch PWNED)", &[("dwi", 3)]);
+        add_session(&s.root, "esc\x1b[2J", &[("dwi", 3)]);
+        add_session(&s.root, "S1", &[("dwi", 3)]);
+        let report = discover(&s.discovery, &s.root, later()).unwrap();
+        assert_eq!(labels(&report), [("S1".into(), "02".into(), "1".into())]);
+        let whys: Vec<&str> = report.skipped.iter().map(|k| k.why.as_str()).collect();
+        assert_eq!(
+            whys,
+            [
+                "name contains `$` `(` `)`, which a shell could run as code: rename the folder \
+                 (letters, digits, spaces and `_ - . + , = @ % :` are fine)",
+                "name contains the control character `\\u{1b}`: rename the folder",
+            ]
+        );
+        for name in ["a b", "S_01.2-x", "ünï", "k=v,w@x%y+z:1"] {
+            assert_eq!(scan::unsafe_name(name), None, "{name}");
+        }
+        for name in [
+            "a\"b", "a'b", "a`b", "a\\b", "a;b", "a|b", "a\nb", "a\u{9b}b",
+        ] {
+            assert!(scan::unsafe_name(name).is_some(), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn files_dangling_links_loops_and_non_utf8_names_are_skipped_with_a_reason() {
+        use std::os::unix::ffi::OsStrExt;
+        let s = study("^S\\d+$", "ScanID,SubjectCode\nS1,01\n", false);
+        add_session(&s.root, "S1", &[("dwi", 3)]);
+        fs::write(s.root.join("notes.txt"), "x").unwrap();
+        std::os::unix::fs::symlink("nowhere", s.root.join("S2")).unwrap();
+        std::os::unix::fs::symlink("S3", s.root.join("S3")).unwrap();
+        std::os::unix::fs::symlink("notes.txt", s.root.join("S4")).unwrap();
+        fs::create_dir(s.root.join(std::ffi::OsStr::from_bytes(b"S\xff"))).unwrap();
+        fs::create_dir(s.root.join(".snapshot")).unwrap();
+        let report = discover(&s.discovery, &s.root, later()).unwrap();
+        assert_eq!(report.sessions.len(), 1);
+        let skipped: Vec<(String, &str)> = report
+            .skipped
+            .iter()
+            .map(|k| {
+                let name = k.folder.file_name().unwrap().to_string_lossy().into_owned();
+                (name, k.why.as_str())
+            })
+            .collect();
+        assert_eq!(
+            skipped,
+            [
+                (
+                    "S2".to_string(),
+                    "a dangling symlink: its target `nowhere` does not exist"
+                ),
+                (
+                    "S3".to_string(),
+                    "a symlink loop: its target `S3` leads back to itself"
+                ),
+                (
+                    "S4".to_string(),
+                    "a symlink to `notes.txt`, which is not a folder"
+                ),
+                (
+                    "S\u{fffd}".to_string(),
+                    "name is not valid UTF-8: rename the folder"
+                ),
+                (
+                    "notes.txt".to_string(),
+                    "a file, not a folder: session folders only"
+                ),
+            ]
+        );
+    }
+
     #[test]
     fn human_durations() {
         assert_eq!(human_duration(0), "0s");
@@ -690,5 +815,136 @@ mod tests {
         assert_eq!(human_duration(3600 + 300 + 7), "1h5m");
         assert_eq!(human_duration(86_400 + 7), "1d");
         assert_eq!(human_duration(90_000), "1d1h");
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    //! Discovery over odd `dicom_root` entries: names that are not UTF-8,
+    //! control characters, shell code, files, dangling links, loops, empty
+    //! and huge names. Nothing panics, and every entry is accounted for.
+
+    use std::ffi::OsStr;
+    use std::fs;
+    use std::os::unix::ffi::OsStrExt;
+
+    use proptest::prelude::*;
+    use regex::Regex;
+
+    use super::*;
+    use crate::config::{MappingConfig, Validation};
+
+    #[derive(Debug, Clone)]
+    enum Kind {
+        Folder(u8),
+        File,
+        Dangling,
+        Loop,
+        LinkToFolder,
+    }
+
+    fn name() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            "[A-Za-z0-9_]{1,12}".prop_map(String::into_bytes),
+            Just(b"X$(touch PWNED)".to_vec()),
+            Just(b"a\x1b[2Jb".to_vec()),
+            Just(vec![b'S'; 255]),
+            proptest::collection::vec(1u8..=255, 1..24),
+        ]
+        .prop_map(|mut n| {
+            // What a file system accepts as one name.
+            n.retain(|&b| b != b'/' && b != 0);
+            n.truncate(255);
+            if n.is_empty() || n == b"." || n == b".." {
+                n = b"x".to_vec();
+            }
+            n
+        })
+    }
+
+    fn kind() -> impl Strategy<Value = Kind> {
+        prop_oneof![
+            (0u8..4).prop_map(Kind::Folder),
+            Just(Kind::File),
+            Just(Kind::Dangling),
+            Just(Kind::Loop),
+            Just(Kind::LinkToFolder),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn odd_root_entries_never_panic_and_are_all_accounted_for(
+            entries in proptest::collection::vec((name(), kind()), 0..10),
+            pattern in prop_oneof![Just("^(?P<scan_id>.+)$"), Just("^(?P<scan_id>[A-Za-z0-9_]+)$"), Just("^(?P<scan_id>.*?)(?P<session>[0-9]*)$")],
+            mapping in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("dicom");
+            fs::create_dir(&root).unwrap();
+            fs::create_dir(dir.path().join("target")).unwrap();
+            let file = dir.path().join("mapping.csv");
+            let mut sheet = b"ScanID,SubjectCode\n".to_vec();
+            for (n, _) in &entries {
+                sheet.extend_from_slice(n);
+                sheet.extend_from_slice(b",01\n");
+            }
+            sheet.extend(mapping);
+            fs::write(&file, sheet).unwrap();
+            let mut expected = std::collections::BTreeSet::new();
+            for (n, kind) in &entries {
+                let path = root.join(OsStr::from_bytes(n));
+                if path.symlink_metadata().is_ok() {
+                    continue;
+                }
+                match kind {
+                    Kind::Folder(files) => {
+                        fs::create_dir(&path).unwrap();
+                        for i in 0..*files {
+                            fs::write(path.join(format!("IM{i}")), b"x").unwrap();
+                        }
+                    }
+                    Kind::File => fs::write(&path, b"x").unwrap(),
+                    Kind::Dangling => std::os::unix::fs::symlink("nowhere", &path).unwrap(),
+                    Kind::Loop => std::os::unix::fs::symlink(&path, &path).unwrap(),
+                    Kind::LinkToFolder => std::os::unix::fs::symlink(dir.path().join("target"), &path).unwrap(),
+                }
+                if !n.starts_with(b".") {
+                    expected.insert(path);
+                }
+            }
+            let discovery = Discovery {
+                pattern: Regex::new(pattern).unwrap(),
+                mapping: MappingConfig {
+                    file,
+                    scan_id_column: "ScanID".to_string(),
+                    subject_column: "SubjectCode".to_string(),
+                    session_column: None,
+                },
+                validation: Validation { min_files: 1, required_series: vec![] },
+                settle_s: 0,
+            };
+            let later = SystemTime::now() + Duration::from_secs(86_400);
+            let Ok(report) = discover(&discovery, &root, later) else {
+                // Only a sheet that cannot be read as CSV stops discovery.
+                return Ok(());
+            };
+            let mut seen = std::collections::BTreeSet::new();
+            for s in &report.sessions {
+                prop_assert!(scan::unsafe_name(&s.scan_id).is_none(), "{:?}", s.scan_id);
+                prop_assert!(!s.problem.as_deref().unwrap_or("").chars().any(char::is_control));
+                seen.insert(s.folder.clone());
+            }
+            for u in &report.unmapped {
+                seen.insert(u.folder.clone());
+            }
+            for k in &report.skipped {
+                prop_assert!(!k.why.chars().any(char::is_control), "{:?}", k.why);
+                seen.insert(k.folder.clone());
+            }
+            prop_assert_eq!(seen, expected);
+        }
     }
 }

@@ -49,28 +49,26 @@ pub(crate) fn list_candidates(
     let mut skipped = Vec::new();
     for entry in fs::read_dir(root).map_err(read_error)? {
         let entry = entry.map_err(read_error)?;
-        let file_type = match entry.file_type() {
-            Ok(t) => t,
-            Err(_) => continue,
-        };
-        let is_dir = if file_type.is_symlink() {
-            fs::metadata(entry.path()).is_ok_and(|m| m.is_dir())
-        } else {
-            file_type.is_dir()
-        };
-        if !is_dir {
-            continue;
-        }
         let os_name = entry.file_name();
         let folder = entry.path();
+        // Dot entries (`.snapshot`, `.Trash`, rsync's temporary files) are
+        // not sessions, and not worth a word.
+        if os_name.as_encoded_bytes().starts_with(b".") {
+            continue;
+        }
+        if let Some(why) = not_a_folder(&entry) {
+            skipped.push(Skipped { folder, why });
+            continue;
+        }
         let Some(name) = os_name.to_str() else {
             skipped.push(Skipped {
                 folder,
-                why: "name is not valid UTF-8".to_string(),
+                why: "name is not valid UTF-8: rename the folder".to_string(),
             });
             continue;
         };
-        if name.starts_with('.') {
+        if let Some(why) = unsafe_name(name) {
+            skipped.push(Skipped { folder, why });
             continue;
         }
         let Some(whole) = pattern.captures_read(&mut locations, name) else {
@@ -113,6 +111,78 @@ pub(crate) fn list_candidates(
     candidates.sort_by(|a, b| a.folder.cmp(&b.folder));
     skipped.sort_by(|a, b| a.folder.cmp(&b.folder));
     Ok((candidates, skipped))
+}
+
+/// Why a direct child of `dicom_root` is not a session folder, or `None`
+/// when it is a folder (or a symlink to one).
+fn not_a_folder(entry: &fs::DirEntry) -> Option<String> {
+    let file_type = match entry.file_type() {
+        Ok(t) => t,
+        Err(e) => return Some(format!("cannot read its type: {e}")),
+    };
+    if file_type.is_dir() {
+        return None;
+    }
+    if file_type.is_symlink() {
+        let target = fs::read_link(entry.path())
+            .map(|t| {
+                format!(
+                    " `{}`",
+                    crate::output::escape_controls(&t.to_string_lossy())
+                )
+            })
+            .unwrap_or_default();
+        return match fs::metadata(entry.path()) {
+            Ok(m) if m.is_dir() => None,
+            Ok(_) => Some(format!("a symlink to{target}, which is not a folder")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Some(format!(
+                "a dangling symlink: its target{target} does not exist"
+            )),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Some(format!(
+                "a symlink loop: its target{target} leads back to itself"
+            )),
+            Err(e) => Some(format!(
+                "a symlink whose target{target} cannot be read: {e}"
+            )),
+        };
+    }
+    Some(if file_type.is_file() {
+        "a file, not a folder: session folders only".to_string()
+    } else {
+        "not a folder (a device, socket or pipe): session folders only".to_string()
+    })
+}
+
+/// Characters that mean something to a shell in some quoting context.
+/// Folder names reach job scripts; one holding these is refused, so that no
+/// way of writing a command can make a folder name run as code.
+const SHELL_SPECIAL: &[char] = &[
+    '$', '`', '"', '\'', '\\', ';', '&', '|', '<', '>', '(', ')', '{', '}', '[', ']', '*', '?',
+    '!', '~', '#',
+];
+
+/// Why a session folder name is refused, or `None` when it is safe to put in
+/// a script: no control characters, no [`SHELL_SPECIAL`] characters.
+pub(crate) fn unsafe_name(name: &str) -> Option<String> {
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Some(format!(
+            "name contains the control character `{}`: rename the folder",
+            c.escape_default()
+        ));
+    }
+    let special: Vec<String> = SHELL_SPECIAL
+        .iter()
+        .filter(|c| name.contains(**c))
+        .map(|c| format!("`{c}`"))
+        .collect();
+    if special.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "name contains {}, which a shell could run as code: rename the folder \
+         (letters, digits, spaces and `_ - . + , = @ % :` are fine)",
+        special.join(" ")
+    ))
 }
 
 fn group_index(pattern: &Regex, name: &str) -> Option<usize> {

@@ -6,6 +6,7 @@ mod arrays;
 mod chaos;
 mod common;
 mod failures;
+mod hardening;
 mod local;
 mod ops;
 mod slurm;
