@@ -494,7 +494,7 @@ pub fn follow(
                     if !r.state.in_flight()
                         && let Some(reason) = &r.reason
                     {
-                        line.push_str(&format!(": {}", output::printable(reason)));
+                        line.push_str(&format!(": {}", output::escape_controls(reason)));
                     }
                     eprintln!("{line}");
                 }

@@ -208,22 +208,9 @@ pub fn log_tail(path: &std::path::Path, lines: usize) -> Option<Vec<String>> {
         .rev()
         .filter(|l| !l.trim().is_empty())
         .take(lines)
-        .map(|l| printable(l))
+        .map(|l| escape_controls(l).into_owned())
         .collect();
     Some(kept.into_iter().rev().collect())
-}
-
-/// Text with control characters (but tabs) escaped, for the terminal.
-pub fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() && c != '\t' {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 pub fn print_json(value: &serde_json::Value) {

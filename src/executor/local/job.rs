@@ -249,8 +249,15 @@ pub fn run_job(spec: &JobSpec) -> std::io::Result<i32> {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    // As Slurm does at a job's end: nothing of the job outlives it.
+    // As Slurm does at a job's end: nothing of the job outlives it. Wait
+    // (briefly) for the group to be gone, so that when the wrapper exits the
+    // job's lock is free.
     kill_group(pid, libc::SIGKILL);
+    let killed = Instant::now();
+    // SAFETY: kill(2) with signal 0 only tests whether the group exists.
+    while unsafe { libc::kill(-pid, 0) } == 0 && killed.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     status.ended_at = Some(now());
     status.exit_code = Some(code);
     status.signal = signal;
