@@ -2,8 +2,14 @@
 # A real single-node Slurm test cluster on localhost, for nfslurm's
 # integration tests and CI. See docs/slurm-test-cluster.md.
 #
-#   scripts/slurm-test-cluster.sh start|stop|status|restart
+#   scripts/slurm-test-cluster.sh start [--clusters 2]|stop|status|restart
 #   scripts/slurm-test-cluster.sh start-ctld|stop-ctld|start-dbd|stop-dbd
+#
+# `start --clusters 2` also starts a second cluster, `nfslurm-test2`, with its
+# own slurmctld (:6827) and slurmd (:6828, node `<hostname>-2`), state and
+# spool dirs and config (/etc/slurm/nfslurm-test2/), job IDs from 1000000,
+# registered in the same slurmdbd: `sinfo -M all` lists both. Plain `start`
+# leaves it as it is (running or not); `stop` stops it too.
 #
 # Runs as root on Debian 12 without systemd: every daemon is started directly
 # and tracked by a pid file under $RUN_DIR; `stop` ends only those pids.
@@ -42,6 +48,16 @@ declare -A LOGFILE=(
   [slurmd]="$LOG_DIR/slurmd.log"
 )
 DAEMONS=(munged mariadbd slurmdbd slurmctld slurmd)
+
+# The second cluster (`start --clusters 2`).
+CLUSTER2_NAME="${CLUSTER_NAME}2"
+CONF2_DIR="$CONF_DIR/$CLUSTER2_NAME"
+STATE2_DIR="$STATE_DIR/$CLUSTER2_NAME"
+NODE2="$NODE-2"
+PIDFILE2_CTLD="$RUN_DIR/slurm/slurmctld-2.pid"
+PIDFILE2_D="$RUN_DIR/slurmd-2.pid"
+LOG2_CTLD="$LOG_DIR/slurmctld-2.log"
+LOG2_D="$LOG_DIR/slurmd-2.log"
 
 say() { printf 'slurm-test-cluster: %s\n' "$*" >&2; }
 now() { date +%s.%N; }
@@ -446,6 +462,127 @@ require_installed() {
   command -v slurmctld >/dev/null || die "Slurm is not installed; run '$0 start' first"
 }
 
+# ---------------------------------------------------------------- cluster 2
+
+# The second cluster's configs: its own ports, dirs and job IDs; no cgroups
+# (one cgroup hierarchy per host is the first slurmd's), the same slurmdbd.
+write_configs2() {
+  local cpus mem_kb real_mem changed=""
+  cpus="$(nproc)"
+  mem_kb="$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)"
+  real_mem=$((mem_kb * 45 / 100 / 1024))
+  install -d -m 755 "$CONF2_DIR"
+  changed+="$(write_if_changed "$CONF2_DIR/slurm.conf" 644 root:root "# Written by nfslurm scripts/slurm-test-cluster.sh (start --clusters 2).
+ClusterName=$CLUSTER2_NAME
+SlurmctldHost=$NODE(127.0.0.1)
+SlurmUser=slurm
+SlurmctldPort=6827
+SlurmdPort=6828
+AuthType=auth/munge
+CredType=cred/munge
+StateSaveLocation=$STATE2_DIR/slurmctld
+SlurmdSpoolDir=$STATE2_DIR/slurmd
+SlurmctldPidFile=$PIDFILE2_CTLD
+SlurmdPidFile=$PIDFILE2_D
+SlurmctldLogFile=$LOG2_CTLD
+SlurmdLogFile=$LOG2_D
+SlurmctldDebug=info
+SlurmdDebug=info
+SlurmctldTimeout=30
+SlurmdTimeout=60
+ReturnToService=2
+MailProg=/bin/true
+MinJobAge=30
+MaxArraySize=10001
+FirstJobId=1000000
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=1,bf_interval=1
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=256
+EnforcePartLimits=ALL
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherParams=OverMemoryKill
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=2
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort=6819
+AccountingStoreFlags=job_comment,job_script
+JobCompType=jobcomp/none
+NodeName=$NODE2 NodeHostname=$NODE NodeAddr=127.0.0.1 Port=6828 CPUs=$cpus Sockets=1 CoresPerSocket=$cpus ThreadsPerCore=1 RealMemory=$real_mem Feature=nfslurmtest State=UNKNOWN
+PartitionName=debug Nodes=$NODE2 Default=YES MaxTime=INFINITE State=UP")"
+  changed+="$(write_if_changed "$CONF2_DIR/cgroup.conf" 644 root:root "# Written by nfslurm scripts/slurm-test-cluster.sh
+CgroupPlugin=cgroup/v1")"
+  if [[ -n "$changed" ]]; then CONFIG_CHANGED=1; else CONFIG_CHANGED=0; fi
+}
+
+pid2_up() {
+  local pid
+  [[ -r "$1" ]] || return 1
+  pid="$(tr -dc '0-9' <"$1")"
+  pid_alive "$pid" "$2"
+}
+
+stop_pidfile() {
+  local file="$1" comm="$2" pid i
+  if ! pid2_up "$file" "$comm"; then rm -f "$file"; return 0; fi
+  pid="$(tr -dc '0-9' <"$file")"
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 150; i++)); do
+    pid_alive "$pid" "$comm" || break
+    sleep 0.1
+  done
+  pid_alive "$pid" "$comm" && kill -KILL "$pid" 2>/dev/null
+  rm -f "$file"
+  say "stopped $comm of $CLUSTER2_NAME (pid $pid)"
+}
+
+stop_cluster2() {
+  stop_pidfile "$PIDFILE2_D" slurmd
+  stop_pidfile "$PIDFILE2_CTLD" slurmctld
+}
+
+node2_idle() {
+  local s
+  s="$(sinfo -M "$CLUSTER2_NAME" -h -n "$NODE2" -o '%T' 2>/dev/null | grep -v '^CLUSTER' | head -n1)"
+  [[ "$s" == idle || "$s" == mixed || "$s" == allocated || "$s" == completing ]]
+}
+
+start_cluster2() {
+  local t0
+  t0="$(now)"
+  write_configs2
+  if ((CONFIG_CHANGED)); then stop_cluster2; fi
+  install -d -o slurm -g slurm -m 755 "$STATE2_DIR" "$STATE2_DIR/slurmctld"
+  install -d -o root -g root -m 755 "$STATE2_DIR/slurmd"
+  touch "$LOG2_CTLD" "$LOG2_D"
+  chown slurm:slurm "$LOG2_CTLD"
+  if [[ -z "$(sacctmgr -n -P list cluster "$CLUSTER2_NAME" format=cluster 2>/dev/null)" ]]; then
+    sacctmgr -i add cluster "$CLUSTER2_NAME" >/dev/null || die "sacctmgr add cluster $CLUSTER2_NAME failed"
+  fi
+  if [[ -z "$(sacctmgr -n -P list association cluster="$CLUSTER2_NAME" account="$ACCOUNT" user=root format=user 2>/dev/null)" ]]; then
+    sacctmgr -i add account "$ACCOUNT" Cluster="$CLUSTER2_NAME" >/dev/null 2>&1 || true
+    sacctmgr -i add user root Account="$ACCOUNT" DefaultAccount="$ACCOUNT" \
+      Cluster="$CLUSTER2_NAME" >/dev/null || die "sacctmgr add user root on $CLUSTER2_NAME failed"
+  fi
+  if ! pid2_up "$PIDFILE2_CTLD" slurmctld; then
+    rm -f "$PIDFILE2_CTLD"
+    SLURM_CONF="$CONF2_DIR/slurm.conf" /usr/sbin/slurmctld -f "$CONF2_DIR/slurm.conf" ||
+      die "slurmctld of $CLUSTER2_NAME failed to start"
+  fi
+  wait_for 30 "slurmctld of $CLUSTER2_NAME to answer" env SLURM_CONF="$CONF2_DIR/slurm.conf" scontrol ping
+  if ! pid2_up "$PIDFILE2_D" slurmd; then
+    rm -f "$PIDFILE2_D"
+    SLURM_CONF="$CONF2_DIR/slurm.conf" /usr/sbin/slurmd -f "$CONF2_DIR/slurm.conf" -N "$NODE2" ||
+      die "slurmd of $CLUSTER2_NAME failed to start"
+  fi
+  # The controller registers its address in slurmdbd: then `-M` finds it.
+  wait_for "$WAIT_SECS" "$CLUSTER2_NAME in \`sinfo -M\`" node2_idle
+  say "cluster $CLUSTER2_NAME up in $(elapsed "$t0") s (node $NODE2; logs $LOG2_CTLD, $LOG2_D)"
+}
+
 # ---------------------------------------------------------------- commands
 
 cmd_start() {
@@ -478,6 +615,7 @@ cmd_start() {
 
 cmd_stop() {
   local d
+  stop_cluster2
   for d in slurmd slurmctld slurmdbd mariadbd munged; do stop_daemon "$d"; done
 }
 
@@ -494,13 +632,30 @@ cmd_status() {
   if is_up slurmctld; then
     printf '%-10s %s\n' node "$(node_state || true)"
   fi
+  if pid2_up "$PIDFILE2_CTLD" slurmctld; then
+    printf '%-10s up   (pid %s, %s)\n' slurmctld-2 "$(tr -dc '0-9' <"$PIDFILE2_CTLD")" "$CLUSTER2_NAME"
+  fi
+  if pid2_up "$PIDFILE2_D" slurmd; then
+    printf '%-10s up   (pid %s, %s)\n' slurmd-2 "$(tr -dc '0-9' <"$PIDFILE2_D")" "$CLUSTER2_NAME"
+  fi
   return "$down"
 }
 
 main() {
   local cmd="${1:-}"
   case "$cmd" in
-    start) require_root; cmd_start ;;
+    start)
+      require_root
+      case "${2:-}" in
+        "") cmd_start ;;
+        --clusters)
+          case "${3:-}" in
+            1) cmd_start ;;
+            2) cmd_start; start_cluster2 ;;
+            *) echo "usage: $0 start [--clusters 1|2]" >&2; exit 2 ;;
+          esac ;;
+        *) echo "usage: $0 start [--clusters 1|2]" >&2; exit 2 ;;
+      esac ;;
     stop) require_root; cmd_stop ;;
     restart) require_root; cmd_stop; cmd_start ;;
     status) cmd_status ;;
@@ -514,7 +669,7 @@ main() {
       require_root; require_installed; prepare_dirs
       start_munged; start_mariadb; start_slurmdbd; say "slurmdbd up" ;;
     *)
-      echo "usage: $0 start|stop|restart|status|start-ctld|stop-ctld|start-dbd|stop-dbd" >&2
+      echo "usage: $0 start [--clusters 2]|stop|restart|status|start-ctld|stop-ctld|start-dbd|stop-dbd" >&2
       exit 2 ;;
   esac
 }

@@ -328,6 +328,10 @@ pub fn submit_actions(
             depends_on: action.depends_on.iter().map(to_ref).collect(),
             script_path: r.script_path.clone(),
             log_path: r.log_path.clone(),
+            cluster: match kind {
+                ExecutorKind::Slurm => pipeline.scheduler.cluster.clone(),
+                ExecutorKind::Local => None,
+            },
         });
         directives.push(crate::executor::slurm::directives::shared(&r.script));
         scripts.push((r.script_path, r.log_path, r.script));

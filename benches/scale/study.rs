@@ -181,6 +181,7 @@ impl Study {
                     depends_on: a.depends_on.iter().map(to_ref).collect(),
                     script_path: engine::scripts_dir(&config, &a.key).join("attempt-1.sbatch"),
                     log_path: engine::logs_dir(&config, &a.key).join("attempt-1.out"),
+                    cluster: None,
                 }
             })
             .collect();

@@ -113,6 +113,7 @@ impl World {
             log_path: "l".into(),
             unseen_since: None,
             pid: None,
+            cluster: None,
         };
         self.snap.runs.insert(id, run);
         let unit = self

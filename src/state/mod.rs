@@ -198,6 +198,9 @@ pub struct RunRow {
     pub log_path: PathBuf,
     pub unseen_since: Option<i64>,
     pub pid: Option<i64>,
+    /// The Slurm cluster it was submitted to (`sbatch -M`); `None`: the
+    /// default cluster, or the local executor.
+    pub cluster: Option<String>,
 }
 
 /// A unit's bookkeeping row.
@@ -254,6 +257,8 @@ pub struct NewRun {
     pub depends_on: Vec<i64>,
     pub script_path: PathBuf,
     pub log_path: PathBuf,
+    /// The Slurm cluster it goes to (`None`: the default one).
+    pub cluster: Option<String>,
 }
 
 /// A change to a run reported by an executor. `None` leaves a field as it is.
@@ -328,14 +333,14 @@ const RUN_FIELDS: &str = "r.id, r.unit_id, r.attempt, r.token, r.executor, r.job
      r.slurm_state, r.exit_code, r.reason, r.plan_reason, r.node, r.created_at, r.submitted_at, \
      r.started_at, r.ended_at, r.elapsed_s, r.max_rss_mb, r.cpus, r.mem_mb, r.time_limit_s, \
      r.gpus, r.config_hash, r.inputs, r.depends_on, r.script_path, r.log_path, r.unseen_since, \
-     r.pid";
+     r.pid, r.cluster";
 
 /// The unit's key, then the run's own columns: what [`run_from_row`] reads.
 const RUN_COLUMNS: &str = "u.pipeline, u.subject, u.session, r.id, r.unit_id, r.attempt, \
      r.token, r.executor, r.job_id, r.state, r.slurm_state, r.exit_code, r.reason, \
      r.plan_reason, r.node, r.created_at, r.submitted_at, r.started_at, r.ended_at, \
      r.elapsed_s, r.max_rss_mb, r.cpus, r.mem_mb, r.time_limit_s, r.gpus, r.config_hash, \
-     r.inputs, r.depends_on, r.script_path, r.log_path, r.unseen_since, r.pid";
+     r.inputs, r.depends_on, r.script_path, r.log_path, r.unseen_since, r.pid, r.cluster";
 
 fn label_from_db(text: String) -> rusqlite::Result<Label> {
     Label::new(&text).map_err(|e| {
@@ -435,6 +440,7 @@ fn run_fields(row: &rusqlite::Row<'_>, at: usize, key: UnitKey) -> rusqlite::Res
         log_path: PathBuf::from(row.get::<_, String>(at + 26)?),
         unseen_since: row.get(at + 27)?,
         pid: row.get(at + 28)?,
+        cluster: row.get(at + 29)?,
     })
 }
 
@@ -925,8 +931,8 @@ impl Store {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO runs (unit_id, attempt, token, executor, state, plan_reason, \
                  created_at, cpus, mem_mb, time_limit_s, gpus, config_hash, inputs, depends_on, \
-                 script_path, log_path) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                 script_path, log_path, cluster) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             )?;
             let mut set_last =
                 tx.prepare_cached("UPDATE units SET last_run_id = ?2 WHERE id = ?1")?;
@@ -964,6 +970,7 @@ impl Store {
                     ids_to_json(&depends_on),
                     run.script_path.to_string_lossy(),
                     run.log_path.to_string_lossy(),
+                    run.cluster,
                 ])?;
                 let run_id = tx.last_insert_rowid();
                 set_last.execute(params![unit_id, run_id])?;
@@ -1305,6 +1312,7 @@ mod tests {
             depends_on: vec![],
             script_path: "s".into(),
             log_path: "l".into(),
+            cluster: None,
         }
     }
 

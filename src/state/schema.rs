@@ -96,6 +96,11 @@ CREATE TABLE meta (
     r#"
 CREATE INDEX units_subject ON units(subject, session);
 "#,
+    // 3: the Slurm cluster a run was submitted to (`sbatch -M`), so that it
+    // is looked for there; NULL: the default cluster (or the local executor).
+    r#"
+ALTER TABLE runs ADD COLUMN cluster TEXT;
+"#,
 ];
 
 /// The schema version this binary writes.

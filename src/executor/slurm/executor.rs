@@ -301,21 +301,29 @@ impl SlurmExecutor {
         }
     }
 
-    fn cluster_args(&self) -> Vec<String> {
-        match &self.scheduler.cluster {
+    /// `--clusters` for the calls about runs on `cluster` (`None`: the
+    /// default cluster).
+    fn cluster_args(cluster: Option<&str>) -> Vec<String> {
+        match cluster {
             Some(c) => vec![format!("--clusters={c}")],
             None => Vec::new(),
         }
     }
 
-    fn squeue(&mut self) -> Result<Vec<SqueueRow>, ExecError> {
+    /// The cluster a run was submitted to: its own record, or (runs recorded
+    /// before clusters were) the site's.
+    fn cluster_of<'a>(&'a self, run: &'a RunRow) -> Option<&'a str> {
+        run.cluster.as_deref().or(self.scheduler.cluster.as_deref())
+    }
+
+    fn squeue(&mut self, cluster: Option<&str>) -> Result<Vec<SqueueRow>, ExecError> {
         let mut args = vec![
             "--noheader".to_string(),
             "--states=all".into(),
             format!("--user={}", self.user),
             format!("--format={SQUEUE_FORMAT}"),
         ];
-        args.extend(self.cluster_args());
+        args.extend(Self::cluster_args(cluster));
         match self.call("squeue", &args) {
             Ok(out) => parse::parse_squeue(&out).map_err(|e| ExecError::Other(e.to_string())),
             Err(CallError::Transient(m)) | Err(CallError::Spawn(m)) => {
@@ -326,7 +334,7 @@ impl SlurmExecutor {
     }
 
     /// sacct for these job IDs, in chunks; `None` when slurmdbd does not answer.
-    fn sacct(&mut self, job_ids: &[String]) -> Option<Vec<SacctJob>> {
+    fn sacct(&mut self, cluster: Option<&str>, job_ids: &[String]) -> Option<Vec<SacctJob>> {
         let mut out = Vec::new();
         for chunk in job_ids.chunks(self.scheduler.sacct_chunk.max(1)) {
             let mut args = vec![
@@ -335,7 +343,7 @@ impl SlurmExecutor {
                 format!("--format={SACCT_FORMAT}"),
                 format!("--jobs={}", chunk.join(",")),
             ];
-            args.extend(self.cluster_args());
+            args.extend(Self::cluster_args(cluster));
             match self.call("sacct", &args) {
                 Ok(text) => match parse::parse_sacct(&text) {
                     Ok(jobs) => out.extend(jobs),
@@ -354,7 +362,7 @@ impl SlurmExecutor {
     }
 
     /// sacct over a time window, to find jobs by token when their ID is unknown.
-    fn sacct_since(&mut self, since: i64) -> Option<Vec<SacctJob>> {
+    fn sacct_since(&mut self, cluster: Option<&str>, since: i64) -> Option<Vec<SacctJob>> {
         let start = chrono::DateTime::from_timestamp(since, 0)?
             .with_timezone(&chrono::Local)
             .format("%Y-%m-%dT%H:%M:%S")
@@ -368,11 +376,215 @@ impl SlurmExecutor {
             "--endtime=now".into(),
             format!("--format={SACCT_FORMAT}"),
         ];
-        args.extend(self.cluster_args());
+        args.extend(Self::cluster_args(cluster));
         match self.call("sacct", &args) {
             Ok(text) => parse::parse_sacct(&text).ok(),
             Err(_) => None,
         }
+    }
+
+    /// Reconciles the open runs submitted to `cluster`.
+    fn reconcile_on(
+        &mut self,
+        cluster: Option<&str>,
+        open: &[RunRow],
+        now: i64,
+    ) -> Result<Vec<RunUpdate>, ExecError> {
+        let queue = self.squeue(cluster)?;
+
+        // Job IDs as nfslurm records them (`123`, `123_4`), including the tasks of
+        // pending arrays that squeue folds into one `123_[1,4%2]` row; and the
+        // run tokens they carry (`<comment>` or, for array tasks, `<comment>_<task>`).
+        let mut by_id: HashMap<String, &SqueueRow> = HashMap::new();
+        let mut by_token: HashMap<String, (String, &SqueueRow)> = HashMap::new();
+        for row in &queue {
+            let ids: Vec<(String, Option<u32>)> = match row.job_id.split_once("_[") {
+                Some((array, _)) => arrays::summary_indices(&row.job_id, array)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|t| (format!("{array}_{t}"), Some(t)))
+                    .collect(),
+                None => {
+                    let task = row.job_id.split_once('_').and_then(|(_, t)| t.parse().ok());
+                    vec![(row.job_id.clone(), task)]
+                }
+            };
+            for (id, task) in ids {
+                if !row.comment.is_empty() {
+                    let token = match task {
+                        Some(t) => format!("{}_{t}", row.comment),
+                        None => row.comment.clone(),
+                    };
+                    by_token.insert(token, (id.clone(), row));
+                }
+                by_id.insert(id, row);
+            }
+        }
+
+        let mut updates = Vec::new();
+        let mut ask_sacct: Vec<&RunRow> = Vec::new();
+        let mut unknown_tokens: Vec<&RunRow> = Vec::new();
+        for run in open {
+            let row = match &run.job_id {
+                Some(id) => by_id.get(id.as_str()).map(|r| (id.clone(), *r)),
+                None => by_token
+                    .get(run.token.as_str())
+                    .map(|(id, r)| (id.clone(), *r)),
+            };
+            match (row, &run.job_id) {
+                (Some((job_id, row)), _) => match update_from_squeue(run, row, &job_id) {
+                    Some(u) => {
+                        if u.state != Some(run.state) || u.job_id.is_some() || u.node != run.node {
+                            updates.push(u);
+                        }
+                    }
+                    None => ask_sacct.push(run),
+                },
+                (None, Some(_)) => ask_sacct.push(run),
+                (None, None) => unknown_tokens.push(run),
+            }
+        }
+        // Adopted runs (found by token in squeue) now have a job ID: they were
+        // pushed above. Runs never seen in squeue by token: look for them in sacct.
+        let ids: Vec<String> = ask_sacct.iter().filter_map(|r| r.job_id.clone()).collect();
+        let mut jobs: HashMap<String, SacctJob> = HashMap::new();
+        let mut sacct_ok = true;
+        if !ids.is_empty() {
+            match self.sacct(cluster, &ids) {
+                Some(list) => {
+                    for job in list {
+                        jobs.insert(job.job_id.clone(), job);
+                    }
+                }
+                None => sacct_ok = false,
+            }
+        }
+        let mut token_jobs: HashMap<String, SacctJob> = HashMap::new();
+        if !unknown_tokens.is_empty() {
+            let since = unknown_tokens
+                .iter()
+                .map(|r| r.created_at)
+                .min()
+                .unwrap_or(now)
+                - 300;
+            match self.sacct_since(cluster, since) {
+                Some(list) => {
+                    for job in list {
+                        if !job.comment.is_empty() {
+                            // Array tasks carry the array's token: `<comment>_<task>`.
+                            let token = match job.job_id.split_once('_') {
+                                Some((_, task)) => format!("{}_{task}", job.comment),
+                                None => job.comment.clone(),
+                            };
+                            token_jobs.insert(token, job);
+                        }
+                    }
+                }
+                None => sacct_ok = false,
+            }
+        }
+
+        let lost_after = self.config.retry.lost_after_s as i64;
+        for run in ask_sacct {
+            let id = run.job_id.as_deref().unwrap_or_default();
+            match jobs.get(id) {
+                // A finished row is final only with its end time: right after
+                // the end (and after slurmdbd restarts) sacct shows the final
+                // state with `End=Unknown` and no steps for a few seconds.
+                Some(job) if !(job.placeholder || job.state.is_finished() && job.end.is_none()) => {
+                    let mut u = update_from_sacct(run, job);
+                    // squeue answered without this job, yet sacct says it is
+                    // live: stale accounting (a controller that lost its
+                    // state). Past its time limit and the grace, it is lost.
+                    let since = run
+                        .started_at
+                        .or(run.submitted_at)
+                        .unwrap_or(run.created_at);
+                    if u.state.is_some_and(RunState::in_flight)
+                        && now - since > run.time_limit_s as i64 + lost_after
+                    {
+                        u.state = Some(RunState::Lost);
+                        u.ended_at = Some(now);
+                        u.reason = Some(format!(
+                            "sacct says {} but Slurm no longer knows job {id}, past its time limit",
+                            job.state
+                        ));
+                    }
+                    if u.state.is_some_and(|s| s != run.state)
+                        || u.reason.is_some()
+                        || u.slurm_state != run.slurm_state
+                    {
+                        updates.push(u);
+                    }
+                }
+                // A placeholder row (just started or ended): look again next sync.
+                Some(_) => {}
+                None if !sacct_ok => {}
+                None => {
+                    // In neither squeue nor sacct: sacct lags a few seconds; give it a grace period.
+                    let since = run.unseen_since.unwrap_or(now);
+                    if now - since >= lost_after {
+                        updates.push(RunUpdate {
+                            run_id: run.id,
+                            state: Some(RunState::Lost),
+                            reason: Some(format!(
+                                "job {id} is in neither squeue nor sacct after {}",
+                                crate::output::duration(now - since)
+                            )),
+                            ended_at: Some(now),
+                            ..Default::default()
+                        });
+                    } else if run.unseen_since.is_none() {
+                        updates.push(RunUpdate {
+                            run_id: run.id,
+                            unseen_since: Some(Some(now)),
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+        }
+        for run in unknown_tokens {
+            match token_jobs.get(&run.token) {
+                Some(job) => {
+                    let mut u = update_from_sacct(run, job);
+                    u.job_id = Some(job.job_id.clone());
+                    if u.state.is_none() {
+                        u.state = Some(RunState::Pending);
+                    }
+                    u.reason = Some(format!("adopted job {} found by its token", job.job_id));
+                    updates.push(u);
+                }
+                None if !sacct_ok => {}
+                None if now - run.created_at >= SUBMITTING_GRACE_S => {
+                    updates.push(RunUpdate {
+                        run_id: run.id,
+                        state: Some(RunState::Lost),
+                        reason: Some("sbatch never queued it: resubmitted".into()),
+                        ended_at: Some(now),
+                        ..Default::default()
+                    });
+                }
+                None => {}
+            }
+        }
+        // Adoption by token in squeue: mark the reason.
+        for u in updates.iter_mut() {
+            if let Some(run) = open.iter().find(|r| r.id == u.run_id)
+                && run.state == RunState::Submitting
+                && let Some(job) = u.job_id.clone()
+            {
+                let adopted = format!("adopted job {job} found by its token");
+                u.reason = Some(match u.reason.take() {
+                    Some(r) if !r.starts_with("adopted") => format!("{adopted}; {r}"),
+                    Some(r) => r,
+                    None => adopted,
+                });
+                // The intent was written just before sbatch: close enough.
+                u.submitted_at = u.submitted_at.or(Some(run.created_at));
+            }
+        }
+        Ok(updates)
     }
 }
 
@@ -514,204 +726,24 @@ impl Executor for SlurmExecutor {
         "slurm"
     }
 
+    /// One `squeue` and chunked `sacct` calls per cluster in use.
     fn reconcile(
         &mut self,
         _store: &Store,
         open: &[RunRow],
         now: i64,
     ) -> Result<Vec<RunUpdate>, ExecError> {
-        let queue = self.squeue()?;
-        // Job IDs as nfslurm records them (`123`, `123_4`), including the tasks of
-        // pending arrays that squeue folds into one `123_[1,4%2]` row; and the
-        // run tokens they carry (`<comment>` or, for array tasks, `<comment>_<task>`).
-        let mut by_id: HashMap<String, &SqueueRow> = HashMap::new();
-        let mut by_token: HashMap<String, (String, &SqueueRow)> = HashMap::new();
-        for row in &queue {
-            let ids: Vec<(String, Option<u32>)> = match row.job_id.split_once("_[") {
-                Some((array, _)) => arrays::summary_indices(&row.job_id, array)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|t| (format!("{array}_{t}"), Some(t)))
-                    .collect(),
-                None => {
-                    let task = row.job_id.split_once('_').and_then(|(_, t)| t.parse().ok());
-                    vec![(row.job_id.clone(), task)]
-                }
-            };
-            for (id, task) in ids {
-                if !row.comment.is_empty() {
-                    let token = match task {
-                        Some(t) => format!("{}_{t}", row.comment),
-                        None => row.comment.clone(),
-                    };
-                    by_token.insert(token, (id.clone(), row));
-                }
-                by_id.insert(id, row);
-            }
-        }
-
-        let mut updates = Vec::new();
-        let mut ask_sacct: Vec<&RunRow> = Vec::new();
-        let mut unknown_tokens: Vec<&RunRow> = Vec::new();
+        let mut by_cluster: std::collections::BTreeMap<Option<String>, Vec<RunRow>> =
+            Default::default();
         for run in open {
-            let row = match &run.job_id {
-                Some(id) => by_id.get(id.as_str()).map(|r| (id.clone(), *r)),
-                None => by_token
-                    .get(run.token.as_str())
-                    .map(|(id, r)| (id.clone(), *r)),
-            };
-            match (row, &run.job_id) {
-                (Some((job_id, row)), _) => match update_from_squeue(run, row, &job_id) {
-                    Some(u) => {
-                        if u.state != Some(run.state) || u.job_id.is_some() || u.node != run.node {
-                            updates.push(u);
-                        }
-                    }
-                    None => ask_sacct.push(run),
-                },
-                (None, Some(_)) => ask_sacct.push(run),
-                (None, None) => unknown_tokens.push(run),
-            }
+            by_cluster
+                .entry(self.cluster_of(run).map(str::to_string))
+                .or_default()
+                .push(run.clone());
         }
-        // Adopted runs (found by token in squeue) now have a job ID: they were
-        // pushed above. Runs never seen in squeue by token: look for them in sacct.
-        let ids: Vec<String> = ask_sacct.iter().filter_map(|r| r.job_id.clone()).collect();
-        let mut jobs: HashMap<String, SacctJob> = HashMap::new();
-        let mut sacct_ok = true;
-        if !ids.is_empty() {
-            match self.sacct(&ids) {
-                Some(list) => {
-                    for job in list {
-                        jobs.insert(job.job_id.clone(), job);
-                    }
-                }
-                None => sacct_ok = false,
-            }
-        }
-        let mut token_jobs: HashMap<String, SacctJob> = HashMap::new();
-        if !unknown_tokens.is_empty() {
-            let since = unknown_tokens
-                .iter()
-                .map(|r| r.created_at)
-                .min()
-                .unwrap_or(now)
-                - 300;
-            match self.sacct_since(since) {
-                Some(list) => {
-                    for job in list {
-                        if !job.comment.is_empty() {
-                            // Array tasks carry the array's token: `<comment>_<task>`.
-                            let token = match job.job_id.split_once('_') {
-                                Some((_, task)) => format!("{}_{task}", job.comment),
-                                None => job.comment.clone(),
-                            };
-                            token_jobs.insert(token, job);
-                        }
-                    }
-                }
-                None => sacct_ok = false,
-            }
-        }
-
-        let lost_after = self.config.retry.lost_after_s as i64;
-        for run in ask_sacct {
-            let id = run.job_id.as_deref().unwrap_or_default();
-            match jobs.get(id) {
-                // A finished row is final only with its end time: right after
-                // the end (and after slurmdbd restarts) sacct shows the final
-                // state with `End=Unknown` and no steps for a few seconds.
-                Some(job) if !(job.placeholder || job.state.is_finished() && job.end.is_none()) => {
-                    let mut u = update_from_sacct(run, job);
-                    // squeue answered without this job, yet sacct says it is
-                    // live: stale accounting (a controller that lost its
-                    // state). Past its time limit and the grace, it is lost.
-                    let since = run
-                        .started_at
-                        .or(run.submitted_at)
-                        .unwrap_or(run.created_at);
-                    if u.state.is_some_and(RunState::in_flight)
-                        && now - since > run.time_limit_s as i64 + lost_after
-                    {
-                        u.state = Some(RunState::Lost);
-                        u.ended_at = Some(now);
-                        u.reason = Some(format!(
-                            "sacct says {} but Slurm no longer knows job {id}, past its time limit",
-                            job.state
-                        ));
-                    }
-                    if u.state.is_some_and(|s| s != run.state)
-                        || u.reason.is_some()
-                        || u.slurm_state != run.slurm_state
-                    {
-                        updates.push(u);
-                    }
-                }
-                // A placeholder row (just started or ended): look again next sync.
-                Some(_) => {}
-                None if !sacct_ok => {}
-                None => {
-                    // In neither squeue nor sacct: sacct lags a few seconds; give it a grace period.
-                    let since = run.unseen_since.unwrap_or(now);
-                    if now - since >= lost_after {
-                        updates.push(RunUpdate {
-                            run_id: run.id,
-                            state: Some(RunState::Lost),
-                            reason: Some(format!(
-                                "job {id} is in neither squeue nor sacct after {}",
-                                crate::output::duration(now - since)
-                            )),
-                            ended_at: Some(now),
-                            ..Default::default()
-                        });
-                    } else if run.unseen_since.is_none() {
-                        updates.push(RunUpdate {
-                            run_id: run.id,
-                            unseen_since: Some(Some(now)),
-                            ..Default::default()
-                        });
-                    }
-                }
-            }
-        }
-        for run in unknown_tokens {
-            match token_jobs.get(&run.token) {
-                Some(job) => {
-                    let mut u = update_from_sacct(run, job);
-                    u.job_id = Some(job.job_id.clone());
-                    if u.state.is_none() {
-                        u.state = Some(RunState::Pending);
-                    }
-                    u.reason = Some(format!("adopted job {} found by its token", job.job_id));
-                    updates.push(u);
-                }
-                None if !sacct_ok => {}
-                None if now - run.created_at >= SUBMITTING_GRACE_S => {
-                    updates.push(RunUpdate {
-                        run_id: run.id,
-                        state: Some(RunState::Lost),
-                        reason: Some("sbatch never queued it: resubmitted".into()),
-                        ended_at: Some(now),
-                        ..Default::default()
-                    });
-                }
-                None => {}
-            }
-        }
-        // Adoption by token in squeue: mark the reason.
-        for u in updates.iter_mut() {
-            if let Some(run) = open.iter().find(|r| r.id == u.run_id)
-                && run.state == RunState::Submitting
-                && let Some(job) = u.job_id.clone()
-            {
-                let adopted = format!("adopted job {job} found by its token");
-                u.reason = Some(match u.reason.take() {
-                    Some(r) if !r.starts_with("adopted") => format!("{adopted}; {r}"),
-                    Some(r) => r,
-                    None => adopted,
-                });
-                // The intent was written just before sbatch: close enough.
-                u.submitted_at = u.submitted_at.or(Some(run.created_at));
-            }
+        let mut updates = Vec::new();
+        for (cluster, runs) in by_cluster {
+            updates.extend(self.reconcile_on(cluster.as_deref(), &runs, now)?);
         }
         Ok(updates)
     }
@@ -912,10 +944,26 @@ impl Executor for SlurmExecutor {
         runs: &[RunRow],
         now: i64,
     ) -> Result<Vec<RunUpdate>, ExecError> {
-        let ids: Vec<String> = runs.iter().filter_map(|r| r.job_id.clone()).collect();
-        if !ids.is_empty() {
-            let mut args = self.cluster_args();
-            args.extend(ids);
+        // One scancel per cluster in use.
+        let mut by_cluster: std::collections::BTreeMap<Option<&str>, Vec<String>> =
+            Default::default();
+        for run in runs {
+            if let Some(id) = &run.job_id {
+                by_cluster
+                    .entry(self.cluster_of(run))
+                    .or_default()
+                    .push(id.clone());
+            }
+        }
+        let calls: Vec<Vec<String>> = by_cluster
+            .into_iter()
+            .map(|(cluster, ids)| {
+                let mut args = Self::cluster_args(cluster);
+                args.extend(ids);
+                args
+            })
+            .collect();
+        for args in calls {
             match self.call("scancel", &args) {
                 Ok(_) => {}
                 Err(CallError::Failed(msg)) | Err(CallError::Limit(msg)) => {
@@ -988,6 +1036,7 @@ mod tests {
             log_path: "l".into(),
             unseen_since: None,
             pid: None,
+            cluster: None,
         }
     }
 
