@@ -3,7 +3,8 @@
 # Slurm test cluster (root, Debian), then runs cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/slurm-test-cluster.sh start
+# Two clusters: the multi-cluster tests use the second one.
+scripts/slurm-test-cluster.sh start --clusters 2
 export NFSLURM_SLURM_TESTS=1
 cargo build --locked --quiet
 cargo test --locked "$@"

@@ -120,7 +120,20 @@ pub fn check_study(config: &Config) -> Vec<Check> {
     checks.push(check_templates(config));
     checks.push(check_slurm_tools(config.executor));
     if config.executor == ExecutorKind::Slurm && which::which("sinfo").is_ok() {
-        checks.push(check_cluster(config));
+        // Each cluster the pipelines use, once.
+        let mut clusters: Vec<Option<&str>> = Vec::new();
+        for p in &config.pipelines {
+            let c = p.scheduler.cluster.as_deref();
+            if !clusters.contains(&c) {
+                clusters.push(c);
+            }
+        }
+        if clusters.is_empty() {
+            clusters.push(config.site.scheduler.cluster.as_deref());
+        }
+        for cluster in clusters {
+            checks.push(check_cluster(config, cluster));
+        }
     }
     if let Some(c) = check_runtime(config) {
         checks.push(c);
@@ -379,20 +392,22 @@ fn run_with_timeout(program: &str, args: &[&str], timeout: Duration) -> Result<S
     }
 }
 
-/// One cheap call: `sinfo` lists the partitions, which also checks the ones
-/// the config names.
-fn check_cluster(config: &Config) -> Check {
+/// One cheap call per cluster in use: `sinfo` lists its partitions, which
+/// also checks the ones the pipelines on it name.
+fn check_cluster(config: &Config, cluster: Option<&str>) -> Check {
     let mut args = vec!["-h", "-o", "%R"];
-    let cluster = config.site.scheduler.cluster.clone();
-    if let Some(c) = &cluster {
-        args.extend(["-M", c.as_str()]);
+    if let Some(c) = cluster {
+        args.extend(["-M", c]);
     }
+    let named = cluster
+        .map(|c| format!("cluster `{c}`: "))
+        .unwrap_or_default();
     let out = match run_with_timeout("sinfo", &args, CLUSTER_TIMEOUT) {
         Ok(out) => out,
         Err(e) => {
             return Check::fail(
                 "cluster",
-                format!("`sinfo` did not answer: {e}"),
+                format!("{named}`sinfo` did not answer: {e}"),
                 "is the controller up (`scontrol ping`)? nothing is lost meanwhile: \
                  `nfslurm sync` catches up once it answers",
             );
@@ -404,7 +419,11 @@ fn check_cluster(config: &Config) -> Check {
         .filter(|l| !l.is_empty() && !l.starts_with("CLUSTER:"))
         .collect();
     let mut wanted: Vec<(&str, Vec<&str>)> = Vec::new();
-    for p in &config.pipelines {
+    for p in config
+        .pipelines
+        .iter()
+        .filter(|p| p.scheduler.cluster.as_deref() == cluster)
+    {
         if let Some(part) = &p.scheduler.partition {
             // `sbatch -p a,b` accepts a list.
             for one in part.split(',') {
@@ -429,7 +448,7 @@ fn check_cluster(config: &Config) -> Check {
         return Check::fail(
             "cluster",
             format!(
-                "the cluster answers, but has no partition {}",
+                "{named}the cluster answers, but has no partition {}",
                 unknown.join(", ")
             ),
             format!(
@@ -439,7 +458,7 @@ fn check_cluster(config: &Config) -> Check {
     }
     Check::ok(
         "cluster",
-        format!("the controller answers; partitions {list}"),
+        format!("{named}the controller answers; partitions {list}"),
     )
 }
 

@@ -361,6 +361,15 @@ fn summary(
             output::unit_state(UnitState::Blocked)
         ));
     }
+    // Held by nfslurm until an upstream on another cluster is done.
+    for u in units.iter().filter(|u| u.held) {
+        notes.push(format!(
+            "{} {}: {}",
+            output::unit_state(u.state),
+            u.key,
+            u.detail.as_deref().unwrap_or("")
+        ));
+    }
     for u in units.iter().filter(|u| u.state == UnitState::Retrying) {
         notes.push(format!(
             "{} {}: {}",

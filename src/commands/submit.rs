@@ -162,12 +162,13 @@ pub fn print_plan(settings: &Settings, plan: &Plan, store: Option<&Store>) {
         .iter()
         .filter(|u| {
             u.detail.is_some()
-                && matches!(
-                    u.state,
-                    crate::model::UnitState::Blocked
-                        | crate::model::UnitState::Retrying
-                        | crate::model::UnitState::Failed
-                )
+                && (u.held
+                    || matches!(
+                        u.state,
+                        crate::model::UnitState::Blocked
+                            | crate::model::UnitState::Retrying
+                            | crate::model::UnitState::Failed
+                    ))
                 && !u.due
         })
         .collect();
@@ -534,8 +535,14 @@ pub fn follow(
             let now = engine::now();
             let followed: HashSet<&UnitKey> = runs.iter().map(|r| &r.key).collect();
             let plan = plan::plan(config, &store.snapshot()?, now, request);
-            if plan.actions.iter().any(|a| followed.contains(&a.key)) {
-                // Retries (and their chains) are due: submit them and go on.
+            // Retries (and their chains) of what is followed, and units of
+            // the selection held until an upstream on another cluster was
+            // done, are due: submit them and go on.
+            if plan
+                .actions
+                .iter()
+                .any(|a| followed.contains(&a.key) || request.selection.matches(&a.key))
+            {
                 let submitted = {
                     let _lock = plan_lock(config, true)?;
                     submit_request(config, store, request)?
@@ -547,8 +554,10 @@ pub fn follow(
                     multi.clear().ok();
                     return Err(err);
                 }
-                ids.extend(submitted.rows.iter().map(|r| r.run_id));
-                continue;
+                if !submitted.rows.is_empty() {
+                    ids.extend(submitted.rows.iter().map(|r| r.run_id));
+                    continue;
+                }
             }
             let next_retry = plan
                 .units

@@ -262,6 +262,7 @@ mod tests {
             last_run_id: run,
             upstream: vec![],
             due: false,
+            held: false,
         }
     }
 

@@ -76,6 +76,9 @@ pub struct UnitPlan {
     pub upstream: Vec<UnitKey>,
     /// Would run now if requested.
     pub due: bool,
+    /// Held by nfslurm, not by Slurm: its upstream (`blocked_by`) runs on
+    /// another cluster, and Slurm dependencies do not cross clusters.
+    pub held: bool,
 }
 
 /// One unit to submit now.
@@ -462,6 +465,7 @@ fn evaluate<'s>(
         last_run_id: last.map(|r| r.id),
         upstream,
         due: false,
+        held: false,
     };
     if !valid {
         unit.state = UnitState::Invalid;
@@ -574,6 +578,20 @@ fn evaluate<'s>(
 
     // Upstream units must be done, in flight, or due with this one.
     for up in &upstream_units {
+        // Slurm dependencies do not cross clusters: a unit whose upstream
+        // runs on another cluster waits until that upstream is done, and the
+        // sync that sees it done submits this one.
+        if up.state != UnitState::Done
+            && (matches!(up.state, UnitState::Queued | UnitState::Running) || up.due)
+            && let Some(other) = other_cluster(config, pipeline, &up.key.pipeline)
+        {
+            unit.state = UnitState::Waiting;
+            unit.reason = Some(reason);
+            unit.blocked_by = Some(up.key.clone());
+            unit.detail = Some(format!("waits for {} on {other}", up.key));
+            unit.held = true;
+            return (unit, facts);
+        }
         match up.state {
             UnitState::Done | UnitState::Queued | UnitState::Running => {}
             _ if up.due => {}
@@ -618,6 +636,19 @@ fn evaluate<'s>(
         unit.detail = Some(failure_detail(run));
     }
     (unit, facts)
+}
+
+/// The cluster `upstream` runs on, when it is not the one `pipeline` runs
+/// on (Slurm only: the local executor has one machine).
+fn other_cluster(config: &Config, pipeline: &Pipeline, upstream: &str) -> Option<String> {
+    if config.executor != crate::config::ExecutorKind::Slurm {
+        return None;
+    }
+    let theirs = &config.pipeline(upstream)?.scheduler.cluster;
+    (theirs != &pipeline.scheduler.cluster).then(|| match theirs {
+        Some(name) => format!("cluster {name}"),
+        None => "the default cluster".to_string(),
+    })
 }
 
 impl Reason {

@@ -8,6 +8,7 @@ mod common;
 mod failures;
 mod hardening;
 mod local;
+mod multicluster;
 mod ops;
 mod slurm;
 mod templates;
