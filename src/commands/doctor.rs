@@ -7,8 +7,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -346,49 +345,12 @@ fn check_slurm_tools(executor: ExecutorKind) -> Check {
 
 /// Runs `program args` with a timeout; stdout is returned, stderr is the error.
 fn run_with_timeout(program: &str, args: &[&str], timeout: Duration) -> Result<String, String> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run `{program}`: {e}"))?;
-    // Read in threads: a full pipe must not stall the child past the timeout.
-    let mut out_pipe = child.stdout.take();
-    let mut err_pipe = child.stderr.take();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(p) = out_pipe.as_mut() {
-            let _ = std::io::Read::read_to_string(p, &mut s);
-        }
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(p) = err_pipe.as_mut() {
-            let _ = std::io::Read::read_to_string(p, &mut s);
-        }
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if start.elapsed() >= timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("no answer within {}s", timeout.as_secs()));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(e.to_string()),
-        }
-    };
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
-    if status.success() {
-        Ok(stdout)
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = crate::process::run(program, &args, timeout).map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(out.stdout)
     } else {
-        Err(stderr.trim().to_string())
+        Err(out.stderr.trim().to_string())
     }
 }
 

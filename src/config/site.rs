@@ -43,6 +43,7 @@ pub(crate) const SCHEDULER_KEYS: &[&str] = &[
     "sacct_chunk",
     "submission",
     "array_job_name",
+    "tool_timeout",
 ];
 
 /// The scheduler keys a pipeline may override (they apply per job).
@@ -68,6 +69,7 @@ pub(crate) fn default_scheduler() -> Scheduler {
         sacct_chunk: 200,
         submission: SubmissionMode::Arrays,
         array_job_name: crate::render::DEFAULT_ARRAY_JOB_NAME.to_string(),
+        tool_timeout_s: 120,
     }
 }
 
@@ -110,6 +112,18 @@ pub(crate) fn apply_scheduler_keys(
             }
             "requeue" => sched.requeue = val.bool(ctx)?,
             "sacct_chunk" => sched.sacct_chunk = val.u32_min(ctx, 1)? as usize,
+            "tool_timeout" => {
+                let secs = val.duration(ctx)?;
+                if !(1..=3600).contains(&secs) {
+                    return Err(ctx.src.at(
+                        val.loc(),
+                        val.path,
+                        format!("`{}` must be between 1s and 1h, found {secs}s", val.path),
+                        Some("the default, 2m, suits most controllers".to_string()),
+                    ));
+                }
+                sched.tool_timeout_s = secs;
+            }
             "submission" => {
                 sched.submission = match val.raw_str(ctx)? {
                     "jobs" => SubmissionMode::Jobs,

@@ -119,6 +119,9 @@ pub struct Scheduler {
     pub submission: SubmissionMode,
     /// Tera template of an array job's name (`study`, `pipeline`).
     pub array_job_name: String,
+    /// How long one call of a Slurm tool may take before it is killed and
+    /// the cluster counted as unreachable (exit 2).
+    pub tool_timeout_s: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

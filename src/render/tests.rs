@@ -46,6 +46,7 @@ fn scheduler() -> Scheduler {
         sacct_chunk: 200,
         submission: SubmissionMode::Jobs,
         array_job_name: crate::render::DEFAULT_ARRAY_JOB_NAME.to_string(),
+        tool_timeout_s: 120,
     }
 }
 

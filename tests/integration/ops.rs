@@ -963,3 +963,70 @@ fn a_failing_webhook_never_fails_the_sync() {
     }
     assert!(!broken.bodies.lock().unwrap().is_empty());
 }
+
+/// A `Command::output` could hang a cron `sync` forever on a stuck tool.
+#[test]
+fn a_hung_slurm_tool_is_killed_at_its_deadline_and_the_command_exits_2() {
+    let study = local_study();
+    let text = fs::read_to_string(study.config_path()).unwrap();
+    study.write(
+        "nfslurm.yaml",
+        &text.replace(
+            "executor: local",
+            "executor: slurm\nscheduler:\n  tool_timeout: 2s",
+        ),
+    );
+    let started = study.path().join("sbatch-started");
+    let bin = fake_slurm(study.path(), &started, 60);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    study.ok(&["discover"]);
+    // Several attempts allowed: a hung sbatch must not be called again (it
+    // may have queued the job), it is left for adoption.
+    let start = Instant::now();
+    let out = std_cmd(&study)
+        .env("PATH", &path)
+        .env("NFSLURM_TRANSIENT_ATTEMPTS", "3")
+        .args(["submit", "--all"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        err.contains("`sbatch` did not answer within 2s: killed"),
+        "{err}"
+    );
+    let runs = study.json(&["status", "runs"])["runs"].clone();
+    assert_eq!(runs[0]["state"], "submitting", "left for adoption: {runs}");
+    // A hung squeue: sync exits 2 as well, after its retries, and the lock is free.
+    fs::write(bin.join("squeue"), "#!/bin/sh\nsleep 60\n").unwrap();
+    let start = Instant::now();
+    let out = std_cmd(&study)
+        .env("PATH", &path)
+        .env("NFSLURM_TRANSIENT_ATTEMPTS", "2")
+        .arg("sync")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(err.contains("`squeue` did not answer within 2s"), "{err}");
+    // No stand-in is left running.
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &format!("{}/", bin.display())])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}

@@ -4,7 +4,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -119,20 +118,25 @@ impl SlurmExecutor {
     /// Runs a Slurm tool, retrying transient errors with exponential backoff and jitter.
     fn call(&mut self, program: &str, args: &[String]) -> Result<String, CallError> {
         record_call(program);
+        let timeout = Duration::from_secs(self.scheduler.tool_timeout_s.max(1));
         let once = || -> Result<String, CallError> {
             tracing::debug!(program, ?args, "calling");
-            let output: Output = Command::new(program)
-                .args(args)
-                .output()
-                .map_err(|e| CallError::Spawn(format!("cannot run `{program}`: {e}")))?;
-            let raw = String::from_utf8_lossy(&output.stderr);
-            let stderr = tool_message(program, &raw);
+            let output = crate::process::run(program, args, timeout).map_err(|e| match e {
+                crate::process::ToolError::Spawn { .. } => CallError::Spawn(e.to_string()),
+                // A hung tool: the cluster is as good as unreachable.
+                crate::process::ToolError::Timeout { .. } => CallError::Transient(format!(
+                    "{e} (`scheduler.tool_timeout` is {})",
+                    crate::output::duration(timeout.as_secs() as i64)
+                )),
+            })?;
+            let raw = &output.stderr;
+            let stderr = tool_message(program, raw);
             // A submit limit means "later": classify on Slurm's own lines.
-            if parse::is_submit_limit(&raw) {
+            if parse::is_submit_limit(raw) {
                 return Err(CallError::Limit(format!("`{program}` failed: {stderr}")));
             }
             if output.status.success() {
-                return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+                return Ok(output.stdout);
             }
             if parse::is_transient_error(&stderr) {
                 Err(CallError::Transient(format!(
@@ -151,7 +155,12 @@ impl SlurmExecutor {
                 .with_jitter_seed(rand::random())
                 .with_max_times(attempts - 1),
         )
-        .when(|e| matches!(e, CallError::Transient(_)))
+        .when(|e| match e {
+            // sbatch again only when the first one certainly queued nothing.
+            CallError::Transient(m) if program == "sbatch" => parse::is_safe_to_resubmit(m),
+            CallError::Transient(_) => true,
+            _ => false,
+        })
         .notify(|e, after| tracing::warn!("{e}; retrying in {}", crate::output::duration_ms(after)))
         .call()
     }

@@ -525,6 +525,24 @@ pub fn is_transient_error(stderr: &str) -> bool {
     TRANSIENT.iter().any(|t| lower.contains(t))
 }
 
+/// A transient sbatch error after which the job was certainly not queued
+/// (the controller was never reached, or said it took nothing), so sbatch
+/// may be called again at once. Any other transient error (a timeout, a
+/// reset connection, a tool killed at its deadline) may come after the job
+/// was queued: retrying could queue it twice, so the run is left
+/// `submitting` for the next sync to adopt by its token.
+pub fn is_safe_to_resubmit(stderr: &str) -> bool {
+    const NOT_QUEUED: &[&str] = &[
+        "unable to contact slurm controller (connect failure)",
+        "connection refused",
+        "slurm backup controller in standby mode",
+        "temporarily unable to accept job",
+        "rate limit exceeded",
+    ];
+    let lower = stderr.to_ascii_lowercase();
+    NOT_QUEUED.iter().any(|t| lower.contains(t))
+}
+
 /// sbatch was refused because of a limit on how many jobs may be queued:
 /// submit again later, the request itself is fine.
 ///
@@ -557,6 +575,22 @@ pub fn is_submit_limit(stderr: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn sbatch_is_called_again_only_when_nothing_can_have_been_queued() {
+        let down = include_str!("../../../tests/fixtures/slurm/sbatch_controller_down.stderr");
+        assert!(
+            is_transient_error(down) && is_safe_to_resubmit(down),
+            "{down}"
+        );
+        for maybe_queued in [
+            "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation",
+            "sbatch: error: Batch job submission failed: Zero Bytes were transmitted or received",
+            "`sbatch` did not answer within 2m00s: killed",
+        ] {
+            assert!(!is_safe_to_resubmit(maybe_queued), "{maybe_queued}");
+        }
+    }
     use super::*;
 
     const SACCT_MIXED: &str = include_str!("../../../tests/fixtures/slurm/sacct_mixed.txt");
