@@ -10,6 +10,7 @@ use std::time::Duration;
 use backon::{BlockingRetryable, ExponentialBuilder};
 
 use super::arrays::{self, Submission};
+use super::decide;
 use super::directives;
 use super::parse::{self, SACCT_FORMAT, SQUEUE_FORMAT, SacctJob, SlurmState, SqueueRow};
 use crate::config::{Config, Scheduler, SubmissionMode};
@@ -23,7 +24,7 @@ use crate::state::{RunRow, RunUpdate, Store};
 /// hold the plan lock, so no other nfslurm is between sbatch and its write;
 /// a queued job is in squeue at once, and one that already ended and left
 /// squeue is in sacct, which lags a few seconds (5 s at most, seen here).
-const SUBMITTING_GRACE_S: i64 = 15;
+pub(super) const SUBMITTING_GRACE_S: i64 = 15;
 /// The largest array index used: Slurm's default `MaxArraySize` is 1001.
 const MAX_ARRAY_INDEX: u32 = 1000;
 
@@ -392,7 +393,8 @@ impl SlurmExecutor {
         }
     }
 
-    /// Reconciles the open runs submitted to `cluster`.
+    /// Reconciles the open runs submitted to `cluster`: the calls around
+    /// [`decide::decide`], which is pure.
     fn reconcile_on(
         &mut self,
         cluster: Option<&str>,
@@ -400,200 +402,25 @@ impl SlurmExecutor {
         now: i64,
     ) -> Result<Vec<RunUpdate>, ExecError> {
         let queue = self.squeue(cluster)?;
-
-        // Job IDs as nfslurm records them (`123`, `123_4`), including the tasks of
-        // pending arrays that squeue folds into one `123_[1,4%2]` row; and the
-        // run tokens they carry (`<comment>` or, for array tasks, `<comment>_<task>`).
-        let mut by_id: HashMap<String, &SqueueRow> = HashMap::new();
-        let mut by_token: HashMap<String, (String, &SqueueRow)> = HashMap::new();
-        for row in &queue {
-            let ids: Vec<(String, Option<u32>)> = match row.job_id.split_once("_[") {
-                Some((array, _)) => arrays::summary_indices(&row.job_id, array)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|t| (format!("{array}_{t}"), Some(t)))
-                    .collect(),
-                None => {
-                    let task = row.job_id.split_once('_').and_then(|(_, t)| t.parse().ok());
-                    vec![(row.job_id.clone(), task)]
-                }
-            };
-            for (id, task) in ids {
-                if !row.comment.is_empty() {
-                    let token = match task {
-                        Some(t) => format!("{}_{t}", row.comment),
-                        None => row.comment.clone(),
-                    };
-                    by_token.insert(token, (id.clone(), row));
-                }
-                by_id.insert(id, row);
+        let ask = decide::sacct_requests(open, &queue);
+        let mut acct = decide::Accounting {
+            ok: true,
+            ..Default::default()
+        };
+        if !ask.job_ids.is_empty() {
+            match self.sacct(cluster, &ask.job_ids) {
+                Some(list) => acct.add_jobs(list),
+                None => acct.ok = false,
             }
         }
-
-        let mut updates = Vec::new();
-        let mut ask_sacct: Vec<&RunRow> = Vec::new();
-        let mut unknown_tokens: Vec<&RunRow> = Vec::new();
-        for run in open {
-            let row = match &run.job_id {
-                Some(id) => by_id.get(id.as_str()).map(|r| (id.clone(), *r)),
-                None => by_token
-                    .get(run.token.as_str())
-                    .map(|(id, r)| (id.clone(), *r)),
-            };
-            match (row, &run.job_id) {
-                (Some((job_id, row)), _) => match update_from_squeue(run, row, &job_id) {
-                    Some(u) => {
-                        if u.state != Some(run.state) || u.job_id.is_some() || u.node != run.node {
-                            updates.push(u);
-                        }
-                    }
-                    None => ask_sacct.push(run),
-                },
-                (None, Some(_)) => ask_sacct.push(run),
-                (None, None) => unknown_tokens.push(run),
-            }
-        }
-        // Adopted runs (found by token in squeue) now have a job ID: they were
-        // pushed above. Runs never seen in squeue by token: look for them in sacct.
-        let ids: Vec<String> = ask_sacct.iter().filter_map(|r| r.job_id.clone()).collect();
-        let mut jobs: HashMap<String, SacctJob> = HashMap::new();
-        let mut sacct_ok = true;
-        if !ids.is_empty() {
-            match self.sacct(cluster, &ids) {
-                Some(list) => {
-                    for job in list {
-                        jobs.insert(job.job_id.clone(), job);
-                    }
-                }
-                None => sacct_ok = false,
-            }
-        }
-        let mut token_jobs: HashMap<String, SacctJob> = HashMap::new();
-        if !unknown_tokens.is_empty() {
-            let since = unknown_tokens
-                .iter()
-                .map(|r| r.created_at)
-                .min()
-                .unwrap_or(now)
-                - 300;
+        if let Some(since) = ask.tokens_since {
             match self.sacct_since(cluster, since) {
-                Some(list) => {
-                    for job in list {
-                        if !job.comment.is_empty() {
-                            // Array tasks carry the array's token: `<comment>_<task>`.
-                            let token = match job.job_id.split_once('_') {
-                                Some((_, task)) => format!("{}_{task}", job.comment),
-                                None => job.comment.clone(),
-                            };
-                            token_jobs.insert(token, job);
-                        }
-                    }
-                }
-                None => sacct_ok = false,
+                Some(list) => acct.add_token_jobs(list),
+                None => acct.ok = false,
             }
         }
-
         let lost_after = self.config.retry.lost_after_s as i64;
-        for run in ask_sacct {
-            let id = run.job_id.as_deref().unwrap_or_default();
-            match jobs.get(id) {
-                // A finished row is final only with its end time: right after
-                // the end (and after slurmdbd restarts) sacct shows the final
-                // state with `End=Unknown` and no steps for a few seconds.
-                Some(job) if !(job.placeholder || job.state.is_finished() && job.end.is_none()) => {
-                    let mut u = update_from_sacct(run, job);
-                    // squeue answered without this job, yet sacct says it is
-                    // live: stale accounting (a controller that lost its
-                    // state). Past its time limit and the grace, it is lost.
-                    let since = run
-                        .started_at
-                        .or(run.submitted_at)
-                        .unwrap_or(run.created_at);
-                    if u.state.is_some_and(RunState::in_flight)
-                        && now - since > run.time_limit_s as i64 + lost_after
-                    {
-                        u.state = Some(RunState::Lost);
-                        u.ended_at = Some(now);
-                        u.reason = Some(format!(
-                            "sacct says {} but Slurm no longer knows job {id}, past its time limit",
-                            job.state
-                        ));
-                    }
-                    if u.state.is_some_and(|s| s != run.state)
-                        || u.reason.is_some()
-                        || u.slurm_state != run.slurm_state
-                    {
-                        updates.push(u);
-                    }
-                }
-                // A placeholder row (just started or ended): look again next sync.
-                Some(_) => {}
-                None if !sacct_ok => {}
-                None => {
-                    // In neither squeue nor sacct: sacct lags a few seconds; give it a grace period.
-                    let since = run.unseen_since.unwrap_or(now);
-                    if now - since >= lost_after {
-                        updates.push(RunUpdate {
-                            run_id: run.id,
-                            state: Some(RunState::Lost),
-                            reason: Some(format!(
-                                "job {id} is in neither squeue nor sacct after {}",
-                                crate::output::duration(now - since)
-                            )),
-                            ended_at: Some(now),
-                            ..Default::default()
-                        });
-                    } else if run.unseen_since.is_none() {
-                        updates.push(RunUpdate {
-                            run_id: run.id,
-                            unseen_since: Some(Some(now)),
-                            ..Default::default()
-                        });
-                    }
-                }
-            }
-        }
-        for run in unknown_tokens {
-            match token_jobs.get(&run.token) {
-                Some(job) => {
-                    let mut u = update_from_sacct(run, job);
-                    u.job_id = Some(job.job_id.clone());
-                    if u.state.is_none() {
-                        u.state = Some(RunState::Pending);
-                    }
-                    u.reason = Some(format!("adopted job {} found by its token", job.job_id));
-                    updates.push(u);
-                }
-                None if !sacct_ok => {}
-                None if now - run.created_at >= SUBMITTING_GRACE_S => {
-                    updates.push(RunUpdate {
-                        run_id: run.id,
-                        state: Some(RunState::Lost),
-                        reason: Some("sbatch never queued it: resubmitted".into()),
-                        ended_at: Some(now),
-                        ..Default::default()
-                    });
-                }
-                None => {}
-            }
-        }
-        // Adoption by token in squeue: mark the reason.
-        for u in updates.iter_mut() {
-            if let Some(run) = open.iter().find(|r| r.id == u.run_id)
-                && run.state == RunState::Submitting
-                && let Some(job) = u.job_id.clone()
-            {
-                let adopted = format!("adopted job {job} found by its token");
-                u.reason = Some(match u.reason.take() {
-                    Some(r) if !r.starts_with("adopted") => format!("{adopted}; {r}"),
-                    Some(r) => r,
-                    None => adopted,
-                });
-                // The intent was written just before sbatch: close enough.
-                u.submitted_at = u.submitted_at.or(Some(run.created_at));
-            }
-        }
-        Ok(updates)
+        Ok(decide::decide(open, &queue, &acct, now, lost_after))
     }
 }
 
@@ -638,13 +465,13 @@ pub fn run_state_of(state: &SlurmState, exit_code: i32, reason: &str) -> Option<
     })
 }
 
-fn ts(t: Option<chrono::NaiveDateTime>) -> Option<i64> {
+pub(super) fn ts(t: Option<chrono::NaiveDateTime>) -> Option<i64> {
     t.and_then(|t| t.and_local_timezone(chrono::Local).earliest())
         .map(|t| t.timestamp())
 }
 
 /// The update a sacct record means for a run.
-fn update_from_sacct(run: &RunRow, job: &SacctJob) -> RunUpdate {
+pub(super) fn update_from_sacct(run: &RunRow, job: &SacctJob) -> RunUpdate {
     let code = job.exit_code.code;
     let mapped = run_state_of(&job.state, code, &job.reason);
     let mut update = RunUpdate {
@@ -711,7 +538,7 @@ fn update_from_sacct(run: &RunRow, job: &SacctJob) -> RunUpdate {
     update
 }
 
-fn update_from_squeue(run: &RunRow, row: &SqueueRow, job_id: &str) -> Option<RunUpdate> {
+pub(super) fn update_from_squeue(run: &RunRow, row: &SqueueRow, job_id: &str) -> Option<RunUpdate> {
     let state = run_state_of(&row.state, 0, &row.reason)?;
     if !state.in_flight() {
         // Finished: squeue has no exit code or MaxRSS; sacct confirms it.

@@ -1,6 +1,7 @@
 //! The Slurm executor: `run_*` functions do I/O, `parse_*` functions are pure.
 
 pub mod arrays;
+pub mod decide;
 pub mod directives;
 mod executor;
 pub mod parse;
