@@ -83,7 +83,7 @@ pub fn reconcile(
     let open: Vec<_> = store
         .open_runs()?
         .into_iter()
-        .filter(|r| r.executor == executor.name())
+        .filter(|r| r.executor == executor.kind())
         .collect();
     if open.is_empty() {
         return Ok(Vec::new());
@@ -276,7 +276,7 @@ pub fn submit_actions(
         return Ok((Vec::new(), SubmitOutcome::default()));
     }
     // Submit limits: max_submitted for the study, max_concurrent per pipeline.
-    let budget = submit_budget(config, store, executor.name())?;
+    let budget = submit_budget(config, store, executor.kind())?;
     let (limited, deferred) = crate::plan::limits::limit(plan, &budget, &store.subject_ages()?);
     if deferred > 0 {
         tracing::info!(
@@ -294,10 +294,7 @@ pub fn submit_actions(
             },
         ));
     }
-    let kind = match executor.name() {
-        "local" => ExecutorKind::Local,
-        _ => ExecutorKind::Slurm,
-    };
+    let kind = executor.kind();
     let keys: Vec<&UnitKey> = plan.actions.iter().map(|a| &a.key).collect();
     let attempts = store.next_attempts(&keys)?;
     let rendered = render_actions(config, plan, snapshot, renderer, &attempts, kind)?;
@@ -316,7 +313,7 @@ pub fn submit_actions(
         new_runs.push(NewRun {
             key: action.key.clone(),
             token: r.token,
-            executor: executor.name().to_string(),
+            executor: kind,
             state: RunState::Submitting,
             plan_reason: action.reason.to_string(),
             cpus: r.resources.cpus,
@@ -438,12 +435,12 @@ pub fn submit_actions(
 fn submit_budget(
     config: &Config,
     store: &Store,
-    executor: &str,
+    executor: ExecutorKind,
 ) -> Result<crate::plan::limits::Budget, StateError> {
     let open = store.open_runs()?;
     let mine: Vec<_> = open.iter().filter(|r| r.executor == executor).collect();
     let total = (config.site.scheduler.max_submitted as usize).saturating_sub(mine.len());
-    let arrays = executor == "slurm"
+    let arrays = executor == ExecutorKind::Slurm
         && config.site.scheduler.submission == crate::config::SubmissionMode::Arrays;
     let mut per_pipeline = HashMap::new();
     for p in &config.pipelines {

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use nfslurm::config::{self, Config};
+use nfslurm::config::{self, Config, ExecutorKind};
 use nfslurm::engine;
 use nfslurm::executor::{ExecError, Executor, Prepared, SubmitOutcome};
 use nfslurm::model::{Label, RunState};
@@ -169,7 +169,7 @@ impl Study {
                 NewRun {
                     key: a.key.clone(),
                     token: engine::new_token(),
-                    executor: "slurm".into(),
+                    executor: ExecutorKind::Slurm,
                     state: RunState::Submitting,
                     plan_reason: a.reason.to_string(),
                     cpus: pipeline.resources.cpus,
@@ -231,8 +231,8 @@ impl RecordingExecutor {
 }
 
 impl Executor for RecordingExecutor {
-    fn name(&self) -> &'static str {
-        "slurm"
+    fn kind(&self) -> ExecutorKind {
+        ExecutorKind::Slurm
     }
 
     fn reconcile(

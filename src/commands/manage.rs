@@ -80,12 +80,15 @@ pub fn cancel(
         .collect();
     let now = engine::now();
     let mut updates = Vec::new();
-    let mut by_exec: std::collections::BTreeMap<String, Vec<RunRow>> = Default::default();
+    let mut by_exec: Vec<(crate::config::ExecutorKind, Vec<RunRow>)> = Vec::new();
     for r in open {
-        by_exec.entry(r.executor.clone()).or_default().push(r);
+        match by_exec.iter_mut().find(|(k, _)| *k == r.executor) {
+            Some((_, list)) => list.push(r),
+            None => by_exec.push((r.executor, vec![r])),
+        }
     }
-    for (name, list) in by_exec {
-        let mut exec = super::executor_named(&config, &name);
+    for (kind, list) in by_exec {
+        let mut exec = super::executor_of(&config, kind);
         updates.extend(exec.cancel(&store, &list, now).map_err(|e| match e {
             crate::executor::ExecError::Unreachable(m) => {
                 Failure::unreachable(m, Some("nothing was marked cancelled; try again"))

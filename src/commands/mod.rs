@@ -166,17 +166,14 @@ pub fn read_snapshot(config: &Config) -> anyhow::Result<(Option<Store>, Snapshot
 }
 
 pub fn make_executor(config: &Config) -> Box<dyn Executor> {
-    match config.executor {
-        ExecutorKind::Local => Box::new(LocalExecutor::new(config)),
-        ExecutorKind::Slurm => Box::new(SlurmExecutor::new(config)),
-    }
+    executor_of(config, config.executor)
 }
 
-/// The executor that owns open runs of `name` (for reconciliation).
-pub fn executor_named(config: &Config, name: &str) -> Box<dyn Executor> {
-    match name {
-        "local" => Box::new(LocalExecutor::new(config)),
-        _ => Box::new(SlurmExecutor::new(config)),
+/// The executor of `kind` (for the open runs it owns).
+pub fn executor_of(config: &Config, kind: ExecutorKind) -> Box<dyn Executor> {
+    match kind {
+        ExecutorKind::Local => Box::new(LocalExecutor::new(config)),
+        ExecutorKind::Slurm => Box::new(SlurmExecutor::new(config)),
     }
 }
 

@@ -54,12 +54,13 @@ pub fn reconcile_all(
     config: &Config,
     store: &mut Store,
 ) -> anyhow::Result<Vec<crate::state::RunUpdate>> {
-    let executors: HashSet<String> = store.open_runs()?.into_iter().map(|r| r.executor).collect();
+    let open = store.open_runs()?;
     let mut all = Vec::new();
-    let mut names: Vec<_> = executors.into_iter().collect();
-    names.sort();
-    for name in names {
-        let mut exec = super::executor_named(config, &name);
+    for kind in [ExecutorKind::Local, ExecutorKind::Slurm] {
+        if !open.iter().any(|r| r.executor == kind) {
+            continue;
+        }
+        let mut exec = super::executor_of(config, kind);
         all.extend(
             engine::reconcile(config, store, exec.as_mut(), engine::now()).map_err(exec_failure)?,
         );

@@ -44,7 +44,10 @@ pub fn status(settings: &Settings) -> anyhow::Result<i32> {
     let (queued, running) = match crate::state::Store::open_existing(dir)? {
         Some(store) => {
             let open = store.open_runs()?;
-            let local: Vec<_> = open.iter().filter(|r| r.executor == "local").collect();
+            let local: Vec<_> = open
+                .iter()
+                .filter(|r| r.executor == crate::config::ExecutorKind::Local)
+                .collect();
             (
                 local
                     .iter()

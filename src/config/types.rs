@@ -19,6 +19,30 @@ pub enum ExecutorKind {
     Local,
 }
 
+impl ExecutorKind {
+    /// The word in the config, on the command line and in `state.db`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutorKind::Slurm => "slurm",
+            ExecutorKind::Local => "local",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ExecutorKind> {
+        match text {
+            "slurm" => Some(ExecutorKind::Slurm),
+            "local" => Some(ExecutorKind::Local),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ExecutorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The config file, absolute.

@@ -74,7 +74,7 @@ pub enum ExecError {
 }
 
 pub trait Executor {
-    fn name(&self) -> &'static str;
+    fn kind(&self) -> crate::config::ExecutorKind;
 
     /// Looks at every open run of this executor and says what changed.
     fn reconcile(

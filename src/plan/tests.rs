@@ -88,7 +88,7 @@ impl World {
             key: key.clone(),
             attempt: 1,
             token: format!("t{id}"),
-            executor: "local".into(),
+            executor: crate::config::ExecutorKind::Local,
             job_id: Some(format!("{}", 1000 + id)),
             state,
             slurm_state: None,

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use crate::config::ExecutorKind;
 use crate::model::{Label, RunState, UnitKey};
 
 pub use schema::SCHEMA_VERSION;
@@ -173,7 +174,7 @@ pub struct RunRow {
     pub key: UnitKey,
     pub attempt: u32,
     pub token: String,
-    pub executor: String,
+    pub executor: ExecutorKind,
     pub job_id: Option<String>,
     pub state: RunState,
     pub slurm_state: Option<String>,
@@ -245,7 +246,7 @@ impl Snapshot {
 pub struct NewRun {
     pub key: UnitKey,
     pub token: String,
-    pub executor: String,
+    pub executor: ExecutorKind,
     pub state: RunState,
     pub plan_reason: String,
     pub cpus: u32,
@@ -415,7 +416,16 @@ fn run_fields(row: &rusqlite::Row<'_>, at: usize, key: UnitKey) -> rusqlite::Res
         key,
         attempt: row.get(at + 2)?,
         token: row.get(at + 3)?,
-        executor: row.get(at + 4)?,
+        executor: {
+            let text = row.get_ref(at + 4)?.as_str()?;
+            ExecutorKind::parse(text).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    at + 4,
+                    rusqlite::types::Type::Text,
+                    format!("unknown executor `{text}`").into(),
+                )
+            })?
+        },
         job_id: row.get(at + 5)?,
         state,
         slurm_state: row.get(at + 7)?,
@@ -957,7 +967,7 @@ impl Store {
                     unit_id,
                     attempt,
                     run.token,
-                    run.executor,
+                    run.executor.as_str(),
                     run.state.as_str(),
                     run.plan_reason,
                     now,
@@ -1300,7 +1310,7 @@ mod tests {
         NewRun {
             key: key.clone(),
             token: token.into(),
-            executor: "local".into(),
+            executor: ExecutorKind::Local,
             state: RunState::Submitting,
             plan_reason: "new".into(),
             cpus: 1,

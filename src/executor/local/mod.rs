@@ -26,7 +26,7 @@ mod job;
 
 pub use job::{JobFiles, JobSpec, JobStatus, Probe, run_job};
 
-use crate::config::Config;
+use crate::config::{Config, ExecutorKind};
 use crate::engine;
 use crate::executor::{CANCELLED_BY_US, ExecError, Executor, Prepared, SubmitOutcome};
 use crate::model::RunState;
@@ -130,8 +130,8 @@ impl LocalExecutor {
 }
 
 impl Executor for LocalExecutor {
-    fn name(&self) -> &'static str {
-        "local"
+    fn kind(&self) -> ExecutorKind {
+        ExecutorKind::Local
     }
 
     fn reconcile(
@@ -328,7 +328,7 @@ pub fn run_worker(config: &Config) -> anyhow::Result<()> {
         let open: HashMap<i64, RunRow> = store
             .open_runs()?
             .into_iter()
-            .filter(|r| r.executor == "local")
+            .filter(|r| r.executor == ExecutorKind::Local)
             .map(|r| (r.id, r))
             .collect();
 
@@ -447,7 +447,7 @@ pub fn run_worker(config: &Config) -> anyhow::Result<()> {
             last_submitting_check = Instant::now();
             if let Some(_plan) = state::try_lock(dir, PLAN_LOCK)? {
                 for run in store.open_runs()? {
-                    if run.executor == "local" && run.state == RunState::Submitting {
+                    if run.executor == ExecutorKind::Local && run.state == RunState::Submitting {
                         updates.push(pending_update(run.id));
                     }
                 }
@@ -561,7 +561,7 @@ pub fn run_worker(config: &Config) -> anyhow::Result<()> {
                 let more = store
                     .open_runs()?
                     .iter()
-                    .any(|r| r.executor == "local" && r.state.in_flight());
+                    .any(|r| r.executor == ExecutorKind::Local && r.state.in_flight());
                 if more {
                     continue;
                 }

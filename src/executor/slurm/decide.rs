@@ -289,7 +289,7 @@ mod tests {
             key: UnitKey::new("bids", &Label::new(&format!("s{id}")).unwrap(), None),
             attempt: 1,
             token: token.into(),
-            executor: "slurm".into(),
+            executor: crate::config::ExecutorKind::Slurm,
             job_id: job.map(str::to_string),
             state,
             slurm_state: None,

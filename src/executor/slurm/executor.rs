@@ -558,8 +558,8 @@ pub(super) fn update_from_squeue(run: &RunRow, row: &SqueueRow, job_id: &str) ->
 }
 
 impl Executor for SlurmExecutor {
-    fn name(&self) -> &'static str {
-        "slurm"
+    fn kind(&self) -> crate::config::ExecutorKind {
+        crate::config::ExecutorKind::Slurm
     }
 
     /// One `squeue` and chunked `sacct` calls per cluster in use.
@@ -847,7 +847,7 @@ mod tests {
             key: UnitKey::new("bids", &Label::new("01").unwrap(), None),
             attempt: 1,
             token: "t".into(),
-            executor: "slurm".into(),
+            executor: crate::config::ExecutorKind::Slurm,
             job_id: Some("0".into()),
             state: RunState::Running,
             slurm_state: None,
