@@ -315,7 +315,7 @@ pub fn submit_actions(
             token: r.token,
             executor: kind,
             state: RunState::Submitting,
-            plan_reason: action.reason.to_string(),
+            plan_reason: action.reason,
             cpus: r.resources.cpus,
             mem_mb: r.resources.mem_mb,
             time_limit_s: r.resources.time_s,
@@ -360,7 +360,7 @@ pub fn submit_actions(
             time_limit_s: run.time_limit_s,
             gpus: run.gpus,
             directives,
-            retry: run.plan_reason == crate::model::Reason::Retry.as_str(),
+            retry: run.plan_reason == crate::model::Reason::Retry,
             depends_on: run
                 .depends_on
                 .iter()
@@ -417,7 +417,7 @@ pub fn submit_actions(
         .map(|(p, run)| SubmittedRun {
             run_id: p.run_id,
             key: p.key.clone(),
-            reason: run.plan_reason.clone(),
+            reason: run.plan_reason.to_string(),
             job_id: job_of.get(&p.run_id).cloned(),
             depends_on: p
                 .depends_on

@@ -114,7 +114,7 @@ fn init_tracing(verbose: u8, quiet: bool, no_color: bool) {
         .init();
 }
 
-/// Prints the error chain and a hint; picks the exit code (SPEC §4).
+/// Prints the error chain and a hint; picks the exit code (docs/user-guide.md, exit codes).
 /// With `--json` the error is also printed on stdout, as
 /// `{"error": …, "hint": …}`, so that a script always reads JSON.
 fn report(err: &anyhow::Error, json: bool) -> ExitCode {

@@ -1,6 +1,6 @@
 //! The study model shared by every layer: labels, unit keys, levels and states.
 //!
-//! States use the words of SPEC §3, so what the user reads in `status`, in
+//! States use Slurm's own words where it has them, so what the user reads in `status`, in
 //! `--json` and in the audit log is the same vocabulary everywhere.
 
 use std::fmt;
@@ -195,7 +195,7 @@ impl fmt::Display for UnitKey {
     }
 }
 
-/// What one attempt did (SPEC §3).
+/// What one attempt did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
@@ -284,7 +284,7 @@ impl fmt::Display for RunState {
     }
 }
 
-/// What a user reads for a unit (SPEC §3).
+/// What a user reads for a unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UnitState {
@@ -340,7 +340,7 @@ impl fmt::Display for UnitState {
     }
 }
 
-/// Why a unit needs a run (SPEC §2).
+/// Why a unit needs a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {

@@ -171,7 +171,7 @@ impl Study {
                     token: engine::new_token(),
                     executor: ExecutorKind::Slurm,
                     state: RunState::Submitting,
-                    plan_reason: a.reason.to_string(),
+                    plan_reason: a.reason,
                     cpus: pipeline.resources.cpus,
                     mem_mb: pipeline.resources.mem_mb,
                     time_limit_s: pipeline.resources.time_s,

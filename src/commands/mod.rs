@@ -35,7 +35,7 @@ pub struct Settings {
     pub reset_state: bool,
 }
 
-/// An error that carries its exit code (SPEC §4) and an optional hint.
+/// An error that carries its exit code (docs/user-guide.md) and an optional hint.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct Failure {

@@ -3,7 +3,7 @@
 //! Views are rendered to a string first, so that `--watch` can redraw in
 //! place (cursor home, each line cleared to its end, the rest of the screen
 //! cleared) without the flicker of clearing the whole screen. Colour only on
-//! a terminal (see `output`). The JSON fields are a contract (SPEC §4).
+//! a terminal (see `output`). The JSON fields are a contract (docs/json.md).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
@@ -135,7 +135,7 @@ fn render(
     })
 }
 
-/// The summary's state columns, in reading order (SPEC §3's words).
+/// The summary's state columns, in reading order (the run and unit states' words).
 const SUMMARY_STATES: [UnitState; 10] = [
     UnitState::Done,
     UnitState::Running,
@@ -554,7 +554,7 @@ fn matrix(
         }
     }
     out.push_str(&table_text(&table));
-    // The legend: the states on screen, in SPEC §3's order, wrapped to fit.
+    // The legend: the states on screen, in the documented order, wrapped to fit.
     let entries: Vec<String> = UnitState::ALL
         .iter()
         .filter(|s| present.contains(s))
@@ -613,7 +613,7 @@ pub fn run_json(run: &RunRow) -> serde_json::Value {
         "mem_mb": run.mem_mb,
         "cpus": run.cpus,
         "time_limit_s": run.time_limit_s,
-        "reason": run.reason.clone().or_else(|| Some(run.plan_reason.clone())),
+        "reason": run.reason.clone().or_else(|| Some(run.plan_reason.to_string())),
         "script": run.script_path,
         "log": run.log_path,
     })
@@ -643,7 +643,7 @@ fn run_reason(run: &RunRow) -> String {
         };
     }
     if reason.is_empty() {
-        reason = run.plan_reason.clone();
+        reason = run.plan_reason.to_string();
     }
     reason
 }

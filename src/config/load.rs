@@ -926,7 +926,7 @@ fn find_line(text: &str, from: u64, wanted: &str) -> Option<Loc> {
 }
 
 /// sha256 (hex) of what makes a done unit stale: command, container and
-/// template text. Resources are left out on purpose (SPEC §2).
+/// template text. Resources are left out on purpose: more memory after an OOM must not rerun a done unit.
 pub fn config_hash(command: &str, container: Option<&str>, template: &str) -> String {
     let mut h = Sha256::new();
     // Length-prefixed, so moving text from one field to another changes the hash.

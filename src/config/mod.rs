@@ -1,4 +1,4 @@
-//! Configuration: YAML file -> validated [`Config`] (SPEC §5).
+//! Configuration: YAML file -> validated [`Config`] (docs/config-reference.md).
 //!
 //! Loading is strict because a config is usually read by cron, with nobody
 //! watching: an unknown key, an undefined `$VAR`, a dependency on a pipeline

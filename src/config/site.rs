@@ -1,4 +1,4 @@
-//! Site configs: what belongs to a cluster rather than a study (SPEC §5).
+//! Site configs: what belongs to a cluster rather than a study.
 //!
 //! Bundled ones are embedded in the binary, so `site: generic` works from a
 //! bare `nfslurm` on any login node; a path names the user's own copy.

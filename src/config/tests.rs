@@ -35,7 +35,7 @@ fn err(text: &str) -> String {
 
 const MINIMAL: &str = "version: 1\npaths:\n  dicom_root: dicom\n";
 
-/// SPEC §5, with the two pipelines it elides written out.
+/// The documented example config, with the two pipelines it elides written out.
 const SPEC_CONFIG: &str = r#"version: 1
 site: generic              # bundled site config (site-configs/<name>.yaml) or a path
 executor: slurm            # default; --executor overrides

@@ -130,7 +130,7 @@ pub struct Scheduler {
     pub partition: Option<String>,
     pub account: Option<String>,
     pub qos: Option<String>,
-    /// `sbatch -M`: a named cluster (SPEC §8).
+    /// `sbatch -M`: a named cluster (multi-cluster sites).
     pub cluster: Option<String>,
     pub extra_directives: Vec<String>,
     pub max_submitted: u32,

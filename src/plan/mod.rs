@@ -1,4 +1,4 @@
-//! What runs, and why (SPEC §2): a pure function of (config, state snapshot, now).
+//! What runs, and why: a pure function of (config, state snapshot, now).
 //!
 //! The planner does no I/O. It builds every unit of the study from the
 //! registered sessions and the pipeline DAG, gives each its state and, when it
@@ -138,7 +138,7 @@ struct Layout {
     first: Vec<Vec<Option<usize>>>,
 }
 
-/// Pushes the indices of the upstream units of one unit (SPEC §1's level
+/// Pushes the indices of the upstream units of one unit (the level
 /// table) onto `out`, in a stable order; `position` is the unit's place in
 /// its subject's sorted sessions (`None` for a subject-level unit). Returns
 /// false if an upstream unit does not exist (cannot happen with a validated
@@ -480,7 +480,7 @@ fn evaluate<'s>(
         } else {
             UnitState::Queued
         };
-        unit.reason = Reason::from_plan_text(&run.plan_reason);
+        unit.reason = Some(run.plan_reason);
         return (unit, facts);
     }
     if rec.is_some_and(|r| r.cancelled) {

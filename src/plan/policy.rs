@@ -1,4 +1,4 @@
-//! The failure policy (SPEC §3): what a unit's bookkeeping becomes when one of
+//! The failure policy: what a unit's bookkeeping becomes when one of
 //! its runs ends. Pure: the caller passes the time and the random jitter.
 
 use crate::config::{Pipeline, RetryPolicy};

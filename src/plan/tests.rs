@@ -1,4 +1,4 @@
-//! Planner tests: one per reason of SPEC §2 and per level rule of SPEC §1.
+//! Planner tests: one per reason a unit runs and per level rule between pipelines.
 
 use std::path::Path;
 
@@ -94,7 +94,7 @@ impl World {
             slurm_state: None,
             exit_code: (state == RunState::Failed).then_some(1),
             reason: None,
-            plan_reason: "new".into(),
+            plan_reason: crate::model::Reason::New,
             node: None,
             created_at: 0,
             submitted_at: None,

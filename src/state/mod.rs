@@ -22,7 +22,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::config::ExecutorKind;
-use crate::model::{Label, RunState, UnitKey};
+use crate::model::{Label, Reason, RunState, UnitKey};
 
 pub use schema::SCHEMA_VERSION;
 
@@ -180,7 +180,7 @@ pub struct RunRow {
     pub slurm_state: Option<String>,
     pub exit_code: Option<i32>,
     pub reason: Option<String>,
-    pub plan_reason: String,
+    pub plan_reason: Reason,
     pub node: Option<String>,
     pub created_at: i64,
     pub submitted_at: Option<i64>,
@@ -248,7 +248,7 @@ pub struct NewRun {
     pub token: String,
     pub executor: ExecutorKind,
     pub state: RunState,
-    pub plan_reason: String,
+    pub plan_reason: Reason,
     pub cpus: u32,
     pub mem_mb: u64,
     pub time_limit_s: u64,
@@ -431,7 +431,16 @@ fn run_fields(row: &rusqlite::Row<'_>, at: usize, key: UnitKey) -> rusqlite::Res
         slurm_state: row.get(at + 7)?,
         exit_code: row.get(at + 8)?,
         reason: row.get(at + 9)?,
-        plan_reason: row.get(at + 10)?,
+        plan_reason: {
+            let text = row.get_ref(at + 10)?.as_str()?;
+            Reason::from_plan_text(text).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    at + 10,
+                    rusqlite::types::Type::Text,
+                    format!("unknown plan reason `{text}`").into(),
+                )
+            })?
+        },
         node: row.get(at + 11)?,
         created_at: row.get(at + 12)?,
         submitted_at: row.get(at + 13)?,
@@ -969,7 +978,7 @@ impl Store {
                     run.token,
                     run.executor.as_str(),
                     run.state.as_str(),
-                    run.plan_reason,
+                    run.plan_reason.as_str(),
                     now,
                     run.cpus,
                     run.mem_mb as i64,
@@ -1312,7 +1321,7 @@ mod tests {
             token: token.into(),
             executor: ExecutorKind::Local,
             state: RunState::Submitting,
-            plan_reason: "new".into(),
+            plan_reason: Reason::New,
             cpus: 1,
             mem_mb: 1024,
             time_limit_s: 3600,

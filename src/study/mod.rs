@@ -18,7 +18,7 @@
 //! 4. validate file counts and required series;
 //! 5. give each session its label and reject duplicate labels.
 //!
-//! A scan ID identifies one session (SPEC §1): two folders giving the same
+//! A scan ID identifies one session: two folders giving the same
 //! scan ID (through a pattern capture) are both reported invalid, as are two
 //! sessions ending up with the same (subject, session) labels.
 //!

@@ -295,7 +295,7 @@ mod tests {
             slurm_state: None,
             exit_code: None,
             reason: None,
-            plan_reason: "new".into(),
+            plan_reason: crate::model::Reason::New,
             node: None,
             created_at: NOW - 60,
             submitted_at: None,

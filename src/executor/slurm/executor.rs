@@ -1,4 +1,4 @@
-//! The Slurm executor (SPEC §6): `sbatch` chains held by `afterok`, one
+//! The Slurm executor: `sbatch` chains held by `afterok`, one
 //! `squeue` and chunked `sacct` calls per reconciliation, adoption of runs
 //! whose sbatch answer was lost.
 
@@ -439,7 +439,7 @@ fn tool_message(program: &str, stderr: &str) -> String {
         .join("; ")
 }
 
-/// The run state a Slurm state means (SPEC §3); `None` for a state nfslurm
+/// The run state a Slurm state means; `None` for a state nfslurm
 /// does not know: recorded and looked at again, never taken for success.
 pub fn run_state_of(state: &SlurmState, exit_code: i32, reason: &str) -> Option<RunState> {
     Some(match state {
@@ -853,7 +853,7 @@ mod tests {
             slurm_state: None,
             exit_code: None,
             reason: None,
-            plan_reason: "new".into(),
+            plan_reason: crate::model::Reason::New,
             node: None,
             created_at: 0,
             submitted_at: None,
