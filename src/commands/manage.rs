@@ -126,7 +126,21 @@ pub fn cancel(
         }
     }
     store.apply(&updates, &units, now)?;
-    if !settings.quiet {
+    if settings.json {
+        let mut cancelled: Vec<serde_json::Value> = targets
+            .iter()
+            .map(|r| {
+                serde_json::json!({"pipeline": r.key.pipeline, "subject": r.key.subject,
+                    "session": r.key.session, "run_id": r.id, "job_id": r.job_id,
+                    "was": r.state.as_str()})
+            })
+            .collect();
+        cancelled.extend(idle.iter().map(|(key, state)| {
+            serde_json::json!({"pipeline": key.pipeline, "subject": key.subject,
+                "session": key.session, "run_id": null, "job_id": null, "was": state.as_str()})
+        }));
+        crate::output::print_json(&serde_json::json!({ "cancelled": cancelled }));
+    } else if !settings.quiet {
         for r in &targets {
             println!(
                 "cancelled {} (job {})",
@@ -203,7 +217,11 @@ pub fn retry(
     let now = engine::now();
     store.apply(&[], &units, now)?;
     if chosen.is_empty() {
-        println!("nothing to retry");
+        if settings.json {
+            crate::output::print_json(&serde_json::json!({"retried": [], "submitted": []}));
+        } else if !settings.quiet {
+            println!("nothing to retry");
+        }
         return Ok(0);
     }
     // Submit them and their downstream chain: their subjects' due units.
@@ -220,7 +238,26 @@ pub fn retry(
     let submitted = super::submit::submit_request(&config, &mut store, &request)?;
     let rows = &submitted.rows;
     drop(lock);
-    if !settings.quiet {
+    if settings.json {
+        let retried: Vec<_> = chosen
+            .iter()
+            .map(|k| {
+                serde_json::json!({"pipeline": k.pipeline, "subject": k.subject,
+                    "session": k.session})
+            })
+            .collect();
+        let submitted_json: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({"run_id": r.run_id, "pipeline": r.key.pipeline,
+                    "subject": r.key.subject, "session": r.key.session, "job_id": r.job_id,
+                    "reason": r.reason})
+            })
+            .collect();
+        crate::output::print_json(
+            &serde_json::json!({"retried": retried, "submitted": submitted_json}),
+        );
+    } else if !settings.quiet {
         for k in &chosen {
             println!("retrying {k}");
         }

@@ -600,3 +600,20 @@ fn a_webhook_url_carried_into_the_crontab_is_not_printed() {
         }
     }
 }
+
+/// Every command has `--json`: cancel and retry too.
+#[test]
+fn cancel_and_retry_speak_json() {
+    let study = registered_study();
+    let v = study.json(&["cancel", "--all"]);
+    let cancelled = v["cancelled"].as_array().unwrap();
+    assert_eq!(cancelled.len(), 4, "{v}");
+    assert!(cancelled.iter().all(|c| c["was"] == "waiting"), "{v}");
+    assert_eq!(cancelled[0]["pipeline"], "bids");
+    let v = study.json(&["retry", "--all"]);
+    assert_eq!(v["retried"].as_array().unwrap().len(), 4, "{v}");
+    assert_eq!(v["submitted"].as_array().unwrap().len(), 4, "{v}");
+    study.ok(&["worker", "stop"]);
+    let v = study.json(&["retry", "--all"]);
+    assert_eq!(v, serde_json::json!({"retried": [], "submitted": []}));
+}
