@@ -441,7 +441,7 @@ fn tool_message(program: &str, stderr: &str) -> String {
 
 /// The run state a Slurm state means; `None` for a state nfslurm
 /// does not know: recorded and looked at again, never taken for success.
-pub fn run_state_of(state: &SlurmState, exit_code: i32, reason: &str) -> Option<RunState> {
+pub fn run_state_of(state: &SlurmState, exit_code: i32) -> Option<RunState> {
     Some(match state {
         SlurmState::Pending | SlurmState::Requeued | SlurmState::Suspended => RunState::Pending,
         SlurmState::Running | SlurmState::Completing | SlurmState::Configuring => RunState::Running,
@@ -454,8 +454,12 @@ pub fn run_state_of(state: &SlurmState, exit_code: i32, reason: &str) -> Option<
         | SlurmState::Preempted
         | SlurmState::Deadline => RunState::InfraFailed,
         SlurmState::Cancelled { by } => {
-            // --kill-on-invalid-dep cancels with no "by" and reason Dependency.
-            if by.is_none() && (reason.contains("Dependency") || reason.is_empty()) {
+            // A person (scancel, `nfslurm cancel`) is named: "CANCELLED by
+            // <uid>". Slurm's own cancel under --kill-on-invalid-dep names
+            // nobody; its reason is usually `Dependency`, but an array task
+            // killed as its array was being split shows `None`
+            // (tests/fixtures/slurm/sacct_dependency_cancel_array_task.txt).
+            if by.is_none() {
                 RunState::UpstreamFailed
             } else {
                 RunState::Cancelled
@@ -473,7 +477,7 @@ pub(super) fn ts(t: Option<chrono::NaiveDateTime>) -> Option<i64> {
 /// The update a sacct record means for a run.
 pub(super) fn update_from_sacct(run: &RunRow, job: &SacctJob) -> RunUpdate {
     let code = job.exit_code.code;
-    let mapped = run_state_of(&job.state, code, &job.reason);
+    let mapped = run_state_of(&job.state, code);
     let mut update = RunUpdate {
         run_id: run.id,
         job_id: (run.job_id.as_deref() != Some(job.job_id.as_str())).then(|| job.job_id.clone()),
@@ -539,7 +543,7 @@ pub(super) fn update_from_sacct(run: &RunRow, job: &SacctJob) -> RunUpdate {
 }
 
 pub(super) fn update_from_squeue(run: &RunRow, row: &SqueueRow, job_id: &str) -> Option<RunUpdate> {
-    let state = run_state_of(&row.state, 0, &row.reason)?;
+    let state = run_state_of(&row.state, 0)?;
     if !state.in_flight() {
         // Finished: squeue has no exit code or MaxRSS; sacct confirms it.
         return None;
@@ -900,19 +904,38 @@ mod tests {
         assert!(u.reason.unwrap().contains("MaxRSS"));
     }
 
+    /// Found in a failing test run: an array task that Slurm killed for its
+    /// failed upstream was recorded with reason `None`, taken for a user's
+    /// cancel, and its unit was never retried.
+    #[test]
+    fn an_array_task_killed_for_its_dependency_is_upstream_failed_whatever_its_reason() {
+        let jobs = parse::parse_sacct(include_str!(
+            "../../../tests/fixtures/slurm/sacct_dependency_cancel_array_task.txt"
+        ))
+        .unwrap();
+        for id in ["849_2", "853_2"] {
+            let job = jobs.iter().find(|j| j.job_id == id).unwrap();
+            assert_eq!(
+                update_from_sacct(&run(), job).state,
+                Some(RunState::UpstreamFailed),
+                "{id}"
+            );
+        }
+    }
+
     #[test]
     fn unknown_states_are_never_success() {
-        assert_eq!(run_state_of(&SlurmState::parse("RESIZING"), 0, ""), None);
+        assert_eq!(run_state_of(&SlurmState::parse("RESIZING"), 0), None);
         assert_eq!(
-            run_state_of(&SlurmState::parse("NODE_FAIL"), 0, ""),
+            run_state_of(&SlurmState::parse("NODE_FAIL"), 0),
             Some(RunState::InfraFailed)
         );
         assert_eq!(
-            run_state_of(&SlurmState::parse("PREEMPTED"), 0, ""),
+            run_state_of(&SlurmState::parse("PREEMPTED"), 0),
             Some(RunState::InfraFailed)
         );
         assert_eq!(
-            run_state_of(&SlurmState::parse("COMPLETED"), 1, ""),
+            run_state_of(&SlurmState::parse("COMPLETED"), 1),
             Some(RunState::Failed)
         );
     }
