@@ -581,30 +581,18 @@ fn check_mapping(config: &Config) -> Check {
     }
 }
 
-fn open_read_only(db: &Path) -> rusqlite::Result<rusqlite::Connection> {
-    let conn = rusqlite::Connection::open_with_flags(
-        db,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    Ok(conn)
-}
-
-/// When `sync` last ended, read without opening the store (which migrates).
+/// When `sync` last ended, read without opening the store for writing
+/// (which would migrate it).
 fn last_sync_read_only(dir: &Path) -> Option<i64> {
-    let db = dir.join("state.db");
-    if !db.exists() {
+    if !dir.join("state.db").exists() {
         return None;
     }
-    let conn = open_read_only(&db).ok()?;
-    conn.query_row(
-        "SELECT value FROM meta WHERE key = ?1",
-        [crate::notify::META_LAST_SYNC],
-        |r| r.get::<_, String>(0),
-    )
-    .ok()?
-    .parse()
-    .ok()
+    crate::state::Store::open_read_only(dir)
+        .ok()?
+        .meta(crate::notify::META_LAST_SYNC)
+        .ok()??
+        .parse()
+        .ok()
 }
 
 /// The state database, opened read-only: integrity and schema version.
@@ -623,8 +611,8 @@ fn check_state(dir: &Path) -> Check {
         return Check::ok("state", "no state yet: the first `nfslurm sync` creates it");
     }
     let shown = super::display_path(&db);
-    let conn = match open_read_only(&db) {
-        Ok(c) => c,
+    let store = match crate::state::Store::open_read_only(dir) {
+        Ok(s) => s,
         Err(e) => {
             return Check::fail(
                 "state",
@@ -633,8 +621,8 @@ fn check_state(dir: &Path) -> Check {
             );
         }
     };
-    let integrity: Result<String, _> = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0));
-    let version: Result<i64, _> = conn.query_row("PRAGMA user_version", [], |r| r.get(0));
+    let integrity = store.integrity_check();
+    let version = store.schema_version();
     let (integrity, version) = match (integrity, version) {
         (Ok(i), Ok(v)) => (i, v),
         (Err(e), _) | (_, Err(e)) => {

@@ -16,8 +16,6 @@
 mod events;
 mod send;
 
-use std::collections::HashMap;
-
 use crate::config::Config;
 use crate::engine;
 use crate::plan::{self, Request};
@@ -94,7 +92,7 @@ fn after_sync_inner(
                 .map(|(k, v)| (format!("{META_NOTIFY_PREFIX}{k}"), v)),
         );
     }
-    write_meta(store, &writes)?;
+    store.write_meta(&writes)?;
     for message in &messages {
         deliver(&config.notifications, config, message);
     }
@@ -103,38 +101,7 @@ fn after_sync_inner(
 
 /// What was reported so far: the `notify.*` keys of `meta`, prefix removed.
 fn read_reported(store: &Store) -> anyhow::Result<Reported> {
-    let mut stmt = store
-        .conn()
-        .prepare("SELECT key, value FROM meta WHERE key LIKE 'notify.%'")?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-    let mut map = HashMap::new();
-    for row in rows {
-        let (key, value) = row?;
-        if let Some(k) = key.strip_prefix(META_NOTIFY_PREFIX) {
-            map.insert(k.to_string(), value);
-        }
-    }
-    Ok(Reported(map))
-}
-
-/// Writes (or, for `None`, deletes) `meta` keys in one transaction.
-fn write_meta(store: &Store, writes: &[(String, Option<String>)]) -> anyhow::Result<()> {
-    let tx = store.conn().unchecked_transaction()?;
-    {
-        let mut set = tx.prepare_cached(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2) \
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        )?;
-        let mut del = tx.prepare_cached("DELETE FROM meta WHERE key = ?1")?;
-        for (key, value) in writes {
-            match value {
-                Some(v) => set.execute([key, v])?,
-                None => del.execute([key])?,
-            };
-        }
-    }
-    tx.commit()?;
-    Ok(())
+    Ok(Reported(store.meta_with_prefix(META_NOTIFY_PREFIX)?))
 }
 
 /// The last sync's time and the cluster's health, as `status` shows them.

@@ -232,10 +232,7 @@ mod tests {
     fn study() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store
-            .conn()
-            .execute("INSERT INTO meta (key, value) VALUES ('k', 'v')", [])
-            .unwrap();
+        store.write_meta(&[("k".into(), Some("v".into()))]).unwrap();
         drop(store);
         fs::create_dir_all(dir.path().join("scripts/bids/sub-01")).unwrap();
         fs::write(

@@ -591,8 +591,79 @@ impl Store {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
     }
 
-    pub fn conn(&self) -> &Connection {
-        &self.conn
+    /// Opens `<dir>/state.db` read-only, as it is: no migration, no
+    /// creation (for `doctor`, which must change nothing).
+    pub fn open_read_only(dir: &Path) -> Result<Store> {
+        let path = dir.join("state.db");
+        let open_err = |source| StateError::Open {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(open_err)?;
+        Ok(Store {
+            conn,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The schema version of the database (`PRAGMA user_version`).
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    /// The journal mode (`delete` unless someone changed it).
+    pub fn journal_mode(&self) -> Result<String> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))?)
+    }
+
+    /// The `meta` keys that start with `prefix`, prefix removed.
+    pub fn meta_with_prefix(&self, prefix: &str) -> Result<HashMap<String, String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key, value FROM meta WHERE substr(key, 1, ?2) = ?1")?;
+        let rows = stmt.query_map(params![prefix, prefix.len() as i64], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut map = HashMap::new();
+        for row in rows {
+            let (key, value) = row?;
+            if let Some(k) = key.strip_prefix(prefix) {
+                map.insert(k.to_string(), value);
+            }
+        }
+        Ok(map)
+    }
+
+    /// Writes (or, for `None`, deletes) `meta` keys in one transaction.
+    pub fn write_meta(&self, writes: &[(String, Option<String>)]) -> Result<()> {
+        // Its first statement writes, so it waits for the lock like an
+        // immediate one.
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut set = tx.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?;
+            let mut del = tx.prepare_cached("DELETE FROM meta WHERE key = ?1")?;
+            for (key, value) in writes {
+                match value {
+                    Some(v) => set.execute([key, v])?,
+                    None => del.execute([key])?,
+                };
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn integrity_check(&self) -> Result<String> {
@@ -1342,15 +1413,9 @@ mod tests {
         let store = Store::open(&state).unwrap();
         let mode = fs::metadata(&state).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
-        let version: i64 = store
-            .conn()
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
+        let version = store.schema_version().unwrap();
         assert_eq!(version, SCHEMA_VERSION);
-        let journal: String = store
-            .conn()
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .unwrap();
+        let journal = store.journal_mode().unwrap();
         assert_eq!(journal, "delete");
         drop(store);
         Store::open(&state).unwrap();

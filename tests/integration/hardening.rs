@@ -461,15 +461,13 @@ fn logs_of_a_run_whose_log_was_deleted_says_so() {
         );
     }
     // A run that ended before it started never had a log.
-    let store = nfslurm::state::Store::open(&study.path().join(".nfslurm")).unwrap();
-    store
-        .conn()
-        .execute(
-            "UPDATE runs SET started_at = NULL, state = 'cancelled' WHERE id = 1",
-            [],
-        )
-        .unwrap();
-    drop(store);
+    let db = rusqlite::Connection::open(study.path().join(".nfslurm/state.db")).unwrap();
+    db.execute(
+        "UPDATE runs SET started_at = NULL, state = 'cancelled' WHERE id = 1",
+        [],
+    )
+    .unwrap();
+    drop(db);
     let out = study.run(&["logs", "run:1"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
