@@ -29,9 +29,8 @@ die() {
 
 [[ "$GLIBC" =~ ^2\.[0-9]+$ ]] || die "\`NFSLURM_PORTABLE_GLIBC\` must look like \`2.17\`, not \`$GLIBC\`"
 command -v cargo >/dev/null || die "\`cargo\` is not installed"
-rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-gnu ||
-  [[ "$(rustc -vV | sed -n 's/^host: //p')" == x86_64-unknown-linux-gnu ]] ||
-  die "the Rust target \`x86_64-unknown-linux-gnu\` is not installed"
+[[ -d "$(rustc --print sysroot)/lib/rustlib/x86_64-unknown-linux-gnu/lib" ]] ||
+  die "the Rust target \`x86_64-unknown-linux-gnu\` is not installed (hint: \`rustup target add x86_64-unknown-linux-gnu\`)"
 
 # zig: cargo-zigbuild finds `python3 -m ziglang` first, then `zig` on PATH
 if ! python3 -m ziglang version >/dev/null 2>&1 && ! zig version >/dev/null 2>&1; then
