@@ -53,9 +53,15 @@ NFSLURM_PORTABLE_GLIBC="$GLIBC" scripts/build-portable.sh || fail "scripts/build
 # glibc symbol versions: every GLIBC_x.y[.z] must be <= the target, none private.
 # Reads the version column of `objdump -T` (newer binutils put it in
 # parentheses, older ones do not): one "VERSION SYMBOL" line per versioned
-# symbol. Unversioned ones are std's weak references (`statx`, `getrandom`),
-# looked up at run time and null where glibc lacks them.
+# symbol. Unversioned ones must be weak: std's references to `statx`,
+# `getrandom` and the like, null where glibc lacks them.
 dyn="$(objdump -T "$BIN")" || fail "\`objdump -T $BIN\` failed"
+unversioned_strong="$(awk '$1 ~ /^[0-9a-f]+$/ && /\*UND\*/ && $2 != "w" {
+  v = $(NF - 1)
+  if (length(v) == 16 && v ~ /^[0-9a-f]+$/) print $NF
+}' <<<"$dyn" | paste -sd ' ')"
+[[ -z "$unversioned_strong" ]] ||
+  fail "undefined symbols with no version and not weak (bound to whatever a login node's library has): $unversioned_strong"
 sym_versions="$(awk '$1 ~ /^[0-9a-f]+$/ && NF >= 6 {
   v = $(NF - 1); gsub(/[()]/, "", v)
   if (!(length(v) == 16 && v ~ /^[0-9a-f]+$/)) print v, $NF
