@@ -105,6 +105,7 @@ fn arrays_study(prefix: &str, subjects: usize, extra_bids: &str, scheduler: &str
 }
 
 #[test]
+#[ignore = "needs the Slurm test cluster: scripts/test.sh runs it"]
 fn bulk_import_in_arrays_ends_done_with_one_task_per_unit() {
     let Some(_cluster) = cluster() else { return };
     let since = slurm_now();
@@ -136,6 +137,7 @@ fn bulk_import_in_arrays_ends_done_with_one_task_per_unit() {
 }
 
 #[test]
+#[ignore = "needs the Slurm test cluster: scripts/test.sh runs it"]
 fn one_failing_session_in_an_array_delays_nobody_else_and_its_retry_is_a_single_job() {
     let Some(_cluster) = cluster() else { return };
     let since = slurm_now();
@@ -203,6 +205,7 @@ fn one_failing_session_in_an_array_delays_nobody_else_and_its_retry_is_a_single_
 }
 
 #[test]
+#[ignore = "needs the Slurm test cluster: scripts/test.sh runs it"]
 fn max_submitted_is_never_exceeded() {
     let Some(_cluster) = cluster() else { return };
     let study = arrays_study("ms", 3, "sleep 1", "  max_submitted: 5\n");

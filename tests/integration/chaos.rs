@@ -88,6 +88,7 @@ fn concurrent_syncs_beside_a_busy_worker_and_a_watch_give_no_error() {
 }
 
 #[test]
+#[ignore = "needs the Slurm test cluster: scripts/test.sh runs it"]
 fn killed_submit_and_sync_never_run_a_slurm_unit_twice() {
     let Some(_cluster) = cluster() else { return };
     chaos(&["slurm-jobs", "slurm-arrays"]);

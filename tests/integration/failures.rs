@@ -33,6 +33,7 @@ fn ts(v: &serde_json::Value) -> i64 {
 }
 
 #[test]
+#[ignore = "needs the Slurm test cluster: scripts/test.sh runs it"]
 fn fails_once_then_succeeds_after_the_backoff_delay() {
     let Some(_cluster) = cluster() else { return };
     let study = study(
@@ -77,6 +78,7 @@ fn fails_once_then_succeeds_after_the_backoff_delay() {
 }
 
 #[test]
+#[ignore = "needs the Slurm test cluster: scripts/test.sh runs it"]
 fn always_failing_unit_is_a_dead_letter_blocks_downstream_and_retry_revives_it() {
     let Some(_cluster) = cluster() else { return };
     let study = study(
@@ -116,6 +118,7 @@ fn always_failing_unit_is_a_dead_letter_blocks_downstream_and_retry_revives_it()
 }
 
 #[test]
+#[ignore = "needs the Slurm test cluster: scripts/test.sh runs it"]
 fn real_oom_gets_more_memory_on_the_next_attempt() {
     let Some(_cluster) = cluster() else { return };
     let study = study(
@@ -145,6 +148,7 @@ fn real_oom_gets_more_memory_on_the_next_attempt() {
 }
 
 #[test]
+#[ignore = "needs the Slurm test cluster: scripts/test.sh runs it"]
 fn real_timeout_gets_more_time_on_the_next_attempt() {
     let Some(_cluster) = cluster() else { return };
     let study = study(
@@ -166,6 +170,7 @@ fn real_timeout_gets_more_time_on_the_next_attempt() {
 }
 
 #[test]
+#[ignore = "needs the Slurm test cluster: scripts/test.sh runs it"]
 fn node_failure_is_retried_without_spending_an_attempt() {
     let Some(_cluster) = cluster() else { return };
     let study = study(

@@ -103,6 +103,7 @@ fn tasks(jobs: &BTreeMap<String, Vec<String>>) -> usize {
 }
 
 #[test]
+#[ignore = "needs the Slurm test cluster: scripts/test.sh runs it"]
 fn a_chain_with_qsirecon_on_a_second_cluster_finishes_one_job_per_unit() {
     let Some(_cluster) = cluster() else { return };
     second_cluster();
@@ -155,6 +156,7 @@ fn a_chain_with_qsirecon_on_a_second_cluster_finishes_one_job_per_unit() {
 }
 
 #[test]
+#[ignore = "needs the Slurm test cluster: scripts/test.sh runs it"]
 fn a_failure_upstream_blocks_the_unit_on_the_second_cluster() {
     let Some(_cluster) = cluster() else { return };
     second_cluster();
@@ -180,6 +182,7 @@ fn a_failure_upstream_blocks_the_unit_on_the_second_cluster() {
 }
 
 #[test]
+#[ignore = "needs the Slurm test cluster: scripts/test.sh runs it"]
 fn a_crash_between_sbatch_and_the_database_write_on_the_second_cluster_is_adopted() {
     let Some(_cluster) = cluster() else { return };
     second_cluster();
@@ -217,6 +220,7 @@ fn a_crash_between_sbatch_and_the_database_write_on_the_second_cluster_is_adopte
 }
 
 #[test]
+#[ignore = "needs the Slurm test cluster: scripts/test.sh runs it"]
 fn submit_wait_submits_the_held_units_when_their_upstream_is_done() {
     let Some(_cluster) = cluster() else { return };
     second_cluster();

@@ -96,6 +96,7 @@ fn bids_runs(study: &Study) -> BTreeMap<String, (String, String)> {
 }
 
 #[test]
+#[ignore = "needs the Slurm test cluster: scripts/test.sh runs it"]
 fn site_template_directives_reach_array_tasks() {
     let Some(_cluster) = cluster() else { return };
     require_feature();
@@ -182,6 +183,7 @@ fn site_template_directives_reach_array_tasks() {
 }
 
 #[test]
+#[ignore = "needs the Slurm test cluster: scripts/test.sh runs it"]
 fn site_template_directives_reach_single_jobs() {
     let Some(_cluster) = cluster() else { return };
     require_feature();
@@ -218,6 +220,7 @@ fn site_template_directives_reach_single_jobs() {
 /// specified". In both modes that is a config error naming the template
 /// line, and the refused runs leave no row, no script and no spent attempt.
 #[test]
+#[ignore = "needs the Slurm test cluster: scripts/test.sh runs it"]
 fn a_directive_sbatch_refuses_is_a_config_error_naming_the_template_line() {
     let Some(_cluster) = cluster() else { return };
     for (prefix, mode) in [("rj", "jobs"), ("ra", "arrays")] {

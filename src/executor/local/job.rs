@@ -198,25 +198,29 @@ pub fn run_job(spec: &JobSpec) -> std::io::Result<i32> {
         .append(true)
         .open(&spec.log)?;
     let log2 = log.try_clone()?;
-    // The job's processes inherit the lock: it is held while any of them lives.
+    // The job's processes inherit the lock: it is held while any of them
+    // lives. Close-on-exec is cleared in the child only (between fork and
+    // exec), so no other process this one starts meanwhile inherits it.
     let fd = lock.as_raw_fd();
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-    }
-    let spawned = Command::new("bash")
+    let mut command = Command::new("bash");
+    command
         .arg(&spec.script)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
-        .process_group(0)
-        .spawn();
-    // SAFETY: as above; the wrapper itself keeps the lock close-on-exec.
+        .process_group(0);
+    // SAFETY: fcntl is async-signal-safe, and `fd` stays open in the parent
+    // until the child has exec'd (`spawn` returns after exec).
     unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+        command.pre_exec(move || {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
+    let spawned = command.spawn();
     let child = match spawned {
         Ok(child) => child,
         Err(e) => {
