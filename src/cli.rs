@@ -250,6 +250,17 @@ pub enum CronAction {
     Remove,
 }
 
+/// How `worker stop` and `worker restart` end running jobs.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct StopArgs {
+    /// End running jobs now (SIGTERM to each job's process group, SIGKILL 10s later)
+    #[arg(long, conflicts_with = "timeout")]
+    pub now: bool,
+    /// Let running jobs run this many seconds more, then end them as `--now` does
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum StatusView {
     Summary,
@@ -259,22 +270,45 @@ pub enum StatusView {
 
 #[derive(Debug, Subcommand)]
 pub enum WorkerAction {
-    /// Start the worker if runs are waiting and none is running
-    #[command(after_help = "Examples:\n  nfslurm worker start")]
-    Start,
-    /// Stop it: running jobs finish, nothing new starts (twice: kill them)
-    #[command(after_help = "Examples:\n  nfslurm worker stop\n  nfslurm worker stop --now")]
-    Stop {
-        /// Kill running jobs now (they are recorded as infrastructure failures and retried)
-        #[arg(long)]
-        now: bool,
+    /// Start the worker if runs are queued and none is running
+    #[command(
+        after_help = "Examples:\n  nfslurm worker start\n  nfslurm worker start -j 2     at most two jobs at once"
+    )]
+    Start {
+        /// Jobs at once [default: `local.slots`, else `local.cpus`]
+        #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        jobs: Option<u32>,
     },
-    /// PID, uptime and queue depth
+    /// Stop it: running jobs finish, nothing new starts; queued runs stay queued
+    #[command(
+        after_help = "Examples:\n  nfslurm worker stop               running jobs finish first\n  nfslurm worker stop --timeout 60  they get a minute, then SIGTERM, SIGKILL 10s later\n  nfslurm worker stop --now         end them now\n\nJobs ended this way are recorded `infra_failed` and run again without spending an attempt."
+    )]
+    Stop {
+        #[command(flatten)]
+        how: StopArgs,
+    },
+    /// Stop the worker (as `stop`), then start it again
+    #[command(
+        after_help = "Examples:\n  nfslurm worker restart\n  nfslurm worker restart --now -j 4"
+    )]
+    Restart {
+        #[command(flatten)]
+        how: StopArgs,
+        /// Jobs at once for the new worker [default: `local.slots`]
+        #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        jobs: Option<u32>,
+    },
+    /// PID, uptime, CPU and memory of the worker and its jobs, slots, queue
     #[command(after_help = "Examples:\n  nfslurm worker status\n  nfslurm worker status --json")]
     Status,
-    /// Run the worker in the foreground (what `start` launches)
-    #[command(hide = true)]
-    Run,
+    /// Run the worker in the foreground, logging to the terminal (for debugging);
+    /// Ctrl-C once: running jobs finish; twice: they are ended
+    #[command(after_help = "Examples:\n  nfslurm -v worker run\n  nfslurm -vv worker run -j 1")]
+    Run {
+        /// Jobs at once [default: `local.slots`, else `local.cpus`]
+        #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        jobs: Option<u32>,
+    },
     /// Run one local job exactly once (what the worker launches for each job)
     #[command(hide = true)]
     Job {

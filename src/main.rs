@@ -156,6 +156,14 @@ fn selection(args: &nfslurm::cli::SelectionArgs) -> SelectionSpec {
     }
 }
 
+fn stop_mode(how: nfslurm::cli::StopArgs) -> commands::worker::StopMode {
+    match (how.now, how.timeout) {
+        (true, _) => commands::worker::StopMode::Timeout(0),
+        (false, Some(s)) => commands::worker::StopMode::Timeout(s),
+        (false, None) => commands::worker::StopMode::Drain,
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<i32> {
     let g = &cli.global;
     let settings = Settings {
@@ -218,10 +226,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             failed,
         } => commands::manage::retry(&settings, &runs, &selection(&s), s.all, failed),
         Command::Worker { action } => match action {
-            WorkerAction::Start => commands::worker::start(&settings),
-            WorkerAction::Stop { now } => commands::worker::stop(&settings, now),
+            WorkerAction::Start { jobs } => commands::worker::start(&settings, jobs),
+            WorkerAction::Stop { how } => commands::worker::stop(&settings, stop_mode(how)),
+            WorkerAction::Restart { how, jobs } => {
+                commands::worker::restart(&settings, stop_mode(how), jobs)
+            }
             WorkerAction::Status => commands::worker::status(&settings),
-            WorkerAction::Run => commands::worker::run(&settings),
+            WorkerAction::Run { jobs } => commands::worker::run(&settings, jobs),
             WorkerAction::Job {
                 time_limit,
                 log,

@@ -52,7 +52,7 @@ const RETRY_KEYS: &[&str] = &[
 ];
 const OOM_KEYS: &[&str] = &["mem_factor", "max_mem"];
 const TIMEOUT_KEYS: &[&str] = &["time_factor", "max_time"];
-const LOCAL_KEYS: &[&str] = &["cpus", "mem"];
+const LOCAL_KEYS: &[&str] = &["cpus", "mem", "slots"];
 const NOTIFICATIONS_KEYS: &[&str] = &["webhook", "command", "events", "unreachable_after"];
 const RESOURCE_KEYS: &[&str] = &["cpus", "mem", "time", "gpus"];
 const PIPELINE_OWN_KEYS: &[&str] = &[
@@ -444,7 +444,9 @@ fn read_local(ctx: &Ctx, v: Option<Val>) -> Result<LocalLimits, ConfigError> {
     let mut limits = LocalLimits {
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         mem_mb: machine_mem_mb().unwrap_or(4096),
+        slots: 0,
     };
+    let mut slots = None;
     if let Some(v) = v {
         let m = Map::open(ctx, v.node, v.path, LOCAL_KEYS)?;
         if let Some(v) = m.get("cpus") {
@@ -453,7 +455,11 @@ fn read_local(ctx: &Ctx, v: Option<Val>) -> Result<LocalLimits, ConfigError> {
         if let Some(v) = m.get("mem") {
             limits.mem_mb = positive_memory(ctx, v)?;
         }
+        if let Some(v) = m.get("slots") {
+            slots = Some(v.u32_range(ctx, 1, MAX_CPUS, "jobs")?);
+        }
     }
+    limits.slots = slots.unwrap_or(limits.cpus);
     Ok(limits)
 }
 

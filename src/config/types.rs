@@ -205,6 +205,8 @@ pub struct RetryPolicy {
 pub struct LocalLimits {
     pub cpus: u32,
     pub mem_mb: u64,
+    /// Jobs at once (`local.slots`, `worker start -j N`); defaults to `cpus`.
+    pub slots: u32,
 }
 
 /// What `sync` tells people about, and how (`notifications:` block).

@@ -151,6 +151,7 @@ fn config(runtime: ContainerRuntime) -> Config {
         local: LocalLimits {
             cpus: 2,
             mem_mb: 4096,
+            slots: 2,
         },
         notifications: Default::default(),
     }

@@ -11,3 +11,4 @@ mod local;
 mod ops;
 mod slurm;
 mod templates;
+mod worker;
