@@ -120,13 +120,16 @@ pub enum Command {
     },
     /// What cron runs: discover, reconcile, apply retries, submit what is due
     #[command(
-        after_help = "Examples:\n  nfslurm sync                  prints one line per change, nothing when nothing changed\n  nfslurm sync --json           the changes as data\n  nfslurm cron install          run it from cron every 15 minutes"
+        after_help = "Examples:\n  nfslurm sync                  prints one line per change, nothing when nothing changed\n  nfslurm sync --json           the changes as data\n  nfslurm sync --dry-run        what it would record and submit; changes nothing\n  nfslurm cron install          run it from cron every 15 minutes"
     )]
     Sync {
         /// Append this run's output and errors, time-stamped, to FILE, rotated
         /// past 1 MiB (what the crontab line of `nfslurm cron install` uses)
         #[arg(long, value_name = "FILE", hide = true)]
         log: Option<PathBuf>,
+        /// Say what this sync would record and submit; change nothing
+        #[arg(long, conflicts_with = "log")]
+        dry_run: bool,
     },
     /// Per-pipeline counts, runs, or the sessions x pipelines matrix
     #[command(
@@ -231,12 +234,15 @@ pub enum Command {
 pub enum CronAction {
     /// Add (or update) this study's line in the user's crontab
     #[command(
-        after_help = "Examples:\n  nfslurm cron install\n  nfslurm cron install --every 5m\n  nfslurm cron install --every 6h"
+        after_help = "Examples:\n  nfslurm cron install\n  nfslurm cron install --every 5m\n  nfslurm cron install --every 6h\n  nfslurm cron install --schedule \"0 2 */3 * *\""
     )]
     Install {
         /// How often: minutes that divide an hour (5m, 15m, 30m) or hours that divide a day (1h, 6h, 24h)
         #[arg(long, default_value = "15m")]
         every: String,
+        /// Or a crontab schedule of five fields, as written (`0 2 */3 * *`: 02:00 every third day)
+        #[arg(long, value_name = "FIELDS", conflicts_with = "every")]
+        schedule: Option<String>,
     },
     /// Print this study's crontab line, its log file and the last sync
     #[command(

@@ -52,7 +52,9 @@ fn main() -> ExitCode {
     // Under cron, `sync --log FILE` sends its own output, time-stamped, to a
     // rotated log; set up first, so that logging and errors go there too.
     let log = match &cli.command {
-        Command::Sync { log: Some(path) } => match commands::cron::SyncLog::start(path) {
+        Command::Sync {
+            log: Some(path), ..
+        } => match commands::cron::SyncLog::start(path) {
             Ok(log) => Some(log),
             Err(err) => {
                 eprintln!("error: cannot write the log `{}`: {err}", path.display());
@@ -196,7 +198,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             dry_run,
             wait,
         } => commands::submit::run_submit(&settings, &selection(&s), force, dry_run, wait),
-        Command::Sync { log: _ } => commands::submit::run_sync(&settings),
+        Command::Sync { dry_run: true, .. } => commands::sync_dry::run(&settings),
+        Command::Sync { .. } => commands::submit::run_sync(&settings),
         Command::Status {
             view,
             selection: s,
@@ -245,7 +248,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         },
         Command::Cron { action } => {
             let action = match action {
-                CronAction::Install { every } => commands::cron::CronSettings::Install { every },
+                CronAction::Install { every, schedule } => {
+                    commands::cron::CronSettings::Install { every, schedule }
+                }
                 CronAction::Show => commands::cron::CronSettings::Show,
                 CronAction::Remove => commands::cron::CronSettings::Remove,
             };

@@ -9,6 +9,7 @@ pub mod inspect;
 pub mod manage;
 pub mod status;
 pub mod submit;
+pub mod sync_dry;
 pub mod worker;
 
 use std::path::{Path, PathBuf};

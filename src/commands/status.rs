@@ -136,7 +136,7 @@ fn render(
 }
 
 /// The summary's state columns, in reading order (SPEC §3's words).
-const SUMMARY_STATES: [UnitState; 10] = [
+const SUMMARY_STATES: [UnitState; 11] = [
     UnitState::Done,
     UnitState::Running,
     UnitState::Queued,
@@ -147,6 +147,7 @@ const SUMMARY_STATES: [UnitState; 10] = [
     UnitState::Stale,
     UnitState::Cancelled,
     UnitState::Invalid,
+    UnitState::Disabled,
 ];
 
 /// Short column headers, used when the full words do not fit.
@@ -162,6 +163,7 @@ fn short_header(state: UnitState) -> &'static str {
         UnitState::Stale => "stale",
         UnitState::Cancelled => "cancel",
         UnitState::Invalid => "inval",
+        UnitState::Disabled => "off",
     }
 }
 

@@ -634,7 +634,7 @@ fn finish_follow(
 }
 
 /// What `sync` reports: one line per change.
-fn describe_change(key: &UnitKey, row: &state::AuditRow) -> String {
+pub(super) fn describe_change(key: &UnitKey, row: &state::AuditRow) -> String {
     let old = row.old_state.as_deref().unwrap_or("-");
     if row.reason.is_empty() {
         format!("{key}: {old} -> {}", row.new_state)

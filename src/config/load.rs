@@ -67,6 +67,7 @@ const PIPELINE_OWN_KEYS: &[&str] = &[
     "max_concurrent",
     "max_attempts",
     "template",
+    "enabled",
 ];
 
 /// The supported config format.
@@ -871,6 +872,10 @@ fn read_pipeline(
         Some(v) => v.u32_min(ctx, 1)?,
         None => retry.max_attempts,
     };
+    let enabled = match m.get("enabled") {
+        Some(v) => v.bool(ctx)?,
+        None => true,
+    };
 
     let mut scheduler = site.scheduler.clone();
     apply_scheduler_keys(ctx, m, PIPELINE_SCHEDULER_KEYS, &mut scheduler)?;
@@ -893,6 +898,7 @@ fn read_pipeline(
         pipeline: Pipeline {
             name: name.to_string(),
             level,
+            enabled,
             depends_on: deps.iter().map(|(d, _, _)| d.clone()).collect(),
             container,
             command,

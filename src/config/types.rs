@@ -159,6 +159,8 @@ pub struct SiteConfig {
 pub struct Pipeline {
     pub name: String,
     pub level: Level,
+    /// `enabled: false`: planned as `disabled`, never submitted.
+    pub enabled: bool,
     pub depends_on: Vec<String>,
     /// Image path or URI; `None` runs the command on the host.
     pub container: Option<String>,

@@ -58,6 +58,7 @@ fn pipeline(name: &str, level: Level, command: &str) -> Pipeline {
     Pipeline {
         name: name.to_string(),
         level,
+        enabled: true,
         depends_on: vec![],
         container: Some(format!("/containers/{name}_1.0.sif")),
         command: command.to_string(),

@@ -9,6 +9,7 @@ mod failures;
 mod hardening;
 mod local;
 mod ops;
+mod schedules;
 mod slurm;
 mod templates;
 mod worker;
