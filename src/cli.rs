@@ -147,13 +147,27 @@ pub enum Command {
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "5")]
         watch: Option<u64>,
     },
-    /// The history of a unit (`qsiprep/sub-01`) or of a run (its job ID or `run:N`)
+    /// The history of a unit (`qsiprep/sub-01`), a run (its job ID or `run:N`), or a subject (`sub-01`)
     #[command(
-        after_help = "Examples:\n  nfslurm show qsiprep/sub-01\n  nfslurm show bids/sub-01/ses-1\n  nfslurm show 12345"
+        after_help = "Examples:\n  nfslurm show qsiprep/sub-01\n  nfslurm show bids/sub-01/ses-1\n  nfslurm show 12345\n  nfslurm show sub-01           the subject: its sessions and units"
     )]
     Show {
-        /// A unit key or a run
+        /// A unit key, a run, or a subject
         target: String,
+    },
+    /// The study's history: every state change, with its cause, oldest first
+    #[command(
+        after_help = "Examples:\n  nfslurm log\n  nfslurm log --since 1d\n  nfslurm log --participant 01 --pipeline qsiprep\n  nfslurm log --since 2026-12-01 --json"
+    )]
+    Log {
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Only changes since: a duration back from now (`2h`, `3d`), a date or an RFC 3339 time
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Only the last N changes
+        #[arg(short = 'n', long, value_name = "N")]
+        last: Option<usize>,
     },
     /// Print a run's output file
     #[command(

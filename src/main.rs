@@ -214,6 +214,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             commands::status::run(&settings, view, &selection(&s), &states, watch)
         }
         Command::Show { target } => commands::inspect::show(&settings, &target),
+        Command::Log {
+            selection: s,
+            since,
+            last,
+        } => commands::history::log(&settings, &selection(&s), since.as_deref(), last),
         Command::Logs { target, follow } => commands::inspect::logs(&settings, &target, follow),
         Command::Render {
             pipeline,

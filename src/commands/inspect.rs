@@ -43,6 +43,9 @@ pub fn find_run(store: &Store, target: &str) -> anyhow::Result<RunRow> {
 }
 
 pub fn show(settings: &Settings, target: &str) -> anyhow::Result<i32> {
+    if let Some(subject) = super::history::subject_target(target) {
+        return super::history::show_subject(settings, &subject);
+    }
     let config = super::load_config(settings)?;
     let Some(store) = Store::open_existing(&config.paths.state_dir)? else {
         return Err(Failure::user(

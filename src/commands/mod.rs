@@ -4,6 +4,7 @@ pub mod cron;
 pub mod demo;
 pub mod discover;
 pub mod doctor;
+pub mod history;
 pub mod init;
 pub mod inspect;
 pub mod manage;

@@ -12,4 +12,5 @@ mod ops;
 mod schedules;
 mod slurm;
 mod templates;
+mod views;
 mod worker;
