@@ -129,7 +129,23 @@ fn render(
     let plan = plan::plan(config, &snapshot, now, &Request::default());
     let wanted = |state: UnitState| states.is_empty() || states.iter().any(|s| s == state.as_str());
     Ok(match view {
-        View::Summary => summary(settings, config, &plan, store.as_ref(), selection, &wanted),
+        View::Summary => {
+            let alerts = crate::alerts::tally(
+                config,
+                &plan,
+                |k| selection.matches(k),
+                |id| snapshot.runs.get(&id),
+            );
+            summary(
+                settings,
+                config,
+                &plan,
+                store.as_ref(),
+                selection,
+                &wanted,
+                &alerts,
+            )
+        }
         View::Matrix => matrix(settings, config, &plan, selection, &wanted),
         View::Runs => runs(settings, config, store.as_ref(), selection, states, now)?,
     })
@@ -233,6 +249,7 @@ fn summary(
     store: Option<&Store>,
     selection: &Selection,
     wanted: &dyn Fn(UnitState) -> bool,
+    alerts: &[crate::alerts::Tally],
 ) -> Rendered {
     let units: Vec<&UnitPlan> = plan
         .units
@@ -265,7 +282,7 @@ fn summary(
                 })
             })
             .collect();
-        return Rendered::Json(json!({ "units": list, "counts": counts }));
+        return Rendered::Json(json!({ "units": list, "counts": counts, "alerts": alerts }));
     }
     let mut out = String::new();
     if plan.units.is_empty() {
@@ -389,6 +406,29 @@ fn summary(
                 "`nfslurm show UNIT` tells why; `nfslurm retry --failed` runs failed units again",
             ));
             out.push('\n');
+        }
+    }
+
+    // Known causes, from the pipelines' `alert_patterns`.
+    if !alerts.is_empty() {
+        out.push('\n');
+        out.push_str("alerts in the logs of failed runs:\n");
+        for a in alerts {
+            let mut shown: Vec<&str> = a.units.iter().take(3).map(String::as_str).collect();
+            if a.units.len() > 3 {
+                shown.push("…");
+            }
+            out.push_str(&fit(
+                &format!(
+                    "  {}: `{}` in {}",
+                    a.pipeline,
+                    output::escape_controls(&a.pattern),
+                    output::count(a.units.len(), "unit", "units"),
+                ),
+                fit_to,
+            ));
+            out.push('\n');
+            out.push_str(&format!("    {}\n", shown.join(", ")));
         }
     }
 

@@ -68,6 +68,7 @@ const PIPELINE_OWN_KEYS: &[&str] = &[
     "max_attempts",
     "template",
     "enabled",
+    "alert_patterns",
 ];
 
 /// The supported config format.
@@ -876,6 +877,30 @@ fn read_pipeline(
         Some(v) => v.bool(ctx)?,
         None => true,
     };
+    let alert_patterns = match m.get("alert_patterns") {
+        Some(v) => v
+            .raw_list(ctx)?
+            .into_iter()
+            .map(|(text, loc, path)| {
+                Regex::new(text).map_err(|e| {
+                    ctx.src.at(
+                        loc,
+                        &path,
+                        format!(
+                            "`{path}` is not a valid regular expression: {}",
+                            regex_error(&e)
+                        ),
+                        Some(
+                            "plain text works as written unless it holds `. * + ? ( ) [ ] { } | \\ ^ $`; \
+                             escape those with `\\`, or write `(?i)` first to ignore case"
+                                .to_string(),
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
 
     let mut scheduler = site.scheduler.clone();
     apply_scheduler_keys(ctx, m, PIPELINE_SCHEDULER_KEYS, &mut scheduler)?;
@@ -899,6 +924,7 @@ fn read_pipeline(
             name: name.to_string(),
             level,
             enabled,
+            alert_patterns,
             depends_on: deps.iter().map(|(d, _, _)| d.clone()).collect(),
             container,
             command,

@@ -161,6 +161,8 @@ pub struct Pipeline {
     pub level: Level,
     /// `enabled: false`: planned as `disabled`, never submitted.
     pub enabled: bool,
+    /// `alert_patterns`: searched for in failed runs' logs, tallied by `status`.
+    pub alert_patterns: Vec<regex::Regex>,
     pub depends_on: Vec<String>,
     /// Image path or URI; `None` runs the command on the host.
     pub container: Option<String>,

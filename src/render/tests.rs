@@ -59,6 +59,7 @@ fn pipeline(name: &str, level: Level, command: &str) -> Pipeline {
         name: name.to_string(),
         level,
         enabled: true,
+        alert_patterns: Vec::new(),
         depends_on: vec![],
         container: Some(format!("/containers/{name}_1.0.sif")),
         command: command.to_string(),

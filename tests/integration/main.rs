@@ -2,6 +2,7 @@
 //! (in `slurm`) against the real Slurm test cluster that
 //! `scripts/slurm-test-cluster.sh` starts.
 
+mod alerts;
 mod arrays;
 mod chaos;
 mod common;
