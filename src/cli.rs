@@ -215,6 +215,18 @@ pub enum Command {
         #[arg(long)]
         failed: bool,
     },
+    /// Remove work dirs of done units and old attempts' scripts and logs; fold old runs into summaries
+    #[command(
+        after_help = "Examples:\n  nfslurm clean --dry-run             what would go, and how much it frees\n  nfslurm clean                       what ended more than 30 days ago\n  nfslurm clean --older-than 0        everything eligible\n\nNever a unit's last attempt or last success, never a run in flight."
+    )]
+    Clean {
+        /// Only what ended longer ago than this [default: 30d]
+        #[arg(long, value_name = "AGE")]
+        older_than: Option<String>,
+        /// Say what would be removed; remove nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// The local executor's background worker
     #[command(after_help = "Examples:\n  nfslurm worker status\n  nfslurm worker stop")]
     Worker {

@@ -261,6 +261,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             commands::cron::run(&settings, action)
         }
+        Command::Clean {
+            older_than,
+            dry_run,
+        } => commands::clean::run(&settings, older_than.as_deref(), dry_run),
         Command::Doctor => commands::doctor::run(&settings),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -1,5 +1,6 @@
 //! One module per subcommand. Each takes resolved [`Settings`], never clap types.
 
+pub mod clean;
 pub mod cron;
 pub mod demo;
 pub mod discover;

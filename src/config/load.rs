@@ -27,7 +27,9 @@ const TOP_KEYS: &[&str] = &[
     "retry",
     "local",
     "notifications",
+    "housekeeping",
 ];
+const HOUSEKEEPING_KEYS: &[&str] = &["summarise_runs_after"];
 const PATHS_KEYS: &[&str] = &[
     "dicom_root",
     "bids_root",
@@ -133,6 +135,7 @@ pub(crate) fn load_config(text: &str, file: &Path, env: EnvLookup) -> Result<Con
     let retry = read_retry(&ctx, top.get("retry"))?;
     let local = read_local(&ctx, top.get("local"))?;
     let notifications = read_notifications(&ctx, top.get("notifications"))?;
+    let housekeeping = read_housekeeping(&ctx, top.get("housekeeping"))?;
     let pipelines = read_pipelines(&ctx, top.get("pipelines"), &dir, &site, &retry)?;
 
     Ok(Config {
@@ -147,7 +150,24 @@ pub(crate) fn load_config(text: &str, file: &Path, env: EnvLookup) -> Result<Con
         retry,
         local,
         notifications,
+        housekeeping,
     })
+}
+
+fn read_housekeeping(ctx: &Ctx, v: Option<Val>) -> Result<Housekeeping, ConfigError> {
+    let mut h = Housekeeping::default();
+    let Some(v) = v else {
+        return Ok(h);
+    };
+    let m = Map::open(ctx, v.node, v.path, HOUSEKEEPING_KEYS)?;
+    if let Some(v) = m.get("summarise_runs_after") {
+        h.summarise_runs_after_s = if v.raw_str(ctx).is_ok_and(|t| t.trim() == "never") {
+            None
+        } else {
+            Some(v.duration(ctx)?)
+        };
+    }
+    Ok(h)
 }
 
 fn absolute(file: &Path) -> PathBuf {

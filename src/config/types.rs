@@ -39,6 +39,24 @@ pub struct Config {
     /// Where `sync` reports failures, finished pipelines and an unreachable
     /// cluster (`notifications:` block); no channel when the block is absent.
     pub notifications: Notifications,
+    /// What `nfslurm clean` keeps (`housekeeping:` block).
+    pub housekeeping: Housekeeping,
+}
+
+/// `housekeeping:`: how long run rows are kept one by one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Housekeeping {
+    /// `clean` folds runs that ended longer ago than this into per-unit
+    /// summaries (never the runs the planner reads); `None`: never.
+    pub summarise_runs_after_s: Option<u64>,
+}
+
+impl Default for Housekeeping {
+    fn default() -> Housekeeping {
+        Housekeeping {
+            summarise_runs_after_s: Some(180 * 86_400),
+        }
+    }
 }
 
 impl Config {

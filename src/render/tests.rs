@@ -156,6 +156,7 @@ fn config(runtime: ContainerRuntime) -> Config {
             slots: 2,
         },
         notifications: Default::default(),
+        housekeeping: Default::default(),
     }
 }
 

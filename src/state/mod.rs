@@ -11,7 +11,10 @@
 //! for more than one of them.
 
 pub mod health;
+mod housekeeping;
 mod schema;
+
+pub use housekeeping::{RunSummary, Summarised};
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};

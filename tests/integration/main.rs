@@ -5,6 +5,7 @@
 mod alerts;
 mod arrays;
 mod chaos;
+mod clean;
 mod common;
 mod failures;
 mod hardening;
