@@ -53,17 +53,20 @@ pub enum ExecutorArg {
 /// The selection flags shared by plan, submit, status, cancel and retry.
 #[derive(Debug, Args, Default, Clone)]
 pub struct SelectionArgs {
-    /// Only this pipeline (repeatable)
-    #[arg(long = "pipeline", value_name = "P")]
+    /// Only these pipelines (`--pipeline bids qsiprep`, or repeated)
+    #[arg(long = "pipeline", value_name = "P", num_args = 1..)]
     pub pipelines: Vec<String>,
     /// Every unit (the default when nothing else is selected)
     #[arg(long)]
     pub all: bool,
-    /// Only this participant: `01` or `sub-01` (repeatable)
-    #[arg(long = "participant", value_name = "L")]
+    /// Only these participants: `01` or `sub-01` (`--participant 01 02 03`, or repeated)
+    #[arg(long = "participant", value_name = "L", num_args = 1..)]
     pub participants: Vec<String>,
-    /// Only this session: `1` or `ses-1` (repeatable)
-    #[arg(long = "session", value_name = "L")]
+    /// Participants listed in FILE: one per line (or separated by spaces or commas); `#` starts a comment
+    #[arg(long = "participant-file", value_name = "FILE")]
+    pub participant_file: Option<PathBuf>,
+    /// Only these sessions: `1` or `ses-1` (`--session 1 2`, or repeated)
+    #[arg(long = "session", value_name = "L", num_args = 1..)]
     pub sessions: Vec<String>,
 }
 
@@ -241,6 +244,14 @@ pub enum Command {
         #[command(subcommand)]
         action: CronAction,
     },
+    /// The bundled site configs: list them, or print one to copy
+    #[command(
+        after_help = "Examples:\n  nfslurm site list\n  nfslurm site show generic > mysite.yaml    then `site: mysite.yaml` in nfslurm.yaml"
+    )]
+    Site {
+        #[command(subcommand)]
+        action: SiteAction,
+    },
     /// Check config, templates, Slurm tools, cluster, images, paths, state and cron
     #[command(
         after_help = "Examples:\n  nfslurm doctor\n  nfslurm doctor --executor local   checks for a laptop run\n  nfslurm doctor --json\n\nEach line is `ok`, `warn` or `fail`, with a hint; the exit code is 1 if any check fails."
@@ -253,6 +264,17 @@ pub enum Command {
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SiteAction {
+    /// The names of the bundled site configs
+    List,
+    /// Print a bundled site config (YAML), to read or copy
+    Show {
+        /// A bundled site name (`generic`, `local`)
+        name: String,
     },
 }
 

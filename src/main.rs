@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use nfslurm::cli::{Cli, Command, CronAction, ExecutorArg, StatusView, WorkerAction};
+use nfslurm::cli::{Cli, Command, CronAction, ExecutorArg, SiteAction, StatusView, WorkerAction};
 use nfslurm::commands::{self, Failure, SelectionSpec, Settings};
 use nfslurm::config::ExecutorKind;
 
@@ -154,6 +154,7 @@ fn selection(args: &nfslurm::cli::SelectionArgs) -> SelectionSpec {
     SelectionSpec {
         pipelines: args.pipelines.clone(),
         participants: args.participants.clone(),
+        participant_file: args.participant_file.clone(),
         sessions: args.sessions.clone(),
     }
 }
@@ -265,6 +266,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             older_than,
             dry_run,
         } => commands::clean::run(&settings, older_than.as_deref(), dry_run),
+        Command::Site { action } => match action {
+            SiteAction::List => commands::site::list(&settings),
+            SiteAction::Show { name } => commands::site::show(&settings, &name),
+        },
         Command::Doctor => commands::doctor::run(&settings),
         Command::Completions { shell } => {
             clap_complete::generate(

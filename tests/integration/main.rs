@@ -10,6 +10,7 @@ mod common;
 mod failures;
 mod hardening;
 mod local;
+mod newcomer;
 mod ops;
 mod schedules;
 mod slurm;
