@@ -257,6 +257,23 @@ pub enum Command {
         after_help = "Examples:\n  nfslurm doctor\n  nfslurm doctor --executor local   checks for a laptop run\n  nfslurm doctor --json\n\nEach line is `ok`, `warn` or `fail`, with a hint; the exit code is 1 if any check fails."
     )]
     Doctor,
+    /// Print the JSON Schema of nfslurm.yaml (or of a site file), for editors and checks
+    #[command(
+        after_help = "Examples:\n  nfslurm schema > nfslurm.schema.json\n  nfslurm schema --site > site.schema.json\n\nWith the YAML language server, a first line `# yaml-language-server: $schema=nfslurm.schema.json` gives completion and checks in the editor."
+    )]
+    Schema {
+        /// The schema of a site file instead
+        #[arg(long)]
+        site: bool,
+    },
+    /// Print the manual page (roff), for `man -l -` or a `man1` folder
+    #[command(
+        after_help = "Examples:\n  nfslurm man | man -l -\n  nfslurm man submit | man -l -\n  nfslurm man > ~/.local/share/man/man1/nfslurm.1"
+    )]
+    Man {
+        /// A command's own page (`submit`, `worker`, …) [default: the main page]
+        command: Option<String>,
+    },
     /// Print a shell completion script
     #[command(
         after_help = "Examples:\n  nfslurm completions bash > ~/.local/share/bash-completion/completions/nfslurm"

@@ -159,6 +159,37 @@ fn selection(args: &nfslurm::cli::SelectionArgs) -> SelectionSpec {
     }
 }
 
+/// `nfslurm man [COMMAND]`: the page of the whole CLI or of one command,
+/// generated from the same clap types as `--help`, so it never drifts.
+fn man_page(command: Option<&str>) -> anyhow::Result<i32> {
+    let mut cli = Cli::command();
+    cli.build();
+    let page = match command {
+        None => cli,
+        Some(name) => {
+            let Some(sub) = cli.find_subcommand(name).cloned() else {
+                let names: Vec<String> = cli
+                    .get_subcommands()
+                    .filter(|c| !c.is_hide_set())
+                    .map(|c| c.get_name().to_string())
+                    .collect();
+                return Err(Failure::user(
+                    format!("`nfslurm man {name}`: no such command"),
+                    Some(&format!("commands: {}", names.join(", "))),
+                ));
+            };
+            sub.display_name(format!("nfslurm-{name}"))
+                .bin_name(format!("nfslurm {name}"))
+        }
+    };
+    let mut out = Vec::new();
+    clap_mangen::Man::new(page)
+        .source(format!("nfslurm {}", env!("CARGO_PKG_VERSION")))
+        .render(&mut out)?;
+    std::io::Write::write_all(&mut std::io::stdout(), &out)?;
+    Ok(0)
+}
+
 fn stop_mode(how: nfslurm::cli::StopArgs) -> commands::worker::StopMode {
     match (how.now, how.timeout) {
         (true, _) => commands::worker::StopMode::Timeout(0),
@@ -271,6 +302,16 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             SiteAction::Show { name } => commands::site::show(&settings, &name),
         },
         Command::Doctor => commands::doctor::run(&settings),
+        Command::Man { command } => man_page(command.as_deref()),
+        Command::Schema { site } => {
+            let schema = if site {
+                nfslurm::config::schema::site_schema()
+            } else {
+                nfslurm::config::schema::config_schema()
+            };
+            nfslurm::output::print_json(&schema);
+            Ok(0)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

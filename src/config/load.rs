@@ -16,7 +16,7 @@ use super::yaml::{self, Ctx, EnvLookup, Map, Val};
 use super::{display_name, resolve_path, site::read_template};
 use crate::model::Level;
 
-const TOP_KEYS: &[&str] = &[
+pub(super) const TOP_KEYS: &[&str] = &[
     "version",
     "site",
     "executor",
@@ -29,19 +29,20 @@ const TOP_KEYS: &[&str] = &[
     "notifications",
     "housekeeping",
 ];
-const HOUSEKEEPING_KEYS: &[&str] = &["summarise_runs_after"];
-const PATHS_KEYS: &[&str] = &[
+pub(super) const HOUSEKEEPING_KEYS: &[&str] = &["summarise_runs_after"];
+pub(super) const PATHS_KEYS: &[&str] = &[
     "dicom_root",
     "bids_root",
     "derivatives",
     "work_dir",
     "state_dir",
 ];
-const DISCOVERY_KEYS: &[&str] = &["pattern", "mapping", "validation", "settle"];
-const MAPPING_KEYS: &[&str] = &["file", "scan_id_column", "subject_column", "session_column"];
-const VALIDATION_KEYS: &[&str] = &["min_files", "required_series"];
-const SERIES_KEYS: &[&str] = &["name", "match", "min_files"];
-const RETRY_KEYS: &[&str] = &[
+pub(super) const DISCOVERY_KEYS: &[&str] = &["pattern", "mapping", "validation", "settle"];
+pub(super) const MAPPING_KEYS: &[&str] =
+    &["file", "scan_id_column", "subject_column", "session_column"];
+pub(super) const VALIDATION_KEYS: &[&str] = &["min_files", "required_series"];
+pub(super) const SERIES_KEYS: &[&str] = &["name", "match", "min_files"];
+pub(super) const RETRY_KEYS: &[&str] = &[
     "max_attempts",
     "initial_delay",
     "max_delay",
@@ -52,12 +53,13 @@ const RETRY_KEYS: &[&str] = &[
     "infra_max",
     "lost_after",
 ];
-const OOM_KEYS: &[&str] = &["mem_factor", "max_mem"];
-const TIMEOUT_KEYS: &[&str] = &["time_factor", "max_time"];
-const LOCAL_KEYS: &[&str] = &["cpus", "mem", "slots"];
-const NOTIFICATIONS_KEYS: &[&str] = &["webhook", "command", "events", "unreachable_after"];
-const RESOURCE_KEYS: &[&str] = &["cpus", "mem", "time", "gpus"];
-const PIPELINE_OWN_KEYS: &[&str] = &[
+pub(super) const OOM_KEYS: &[&str] = &["mem_factor", "max_mem"];
+pub(super) const TIMEOUT_KEYS: &[&str] = &["time_factor", "max_time"];
+pub(super) const LOCAL_KEYS: &[&str] = &["cpus", "mem", "slots"];
+pub(super) const NOTIFICATIONS_KEYS: &[&str] =
+    &["webhook", "command", "events", "unreachable_after"];
+pub(super) const RESOURCE_KEYS: &[&str] = &["cpus", "mem", "time", "gpus"];
+pub(super) const PIPELINE_OWN_KEYS: &[&str] = &[
     "level",
     "depends_on",
     "command",

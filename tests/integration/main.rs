@@ -12,6 +12,7 @@ mod hardening;
 mod local;
 mod newcomer;
 mod ops;
+mod reference;
 mod schedules;
 mod slurm;
 mod templates;
