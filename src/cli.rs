@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::engine::ArgValueCompleter;
+
+use crate::commands::complete;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -156,6 +159,7 @@ pub enum Command {
     )]
     Show {
         /// A unit key, a run, or a subject
+        #[arg(add = ArgValueCompleter::new(complete::show_targets))]
         target: String,
     },
     /// The study's history: every state change, with its cause, oldest first
@@ -178,6 +182,7 @@ pub enum Command {
     )]
     Logs {
         /// A job ID, `run:N`, or a unit key (its last run)
+        #[arg(add = ArgValueCompleter::new(complete::log_targets))]
         target: String,
         /// Keep printing as the file grows, until the run ends
         #[arg(short, long)]
@@ -201,6 +206,7 @@ pub enum Command {
     )]
     Cancel {
         /// Job IDs or `run:N`
+        #[arg(add = ArgValueCompleter::new(complete::runs))]
         runs: Vec<String>,
         #[command(flatten)]
         selection: SelectionArgs,
@@ -211,6 +217,7 @@ pub enum Command {
     )]
     Retry {
         /// Job IDs or `run:N`
+        #[arg(add = ArgValueCompleter::new(complete::runs))]
         runs: Vec<String>,
         #[command(flatten)]
         selection: SelectionArgs,

@@ -15,6 +15,9 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // `COMPLETE=bash nfslurm` prints the shell's registration;
+    // the shell then calls back here for each completion (units, runs).
+    clap_complete::CompleteEnv::with_factory(Cli::command).complete();
     // With `--json`, stdout is JSON whatever happens: errors (below) and
     // even a bug's panic are printed as `{"error": …, "hint": …}`.
     let json = std::env::args_os().any(|a| a == "--json");

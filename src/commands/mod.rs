@@ -1,6 +1,7 @@
 //! One module per subcommand. Each takes resolved [`Settings`], never clap types.
 
 pub mod clean;
+pub mod complete;
 pub mod cron;
 pub mod demo;
 pub mod discover;

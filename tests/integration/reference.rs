@@ -200,3 +200,50 @@ fn every_example_config_in_the_docs_and_every_site_file_fits_the_schema() {
     validate(&config_schema, &bad, "bad", &mut errs);
     assert_eq!(errs.len(), 2, "{errs:?}");
 }
+
+/// What the shell gets back for `words` (the last is the one completed),
+/// through clap's fish protocol: one `value<TAB>help` per line.
+fn complete(study: &Study, words: &[&str]) -> Vec<String> {
+    let out = study
+        .cmd()
+        .env("COMPLETE", "fish")
+        .arg("--")
+        .args(words)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.to_string())
+        .collect()
+}
+
+#[test]
+fn shell_completion_offers_the_studys_units_subjects_and_runs_and_writes_nothing() {
+    let study = crate::common::chain_study("local", 2, 1, "");
+    study.ok(&["discover"]);
+    study.ok(&["submit", "--all", "--wait"]);
+    let db = study.path().join(".nfslurm/state.db");
+    let before = std::fs::read(&db).unwrap();
+    let units = complete(&study, &["nfslurm", "show", "qsiprep/"]);
+    assert_eq!(
+        units,
+        vec![
+            "qsiprep/sub-01\tunit, last run succeeded",
+            "qsiprep/sub-02\tunit, last run succeeded"
+        ]
+    );
+    let subjects = complete(&study, &["nfslurm", "show", "sub-"]);
+    assert_eq!(subjects, vec!["sub-01\tsubject", "sub-02\tsubject"]);
+    let runs = complete(&study, &["nfslurm", "retry", "run:"]);
+    assert_eq!(runs.len(), 8, "{runs:?}");
+    assert!(runs[0].starts_with("run:8\tqsiparc/sub-0"), "{runs:?}");
+    let logs = complete(&study, &["nfslurm", "logs", "bids/sub-02"]);
+    assert_eq!(logs, vec!["bids/sub-02/ses-1\tunit, last run succeeded"]);
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+    // Outside a study: nothing, and no error.
+    assert!(complete(&Study::new(), &["nfslurm", "show", "sub-"]).is_empty());
+    // The registration script for bash.
+    let out = study.cmd().env("COMPLETE", "bash").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("_clap_complete_nfslurm"));
+}
