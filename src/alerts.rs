@@ -17,7 +17,7 @@ use crate::plan::Plan;
 use crate::state::RunRow;
 
 /// How much of the end of a log is searched.
-pub const SCAN_BYTES: u64 = 1024 * 1024;
+pub const SCAN_BYTES: u64 = 256 * 1024;
 
 /// One pattern of one pipeline, and the units whose last failed run's log
 /// matched it.

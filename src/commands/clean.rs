@@ -187,14 +187,12 @@ pub fn run(settings: &Settings, older_than: Option<&str>, dry_run: bool) -> anyh
             "errors": failed,
         }));
     } else {
-        let verb = if dry_run { "would remove" } else { "removed" };
+        if !items.is_empty() {
+            println!("{}:", if dry_run { "would remove" } else { "removed" });
+        }
         for item in &items {
-            println!(
-                "{verb} {} `{}` ({})",
-                item.what,
-                display_path(&item.path),
-                human(item.bytes)
-            );
+            println!("  {:>9}  {}", human(item.bytes), item.what);
+            println!("             `{}`", display_path(&item.path));
         }
         let dirs = items.iter().filter(|i| i.dir).count();
         let files = items.len() - dirs;

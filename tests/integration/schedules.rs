@@ -118,3 +118,45 @@ fn a_disabled_pipeline_is_shown_disabled_and_never_submitted() {
     let show = study.ok(&["show", "qsiparc/sub-01/ses-1"]);
     assert!(show.contains("enabled: false"), "{show}");
 }
+
+/// Against the real cluster: the dry run reconciles with `squeue`/`sacct`
+/// (read-only) and says what the real sync then records.
+#[test]
+fn sync_dry_run_reconciles_slurm_read_only_and_the_real_sync_agrees() {
+    let Some(_cluster) = crate::slurm::cluster() else {
+        return;
+    };
+    let study = crate::common::chain_study_named("slurm", "dry13x", 1, 1, "");
+    study.ok(&["discover"]);
+    study.ok(&["submit", "--all"]);
+    let db = study.path().join(".nfslurm/state.db");
+    let before = fs::read(&db).unwrap();
+    let start = std::time::Instant::now();
+    // Until Slurm has finished the first job, as the dry run sees it.
+    let seen = loop {
+        let v = study.json(&["sync", "--dry-run"]);
+        assert_eq!(fs::read(&db).unwrap(), before, "the dry run wrote state.db");
+        let done: Vec<String> = v["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["new_state"] == "succeeded")
+            .map(|c| c["unit"].as_str().unwrap().to_string())
+            .collect();
+        if !done.is_empty() {
+            break done;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "no job finished: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    };
+    let out = study.ok(&["sync"]);
+    for unit in &seen {
+        assert!(out.contains(&format!("{unit}: ")), "{unit}: {out}");
+    }
+    assert!(out.contains("-> succeeded"), "{out}");
+    let states = crate::slurm::sync_until_settled(&study, std::time::Duration::from_secs(300));
+    assert!(states.values().all(|s| s == "done"), "{states:?}");
+}
