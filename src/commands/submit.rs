@@ -171,6 +171,21 @@ pub fn print_plan(settings: &Settings, plan: &Plan, store: Option<&Store>) {
                 && !u.due
         })
         .collect();
+    // Pipelines switched off, with how many units they leave alone.
+    let mut disabled: BTreeMap<&str, usize> = BTreeMap::new();
+    for u in plan
+        .units
+        .iter()
+        .filter(|u| u.state == crate::model::UnitState::Disabled)
+    {
+        *disabled.entry(u.key.pipeline.as_str()).or_default() += 1;
+    }
+    for (pipeline, n) in &disabled {
+        println!(
+            "disabled: `{pipeline}` (`enabled: false`): {} never submitted",
+            output::count(*n, "unit", "units")
+        );
+    }
     if !waiting.is_empty() {
         println!("not runnable now:");
         for u in waiting {

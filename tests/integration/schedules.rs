@@ -103,6 +103,10 @@ fn a_disabled_pipeline_is_shown_disabled_and_never_submitted() {
     study.ok(&["discover"]);
     let plan = study.ok(&["plan"]);
     assert!(plan.contains("3 units to run"), "{plan}");
+    assert!(
+        plan.contains("disabled: `qsiparc` (`enabled: false`): 1 unit never submitted"),
+        "{plan}"
+    );
     study.ok(&["submit", "--all", "--wait"]);
     // Even forced, it is never submitted.
     let out = study.ok(&["submit", "--pipeline", "qsiparc", "--force"]);
