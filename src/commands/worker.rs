@@ -87,10 +87,18 @@ fn stop_in(dir: &Path, mode: StopMode) -> anyhow::Result<bool> {
         return Ok(false);
     };
     match mode {
-        StopMode::Drain => println!(
-            "stopping worker {pid}: {} running jobs finish, nothing new starts",
-            running_before.len()
-        ),
+        StopMode::Drain => {
+            println!(
+                "stopping worker {pid}: {} running jobs finish, nothing new starts",
+                running_before.len()
+            );
+            if !running_before.is_empty() {
+                println!(
+                    "  waiting for them (Ctrl-C stops waiting, the worker still drains; \
+                     `nfslurm worker stop --now` ends them)"
+                );
+            }
+        }
         StopMode::Timeout(0) => println!(
             "stopping worker {pid}: ending {} running jobs now (SIGTERM, SIGKILL after {}s)",
             running_before.len(),
