@@ -147,8 +147,8 @@ print(sum(1 for u in units if u["state"] != "done"))')
 # `locked` or `panic` line from any of them.
 concurrency_rounds() {
   local end=$((SECONDS + duration)) i=0 round pids p errors=0
-  nf discover >/dev/null 2>&1 || true
   add_subject 1
+  nf discover >/dev/null 2>&1 || true
   nf submit --all >>"$study/chaos-out.log" 2>&1
   (cd "$study" && NO_COLOR=1 exec "$bin" status --watch 1) >"$study/watch.out" 2>"$study/watch.err" &
   local watch=$!

@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::engine::ArgValueCompleter;
+
+use crate::commands::complete;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,17 +56,20 @@ pub enum ExecutorArg {
 /// The selection flags shared by plan, submit, status, cancel and retry.
 #[derive(Debug, Args, Default, Clone)]
 pub struct SelectionArgs {
-    /// Only this pipeline (repeatable)
-    #[arg(long = "pipeline", value_name = "P")]
+    /// Only these pipelines (`--pipeline bids qsiprep`, or repeated)
+    #[arg(long = "pipeline", value_name = "P", num_args = 1..)]
     pub pipelines: Vec<String>,
     /// Every unit (the default when nothing else is selected)
     #[arg(long)]
     pub all: bool,
-    /// Only this participant: `01` or `sub-01` (repeatable)
-    #[arg(long = "participant", value_name = "L")]
+    /// Only these participants: `01` or `sub-01` (`--participant 01 02 03`, or repeated)
+    #[arg(long = "participant", value_name = "L", num_args = 1..)]
     pub participants: Vec<String>,
-    /// Only this session: `1` or `ses-1` (repeatable)
-    #[arg(long = "session", value_name = "L")]
+    /// Participants listed in FILE: one per line (or separated by spaces or commas); `#` starts a comment
+    #[arg(long = "participant-file", value_name = "FILE")]
+    pub participant_file: Option<PathBuf>,
+    /// Only these sessions: `1` or `ses-1` (`--session 1 2`, or repeated)
+    #[arg(long = "session", value_name = "L", num_args = 1..)]
     pub sessions: Vec<String>,
 }
 
@@ -120,13 +126,16 @@ pub enum Command {
     },
     /// What cron runs: discover, reconcile, apply retries, submit what is due
     #[command(
-        after_help = "Examples:\n  nfslurm sync                  prints one line per change, nothing when nothing changed\n  nfslurm sync --json           the changes as data\n  nfslurm cron install          run it from cron every 15 minutes"
+        after_help = "Examples:\n  nfslurm sync                  prints one line per change, nothing when nothing changed\n  nfslurm sync --json           the changes as data\n  nfslurm sync --dry-run        what it would record and submit; changes nothing\n  nfslurm cron install          run it from cron every 15 minutes"
     )]
     Sync {
         /// Append this run's output and errors, time-stamped, to FILE, rotated
         /// past 1 MiB (what the crontab line of `nfslurm cron install` uses)
         #[arg(long, value_name = "FILE", hide = true)]
         log: Option<PathBuf>,
+        /// Say what this sync would record and submit; change nothing
+        #[arg(long, conflicts_with = "log")]
+        dry_run: bool,
     },
     /// Per-pipeline counts, runs, or the sessions x pipelines matrix
     #[command(
@@ -144,13 +153,28 @@ pub enum Command {
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "5")]
         watch: Option<u64>,
     },
-    /// The history of a unit (`qsiprep/sub-01`) or of a run (its job ID or `run:N`)
+    /// The history of a unit (`qsiprep/sub-01`), a run (its job ID or `run:N`), or a subject (`sub-01`)
     #[command(
-        after_help = "Examples:\n  nfslurm show qsiprep/sub-01\n  nfslurm show bids/sub-01/ses-1\n  nfslurm show 12345"
+        after_help = "Examples:\n  nfslurm show qsiprep/sub-01\n  nfslurm show bids/sub-01/ses-1\n  nfslurm show 12345\n  nfslurm show sub-01           the subject: its sessions and units"
     )]
     Show {
-        /// A unit key or a run
+        /// A unit key, a run, or a subject
+        #[arg(add = ArgValueCompleter::new(complete::show_targets))]
         target: String,
+    },
+    /// The study's history: every state change, with its cause, oldest first
+    #[command(
+        after_help = "Examples:\n  nfslurm log\n  nfslurm log --since 1d\n  nfslurm log --participant 01 --pipeline qsiprep\n  nfslurm log --since 2026-12-01 --json"
+    )]
+    Log {
+        #[command(flatten)]
+        selection: SelectionArgs,
+        /// Only changes since: a duration back from now (`2h`, `3d`), a date or an RFC 3339 time
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Only the last N changes
+        #[arg(short = 'n', long, value_name = "N")]
+        last: Option<usize>,
     },
     /// Print a run's output file
     #[command(
@@ -158,6 +182,7 @@ pub enum Command {
     )]
     Logs {
         /// A job ID, `run:N`, or a unit key (its last run)
+        #[arg(add = ArgValueCompleter::new(complete::log_targets))]
         target: String,
         /// Keep printing as the file grows, until the run ends
         #[arg(short, long)]
@@ -181,6 +206,7 @@ pub enum Command {
     )]
     Cancel {
         /// Job IDs or `run:N`
+        #[arg(add = ArgValueCompleter::new(complete::runs))]
         runs: Vec<String>,
         #[command(flatten)]
         selection: SelectionArgs,
@@ -191,12 +217,25 @@ pub enum Command {
     )]
     Retry {
         /// Job IDs or `run:N`
+        #[arg(add = ArgValueCompleter::new(complete::runs))]
         runs: Vec<String>,
         #[command(flatten)]
         selection: SelectionArgs,
         /// Every failed unit
         #[arg(long)]
         failed: bool,
+    },
+    /// Remove work dirs of done units and old attempts' scripts and logs; fold old runs into summaries
+    #[command(
+        after_help = "Examples:\n  nfslurm clean --dry-run             what would go, and how much it frees\n  nfslurm clean                       what ended more than 30 days ago\n  nfslurm clean --older-than 0        everything eligible\n\nNever a unit's last attempt or last success, never a run in flight."
+    )]
+    Clean {
+        /// Only what ended longer ago than this [default: 30d]
+        #[arg(long, value_name = "AGE")]
+        older_than: Option<String>,
+        /// Say what would be removed; remove nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// The local executor's background worker
     #[command(after_help = "Examples:\n  nfslurm worker status\n  nfslurm worker stop")]
@@ -212,11 +251,36 @@ pub enum Command {
         #[command(subcommand)]
         action: CronAction,
     },
+    /// The bundled site configs: list them, or print one to copy
+    #[command(
+        after_help = "Examples:\n  nfslurm site list\n  nfslurm site show generic > mysite.yaml    then `site: mysite.yaml` in nfslurm.yaml"
+    )]
+    Site {
+        #[command(subcommand)]
+        action: SiteAction,
+    },
     /// Check config, templates, Slurm tools, cluster, images, paths, state and cron
     #[command(
         after_help = "Examples:\n  nfslurm doctor\n  nfslurm doctor --executor local   checks for a laptop run\n  nfslurm doctor --json\n\nEach line is `ok`, `warn` or `fail`, with a hint; the exit code is 1 if any check fails."
     )]
     Doctor,
+    /// Print the JSON Schema of nfslurm.yaml (or of a site file), for editors and checks
+    #[command(
+        after_help = "Examples:\n  nfslurm schema > nfslurm.schema.json\n  nfslurm schema --site > site.schema.json\n\nWith the YAML language server, a first line `# yaml-language-server: $schema=nfslurm.schema.json` gives completion and checks in the editor."
+    )]
+    Schema {
+        /// The schema of a site file instead
+        #[arg(long)]
+        site: bool,
+    },
+    /// Print the manual page (roff), for `man -l -` or a `man1` folder
+    #[command(
+        after_help = "Examples:\n  nfslurm man | man -l -\n  nfslurm man submit | man -l -\n  nfslurm man > ~/.local/share/man/man1/nfslurm.1"
+    )]
+    Man {
+        /// A command's own page (`submit`, `worker`, …) [default: the main page]
+        command: Option<String>,
+    },
     /// Print a shell completion script
     #[command(
         after_help = "Examples:\n  nfslurm completions bash > ~/.local/share/bash-completion/completions/nfslurm"
@@ -228,15 +292,29 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum SiteAction {
+    /// The names of the bundled site configs
+    List,
+    /// Print a bundled site config (YAML), to read or copy
+    Show {
+        /// A bundled site name (`generic`, `local`)
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum CronAction {
     /// Add (or update) this study's line in the user's crontab
     #[command(
-        after_help = "Examples:\n  nfslurm cron install\n  nfslurm cron install --every 5m\n  nfslurm cron install --every 6h"
+        after_help = "Examples:\n  nfslurm cron install\n  nfslurm cron install --every 5m\n  nfslurm cron install --every 6h\n  nfslurm cron install --schedule \"0 2 */3 * *\""
     )]
     Install {
         /// How often: minutes that divide an hour (5m, 15m, 30m) or hours that divide a day (1h, 6h, 24h)
         #[arg(long, default_value = "15m")]
         every: String,
+        /// Or a crontab schedule of five fields, as written (`0 2 */3 * *`: 02:00 every third day)
+        #[arg(long, value_name = "FIELDS", conflicts_with = "every")]
+        schedule: Option<String>,
     },
     /// Print this study's crontab line, its log file and the last sync
     #[command(
@@ -250,6 +328,17 @@ pub enum CronAction {
     Remove,
 }
 
+/// How `worker stop` and `worker restart` end running jobs.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct StopArgs {
+    /// End running jobs now (SIGTERM to each job's process group, SIGKILL 10s later)
+    #[arg(long, conflicts_with = "timeout")]
+    pub now: bool,
+    /// Let running jobs run this many seconds more, then end them as `--now` does
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum StatusView {
     Summary,
@@ -259,22 +348,45 @@ pub enum StatusView {
 
 #[derive(Debug, Subcommand)]
 pub enum WorkerAction {
-    /// Start the worker if runs are waiting and none is running
-    #[command(after_help = "Examples:\n  nfslurm worker start")]
-    Start,
-    /// Stop it: running jobs finish, nothing new starts (twice: kill them)
-    #[command(after_help = "Examples:\n  nfslurm worker stop\n  nfslurm worker stop --now")]
-    Stop {
-        /// Kill running jobs now (they are recorded as infrastructure failures and retried)
-        #[arg(long)]
-        now: bool,
+    /// Start the worker if runs are queued and none is running
+    #[command(
+        after_help = "Examples:\n  nfslurm worker start\n  nfslurm worker start -j 2     at most two jobs at once"
+    )]
+    Start {
+        /// Jobs at once [default: `local.slots`, else `local.cpus`]
+        #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        jobs: Option<u32>,
     },
-    /// PID, uptime and queue depth
+    /// Stop it: running jobs finish, nothing new starts; queued runs stay queued
+    #[command(
+        after_help = "Examples:\n  nfslurm worker stop               running jobs finish first\n  nfslurm worker stop --timeout 60  they get a minute, then SIGTERM, SIGKILL 10s later\n  nfslurm worker stop --now         end them now\n\nJobs ended this way are recorded `infra_failed` and run again without spending an attempt."
+    )]
+    Stop {
+        #[command(flatten)]
+        how: StopArgs,
+    },
+    /// Stop the worker (as `stop`), then start it again
+    #[command(
+        after_help = "Examples:\n  nfslurm worker restart\n  nfslurm worker restart --now -j 4"
+    )]
+    Restart {
+        #[command(flatten)]
+        how: StopArgs,
+        /// Jobs at once for the new worker [default: `local.slots`]
+        #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        jobs: Option<u32>,
+    },
+    /// PID, uptime, CPU and memory of the worker and its jobs, slots, queue
     #[command(after_help = "Examples:\n  nfslurm worker status\n  nfslurm worker status --json")]
     Status,
-    /// Run the worker in the foreground (what `start` launches)
-    #[command(hide = true)]
-    Run,
+    /// Run the worker in the foreground, logging to the terminal (for debugging);
+    /// Ctrl-C once: running jobs finish; twice: they are ended
+    #[command(after_help = "Examples:\n  nfslurm -v worker run\n  nfslurm -vv worker run -j 1")]
+    Run {
+        /// Jobs at once [default: `local.slots`, else `local.cpus`]
+        #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        jobs: Option<u32>,
+    },
     /// Run one local job exactly once (what the worker launches for each job)
     #[command(hide = true)]
     Job {

@@ -4,6 +4,7 @@
 //! that says what runs and why. [`state`] remembers, [`executor`] acts,
 //! [`engine`] ties them together, and [`commands`] are the thin CLI layer.
 
+pub mod alerts;
 pub mod cli;
 pub mod commands;
 pub mod config;

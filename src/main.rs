@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use nfslurm::cli::{Cli, Command, CronAction, ExecutorArg, StatusView, WorkerAction};
+use nfslurm::cli::{Cli, Command, CronAction, ExecutorArg, SiteAction, StatusView, WorkerAction};
 use nfslurm::commands::{self, Failure, SelectionSpec, Settings};
 use nfslurm::config::ExecutorKind;
 
@@ -15,6 +15,9 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // `COMPLETE=bash nfslurm` prints the shell's registration;
+    // the shell then calls back here for each completion (units, runs).
+    clap_complete::CompleteEnv::with_factory(Cli::command).complete();
     // With `--json`, stdout is JSON whatever happens: errors (below) and
     // even a bug's panic are printed as `{"error": …, "hint": …}`.
     let json = std::env::args_os().any(|a| a == "--json");
@@ -52,7 +55,9 @@ fn main() -> ExitCode {
     // Under cron, `sync --log FILE` sends its own output, time-stamped, to a
     // rotated log; set up first, so that logging and errors go there too.
     let log = match &cli.command {
-        Command::Sync { log: Some(path) } => match commands::cron::SyncLog::start(path) {
+        Command::Sync {
+            log: Some(path), ..
+        } => match commands::cron::SyncLog::start(path) {
             Ok(log) => Some(log),
             Err(err) => {
                 eprintln!("error: cannot write the log `{}`: {err}", path.display());
@@ -152,7 +157,47 @@ fn selection(args: &nfslurm::cli::SelectionArgs) -> SelectionSpec {
     SelectionSpec {
         pipelines: args.pipelines.clone(),
         participants: args.participants.clone(),
+        participant_file: args.participant_file.clone(),
         sessions: args.sessions.clone(),
+    }
+}
+
+/// `nfslurm man [COMMAND]`: the page of the whole CLI or of one command,
+/// generated from the same clap types as `--help`, so it never drifts.
+fn man_page(command: Option<&str>) -> anyhow::Result<i32> {
+    let mut cli = Cli::command();
+    cli.build();
+    let page = match command {
+        None => cli,
+        Some(name) => {
+            let Some(sub) = cli.find_subcommand(name).cloned() else {
+                let names: Vec<String> = cli
+                    .get_subcommands()
+                    .filter(|c| !c.is_hide_set())
+                    .map(|c| c.get_name().to_string())
+                    .collect();
+                return Err(Failure::user(
+                    format!("`nfslurm man {name}`: no such command"),
+                    Some(&format!("commands: {}", names.join(", "))),
+                ));
+            };
+            sub.display_name(format!("nfslurm-{name}"))
+                .bin_name(format!("nfslurm {name}"))
+        }
+    };
+    let mut out = Vec::new();
+    clap_mangen::Man::new(page)
+        .source(format!("nfslurm {}", env!("CARGO_PKG_VERSION")))
+        .render(&mut out)?;
+    std::io::Write::write_all(&mut std::io::stdout(), &out)?;
+    Ok(0)
+}
+
+fn stop_mode(how: nfslurm::cli::StopArgs) -> commands::worker::StopMode {
+    match (how.now, how.timeout) {
+        (true, _) => commands::worker::StopMode::Timeout(0),
+        (false, Some(s)) => commands::worker::StopMode::Timeout(s),
+        (false, None) => commands::worker::StopMode::Drain,
     }
 }
 
@@ -188,7 +233,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             dry_run,
             wait,
         } => commands::submit::run_submit(&settings, &selection(&s), force, dry_run, wait),
-        Command::Sync { log: _ } => commands::submit::run_sync(&settings),
+        Command::Sync { dry_run: true, .. } => commands::sync_dry::run(&settings),
+        Command::Sync { .. } => commands::submit::run_sync(&settings),
         Command::Status {
             view,
             selection: s,
@@ -203,6 +249,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             commands::status::run(&settings, view, &selection(&s), &states, watch)
         }
         Command::Show { target } => commands::inspect::show(&settings, &target),
+        Command::Log {
+            selection: s,
+            since,
+            last,
+        } => commands::history::log(&settings, &selection(&s), since.as_deref(), last),
         Command::Logs { target, follow } => commands::inspect::logs(&settings, &target, follow),
         Command::Render {
             pipeline,
@@ -218,10 +269,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             failed,
         } => commands::manage::retry(&settings, &runs, &selection(&s), s.all, failed),
         Command::Worker { action } => match action {
-            WorkerAction::Start => commands::worker::start(&settings),
-            WorkerAction::Stop { now } => commands::worker::stop(&settings, now),
+            WorkerAction::Start { jobs } => commands::worker::start(&settings, jobs),
+            WorkerAction::Stop { how } => commands::worker::stop(&settings, stop_mode(how)),
+            WorkerAction::Restart { how, jobs } => {
+                commands::worker::restart(&settings, stop_mode(how), jobs)
+            }
             WorkerAction::Status => commands::worker::status(&settings),
-            WorkerAction::Run => commands::worker::run(&settings),
+            WorkerAction::Run { jobs } => commands::worker::run(&settings, jobs),
             WorkerAction::Job {
                 time_limit,
                 log,
@@ -234,13 +288,33 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         },
         Command::Cron { action } => {
             let action = match action {
-                CronAction::Install { every } => commands::cron::CronSettings::Install { every },
+                CronAction::Install { every, schedule } => {
+                    commands::cron::CronSettings::Install { every, schedule }
+                }
                 CronAction::Show => commands::cron::CronSettings::Show,
                 CronAction::Remove => commands::cron::CronSettings::Remove,
             };
             commands::cron::run(&settings, action)
         }
+        Command::Clean {
+            older_than,
+            dry_run,
+        } => commands::clean::run(&settings, older_than.as_deref(), dry_run),
+        Command::Site { action } => match action {
+            SiteAction::List => commands::site::list(&settings),
+            SiteAction::Show { name } => commands::site::show(&settings, &name),
+        },
         Command::Doctor => commands::doctor::run(&settings),
+        Command::Man { command } => man_page(command.as_deref()),
+        Command::Schema { site } => {
+            let schema = if site {
+                nfslurm::config::schema::site_schema()
+            } else {
+                nfslurm::config::schema::config_schema()
+            };
+            nfslurm::output::print_json(&schema);
+            Ok(0)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

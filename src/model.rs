@@ -298,10 +298,12 @@ pub enum UnitState {
     Cancelled,
     Stale,
     Invalid,
+    /// Its pipeline has `enabled: false`: never submitted.
+    Disabled,
 }
 
 impl UnitState {
-    pub const ALL: [UnitState; 10] = [
+    pub const ALL: [UnitState; 11] = [
         UnitState::Waiting,
         UnitState::Queued,
         UnitState::Running,
@@ -312,6 +314,7 @@ impl UnitState {
         UnitState::Cancelled,
         UnitState::Stale,
         UnitState::Invalid,
+        UnitState::Disabled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -326,6 +329,7 @@ impl UnitState {
             UnitState::Cancelled => "cancelled",
             UnitState::Stale => "stale",
             UnitState::Invalid => "invalid",
+            UnitState::Disabled => "disabled",
         }
     }
 

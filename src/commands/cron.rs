@@ -32,7 +32,11 @@ use crate::render::shell_quote;
 /// What `nfslurm cron` was asked to do (resolved from the CLI).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CronSettings {
-    Install { every: String },
+    /// `schedule` (five crontab fields) wins over `every` when given.
+    Install {
+        every: String,
+        schedule: Option<String>,
+    },
     Show,
     Remove,
 }
@@ -51,9 +55,9 @@ const SLURM_TOOLS: &[&str] = &["sbatch", "squeue", "sacct", "scancel"];
 
 pub fn run(settings: &Settings, action: CronSettings) -> anyhow::Result<i32> {
     match action {
-        CronSettings::Install { every } => {
+        CronSettings::Install { every, schedule } => {
             let config = super::load_config(settings)?;
-            install(settings, &config, &every)
+            install(settings, &config, &every, schedule.as_deref())
         }
         // These work from the config's path alone, so that a config that no
         // longer loads can still have its line shown and removed.
@@ -142,6 +146,106 @@ pub fn parse_every(every: &str, seed: u64) -> Result<Schedule, String> {
         ),
     };
     Ok(Schedule { fields, text })
+}
+
+/// The five crontab fields, their names and bounds, and the names cron
+/// accepts in place of numbers.
+const CRON_FIELDS: [(&str, u32, u32, &[&str]); 5] = [
+    ("minute", 0, 59, &[]),
+    ("hour", 0, 23, &[]),
+    ("day-of-month", 1, 31, &[]),
+    (
+        "month",
+        1,
+        12,
+        &[
+            "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+        ],
+    ),
+    (
+        "day-of-week",
+        0,
+        7,
+        &["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
+    ),
+];
+
+const SCHEDULE_HINT: &str = "five fields: minute hour day-of-month month day-of-week, \
+     each `*`, a number, a range `a-b`, a step `*/n` or `a-b/n`, or a list of these \
+     (`0 2 */3 * *` is 02:00 every third day)";
+
+/// Checks `--schedule`, five crontab fields as Vixie cron and cronie read
+/// them, and says which field is wrong and why.
+pub fn parse_schedule(expr: &str) -> Result<Schedule, String> {
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    if fields.len() != 5 {
+        return Err(format!(
+            "`--schedule {expr}` has {} fields; crontab needs 5",
+            fields.len()
+        ));
+    }
+    for (text, (name, min, max, names)) in fields.iter().zip(CRON_FIELDS) {
+        check_cron_field(text, min, max, names)
+            .map_err(|why| format!("`--schedule {expr}`: the {name} field `{text}` {why}"))?;
+    }
+    Ok(Schedule {
+        fields: fields.join(" "),
+        text: format!("on the schedule `{}`", fields.join(" ")),
+    })
+}
+
+fn check_cron_field(text: &str, min: u32, max: u32, names: &[&str]) -> Result<(), String> {
+    let value = |v: &str| -> Result<u32, String> {
+        if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(v)) {
+            // Month names count from 1, day names from 0: as the field does.
+            return Ok(i as u32 + min);
+        }
+        let n: u32 = v
+            .parse()
+            .map_err(|_| format!("has `{v}`, which is not a number"))?;
+        if n < min || n > max {
+            return Err(format!("has `{n}`, outside {min}-{max}"));
+        }
+        Ok(n)
+    };
+    for item in text.split(',') {
+        if item.is_empty() {
+            return Err("has an empty list item".into());
+        }
+        let (range, step) = match item.split_once('/') {
+            Some((r, s)) => (r, Some(s)),
+            None => (item, None),
+        };
+        let (lo, hi) = if range == "*" {
+            (min, max)
+        } else if let Some((a, b)) = range.split_once('-') {
+            let (a, b) = (value(a)?, value(b)?);
+            if a > b {
+                return Err(format!("has the range `{range}`, which runs backwards"));
+            }
+            (a, b)
+        } else {
+            if step.is_some() {
+                return Err(format!(
+                    "has the step `{item}` on a single value: write `{range}-{max}/…` or `*/…`"
+                ));
+            }
+            let v = value(range)?;
+            (v, v)
+        };
+        if let Some(step) = step {
+            let n: u32 = step
+                .parse()
+                .map_err(|_| format!("has the step `/{step}`, which is not a number"))?;
+            if n == 0 || n > hi - lo + 1 {
+                return Err(format!(
+                    "has the step `/{step}`: it must be 1 to {}",
+                    hi - lo + 1
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// FNV-1a: a hash that stays the same across Rust versions and machines.
@@ -402,10 +506,18 @@ pub fn missing_under_cron(config: &Config, line: Option<&str>) -> Vec<String> {
         .collect()
 }
 
-fn install(settings: &Settings, config: &Config, every: &str) -> anyhow::Result<i32> {
+fn install(
+    settings: &Settings,
+    config: &Config,
+    every: &str,
+    schedule: Option<&str>,
+) -> anyhow::Result<i32> {
     let file = config_file(config);
-    let schedule = parse_every(every, stable_hash(&file.display().to_string()))
-        .map_err(|e| Failure::user(e, Some(EVERY_HINT)))?;
+    let schedule = match schedule {
+        Some(expr) => parse_schedule(expr).map_err(|e| Failure::user(e, Some(SCHEDULE_HINT)))?,
+        None => parse_every(every, stable_hash(&file.display().to_string()))
+            .map_err(|e| Failure::user(e, Some(EVERY_HINT)))?,
+    };
     let exe = std::env::current_exe()
         .and_then(fs::canonicalize)
         .context("cannot find the path of the nfslurm binary")?;
@@ -781,6 +893,42 @@ mod tests {
         assert_eq!(without_line(&after, &mark), before);
         assert_eq!(without_line(&format!("{line}\n"), &mark), "");
         assert_eq!(nfslurm_lines(&after).len(), 2);
+    }
+
+    #[test]
+    fn a_schedule_of_five_valid_fields_is_kept_as_written() {
+        for expr in [
+            "0 2 */3 * *",
+            "*/15 * * * *",
+            "30 1-5/2 1,15 jan-jun mon-fri",
+            "0 0 * * 7",
+            "5 4 * DEC sun",
+        ] {
+            let s = parse_schedule(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+            assert_eq!(s.fields, expr);
+        }
+        assert_eq!(parse_schedule("  0  2 * * * ").unwrap().fields, "0 2 * * *");
+    }
+
+    #[test]
+    fn a_bad_schedule_names_the_field_and_the_problem() {
+        let err = |e: &str| parse_schedule(e).unwrap_err();
+        assert!(
+            err("0 2 * *").contains("has 4 fields"),
+            "{}",
+            err("0 2 * *")
+        );
+        assert!(err("60 * * * *").contains("minute field `60` has `60`, outside 0-59"));
+        assert!(err("0 24 * * *").contains("hour field"));
+        assert!(err("0 2 0 * *").contains("day-of-month field `0`"));
+        assert!(err("0 2 * 13 *").contains("month field"));
+        assert!(err("0 2 * * 8").contains("day-of-week field"));
+        assert!(err("0 2 */0 * *").contains("step `/0`"));
+        assert!(err("0 2 5-1 * *").contains("runs backwards"));
+        assert!(err("0 2 x * *").contains("`x`, which is not a number"));
+        assert!(err("0,,5 2 * * *").contains("empty list item"));
+        assert!(err("5/10 * * * *").contains("single value"));
+        assert!(err("0 2 * foo *").contains("month field `foo`"));
     }
 
     #[test]

@@ -124,6 +124,12 @@ pub fn print_report(report: &DiscoveryReport, changes: &SessionChanges) {
     for s in &report.skipped {
         println!("  skipped: {}: {}", display_path(&s.folder), s.why);
     }
+    if report.skipped.iter().any(|s| s.why.starts_with("settling")) {
+        println!("  hint: a folder changed within `discovery.settle` may still be copying;");
+        println!(
+            "        to take it now, lower `settle` in nfslurm.yaml (`settle: 0s` on a laptop)"
+        );
+    }
     for p in &report.problems {
         println!("  mapping: {p}");
     }

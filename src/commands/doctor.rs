@@ -140,6 +140,9 @@ pub fn check_study(config: &Config) -> Vec<Check> {
     if let Some(c) = check_images(config) {
         checks.push(c);
     }
+    if let Some(c) = check_commands(config) {
+        checks.push(c);
+    }
     checks.push(check_readable_dir("dicom_root", &config.paths.dicom_root));
     checks.push(check_mapping(config));
     for (name, path) in [
@@ -495,6 +498,131 @@ fn check_images(config: &Config) -> Option<Check> {
     })
 }
 
+/// Shell words that are not programs to look for on `PATH`.
+const SHELL_WORDS: &[&str] = &[
+    "if", "then", "else", "elif", "fi", "for", "while", "until", "do", "done", "case", "esac",
+    "in", "function", "{", "}", "(", ")", "!", "[", "[[", "test", "echo", "printf", "cd", "export",
+    "set", "unset", "local", "source", ".", "exec", "eval", "true", "false", "read", "shift",
+    "exit", "return", "trap", "wait", "ulimit", "umask", "declare", "time", "command", "builtin",
+    ":", "module", "ml",
+];
+
+/// The first program a command runs: its first word that is not a shell
+/// keyword or builtin, a variable assignment, a Tera tag or a comment;
+/// `None` when it cannot be known without rendering (it starts with `{{`).
+pub fn first_program(command: &str) -> Option<String> {
+    // Tera expressions become one opaque character, tags nothing, so that
+    // `out={{ paths.bids_root }}/x` stays one word (an assignment).
+    const EXPR: char = '\u{1}';
+    let tags = regex::Regex::new(r"(?s)\{%.*?%\}").ok()?;
+    let exprs = regex::Regex::new(r"(?s)\{\{.*?\}\}").ok()?;
+    let text = tags.replace_all(command, "");
+    let text = exprs.replace_all(&text, EXPR.to_string().as_str());
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        for word in line.split_whitespace() {
+            if word.starts_with(EXPR) || word.starts_with('$') || word.starts_with('"') {
+                return None;
+            }
+            let is_assignment = word.split_once('=').is_some_and(|(name, _)| {
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            });
+            if is_assignment {
+                continue;
+            }
+            if SHELL_WORDS.contains(&word) {
+                // A keyword: the program, if any, comes after it.
+                if matches!(
+                    word,
+                    "if" | "then" | "else" | "do" | "!" | "time" | "exec" | "command"
+                ) {
+                    continue;
+                }
+                break;
+            }
+            return Some(word.trim_end_matches(';').to_string());
+        }
+    }
+    None
+}
+
+/// Each pipeline that runs on the host (no container, or runtime `none`):
+/// does the first program of its command exist? On a cluster the compute
+/// nodes' `PATH` (and `module load`) may differ from this shell's, so a
+/// missing program is a warning there and a failure for the local executor.
+fn check_commands(config: &Config) -> Option<Check> {
+    let on_host: Vec<_> = config
+        .pipelines
+        .iter()
+        .filter(|p| {
+            p.container.is_none() || config.site.container.runtime == ContainerRuntime::None
+        })
+        .collect();
+    if on_host.is_empty() {
+        return None;
+    }
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for p in &on_host {
+        let Some(program) = first_program(&p.command) else {
+            continue;
+        };
+        let exists = if program.contains('/') {
+            let path = if Path::new(&program).is_absolute() {
+                PathBuf::from(&program)
+            } else {
+                config.dir.join(&program)
+            };
+            path.is_file()
+        } else {
+            which::which(&program).is_ok()
+        };
+        if exists {
+            found.push(program);
+        } else {
+            missing.push(format!("`{program}` ({})", p.name));
+        }
+    }
+    if missing.is_empty() {
+        found.sort();
+        found.dedup();
+        return Some(Check::ok(
+            "commands",
+            if found.is_empty() {
+                "every host command starts with shell built-ins".to_string()
+            } else {
+                format!(
+                    "found: {}",
+                    found
+                        .iter()
+                        .map(|f| format!("`{f}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+        ));
+    }
+    let message = format!("not found on `PATH`: {}", missing.join(", "));
+    let modules = !config.site.modules.is_empty() || on_host.iter().any(|p| !p.modules.is_empty());
+    Some(if config.executor == ExecutorKind::Local && !modules {
+        Check::fail(
+            "commands",
+            message,
+            "install it, fix the pipeline's `command`, or run it in a `container`",
+        )
+    } else {
+        Check::warn(
+            "commands",
+            message,
+            "jobs run with the compute nodes' `PATH` and `modules`: check it there \
+             (`srun which PROGRAM`), or give the pipeline a `container`",
+        )
+    })
+}
+
 fn check_readable_dir(name: &str, path: &Path) -> Check {
     let shown = super::display_path(path);
     match fs::read_dir(path) {
@@ -717,4 +845,38 @@ fn check_cron(config: &Config) -> Check {
                 .unwrap_or_else(|| "never".into())
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_program;
+
+    #[test]
+    fn the_first_program_skips_assignments_keywords_and_tera_tags() {
+        let p = |c: &str| first_program(c);
+        assert_eq!(p("heudiconv --files x -o y").as_deref(), Some("heudiconv"));
+        assert_eq!(
+            p("out={{ paths.bids_root }}/x\nmkdir -p \"$out\"").as_deref(),
+            Some("mkdir")
+        );
+        assert_eq!(
+            p("# a comment\nFOO=1 qsiprep a b").as_deref(),
+            Some("qsiprep")
+        );
+        assert_eq!(p("{% for s in sessions %}cat x\n").as_deref(), Some("cat"));
+        assert_eq!(
+            p("if recon-all -s x; then echo ok; fi").as_deref(),
+            Some("recon-all")
+        );
+        assert_eq!(
+            p("./run.sh {{ subject.label }}").as_deref(),
+            Some("./run.sh")
+        );
+        // Not knowable without rendering.
+        assert_eq!(p("{{ tool }} --run"), None);
+        assert_eq!(p("$TOOL --run"), None);
+        // Built-ins only: nothing to look for on the first line; the next one counts.
+        assert_eq!(p("echo start\ntrue").as_deref(), None);
+        assert_eq!(p("cd /tmp; ls").as_deref(), None);
+    }
 }

@@ -43,6 +43,9 @@ pub fn find_run(store: &Store, target: &str) -> anyhow::Result<RunRow> {
 }
 
 pub fn show(settings: &Settings, target: &str) -> anyhow::Result<i32> {
+    if let Some(subject) = super::history::subject_target(target) {
+        return super::history::show_subject(settings, &subject);
+    }
     let config = super::load_config(settings)?;
     let Some(store) = Store::open_existing(&config.paths.state_dir)? else {
         return Err(Failure::user(
@@ -63,9 +66,13 @@ pub fn show(settings: &Settings, target: &str) -> anyhow::Result<i32> {
             (run.key.clone(), Some(run.unit_id))
         }
     };
-    let (runs, audit) = match unit_id {
-        Some(id) => (store.runs_of_unit(id)?, store.audit_of_unit(id)?),
-        None => (Vec::new(), Vec::new()),
+    let (runs, audit, summaries) = match unit_id {
+        Some(id) => (
+            store.runs_of_unit(id)?,
+            store.audit_of_unit(id)?,
+            store.run_summaries(id)?,
+        ),
+        None => (Vec::new(), Vec::new(), Vec::new()),
     };
     let unit = plan.unit(&key);
     // Why the last attempt failed, at a glance: the end of its log.
@@ -82,6 +89,7 @@ pub fn show(settings: &Settings, target: &str) -> anyhow::Result<i32> {
             "reason": unit.and_then(|u| u.reason).map(|r| r.as_str()),
             "detail": unit.and_then(|u| u.detail.clone()),
             "runs": runs.iter().map(super::status::run_json).collect::<Vec<_>>(),
+            "summarised_runs": summaries,
             "audit": audit.iter().map(|a| json!({"at": output::rfc3339(Some(a.at)), "run_id": a.run_id,
                 "old_state": a.old_state, "new_state": a.new_state, "reason": a.reason})).collect::<Vec<_>>(),
         }));
@@ -160,6 +168,26 @@ pub fn show(settings: &Settings, target: &str) -> anyhow::Result<i32> {
         }
         println!("  script {}", super::display_path(&r.script_path));
         println!("  log    {}", super::display_path(&r.log_path));
+    }
+    if !summaries.is_empty() {
+        println!();
+        println!(
+            "{}",
+            output::bold("older runs, summarised by `nfslurm clean`")
+        );
+        for s in &summaries {
+            println!(
+                "  {} {} · {} to {} · elapsed {}{}",
+                s.runs,
+                s.state,
+                output::local_time(s.first_created_at),
+                s.last_ended_at.map_or("-".into(), output::local_time),
+                output::duration(s.elapsed_s),
+                s.max_rss_mb
+                    .map(|m| format!(" · peak MaxRSS {}", output::megabytes(m)))
+                    .unwrap_or_default()
+            );
+        }
     }
     if !audit.is_empty() {
         println!();

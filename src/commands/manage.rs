@@ -65,6 +65,7 @@ pub fn cancel(
                     u.state,
                     UnitState::Done
                         | UnitState::Invalid
+                        | UnitState::Disabled
                         | UnitState::Cancelled
                         | UnitState::Queued
                         | UnitState::Running

@@ -1,14 +1,19 @@
 //! One module per subcommand. Each takes resolved [`Settings`], never clap types.
 
+pub mod clean;
+pub mod complete;
 pub mod cron;
 pub mod demo;
 pub mod discover;
 pub mod doctor;
+pub mod history;
 pub mod init;
 pub mod inspect;
 pub mod manage;
+pub mod site;
 pub mod status;
 pub mod submit;
+pub mod sync_dry;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
@@ -69,6 +74,8 @@ impl Failure {
 pub struct SelectionSpec {
     pub pipelines: Vec<String>,
     pub participants: Vec<String>,
+    /// `--participant-file`: more participants, read from a file.
+    pub participant_file: Option<PathBuf>,
     pub sessions: Vec<String>,
 }
 
@@ -85,13 +92,16 @@ pub fn resolve_selection(config: &Config, spec: &SelectionSpec) -> anyhow::Resul
             ));
         }
     }
-    let subjects = spec
+    let mut subjects = spec
         .participants
         .iter()
         .map(|s| {
             Label::subject(s).map_err(|e| Failure::user(format!("`--participant`: {e}"), None))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(file) = &spec.participant_file {
+        subjects.extend(read_participant_file(file)?);
+    }
     let sessions = spec
         .sessions
         .iter()
@@ -102,6 +112,39 @@ pub fn resolve_selection(config: &Config, spec: &SelectionSpec) -> anyhow::Resul
         subjects,
         sessions,
     })
+}
+
+/// `--participant-file FILE`: labels one per line, or separated by spaces or
+/// commas; `#` starts a comment. A bad label names its line.
+pub fn read_participant_file(file: &Path) -> anyhow::Result<Vec<Label>> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        Failure::user(
+            format!("`--participant-file {}`: {e}", display_path(file)),
+            Some("a text file with one participant label per line"),
+        )
+    })?;
+    let mut labels = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default();
+        for word in line.split(|c: char| c == ',' || c.is_whitespace()) {
+            if word.is_empty() {
+                continue;
+            }
+            labels.push(Label::subject(word).map_err(|e| {
+                Failure::user(
+                    format!("`{}` line {}: {e}", display_path(file), n + 1),
+                    Some("labels are alphanumeric, as BIDS requires: `01` or `sub-01`"),
+                )
+            })?);
+        }
+    }
+    if labels.is_empty() {
+        return Err(Failure::user(
+            format!("`{}` lists no participant", display_path(file)),
+            Some("one label per line, e.g. `01` or `sub-01`"),
+        ));
+    }
+    Ok(labels)
 }
 
 /// Finds and loads the config; errors are user errors (exit 1).

@@ -129,14 +129,30 @@ fn render(
     let plan = plan::plan(config, &snapshot, now, &Request::default());
     let wanted = |state: UnitState| states.is_empty() || states.iter().any(|s| s == state.as_str());
     Ok(match view {
-        View::Summary => summary(settings, config, &plan, store.as_ref(), selection, &wanted),
+        View::Summary => {
+            let alerts = crate::alerts::tally(
+                config,
+                &plan,
+                |k| selection.matches(k),
+                |id| snapshot.runs.get(&id),
+            );
+            summary(
+                settings,
+                config,
+                &plan,
+                store.as_ref(),
+                selection,
+                &wanted,
+                &alerts,
+            )
+        }
         View::Matrix => matrix(settings, config, &plan, selection, &wanted),
         View::Runs => runs(settings, config, store.as_ref(), selection, states, now)?,
     })
 }
 
 /// The summary's state columns, in reading order (the run and unit states' words).
-const SUMMARY_STATES: [UnitState; 10] = [
+const SUMMARY_STATES: [UnitState; 11] = [
     UnitState::Done,
     UnitState::Running,
     UnitState::Queued,
@@ -147,6 +163,7 @@ const SUMMARY_STATES: [UnitState; 10] = [
     UnitState::Stale,
     UnitState::Cancelled,
     UnitState::Invalid,
+    UnitState::Disabled,
 ];
 
 /// Short column headers, used when the full words do not fit.
@@ -162,6 +179,7 @@ fn short_header(state: UnitState) -> &'static str {
         UnitState::Stale => "stale",
         UnitState::Cancelled => "cancel",
         UnitState::Invalid => "inval",
+        UnitState::Disabled => "off",
     }
 }
 
@@ -231,6 +249,7 @@ fn summary(
     store: Option<&Store>,
     selection: &Selection,
     wanted: &dyn Fn(UnitState) -> bool,
+    alerts: &[crate::alerts::Tally],
 ) -> Rendered {
     let units: Vec<&UnitPlan> = plan
         .units
@@ -263,7 +282,7 @@ fn summary(
                 })
             })
             .collect();
-        return Rendered::Json(json!({ "units": list, "counts": counts }));
+        return Rendered::Json(json!({ "units": list, "counts": counts, "alerts": alerts }));
     }
     let mut out = String::new();
     if plan.units.is_empty() {
@@ -396,6 +415,29 @@ fn summary(
                 "`nfslurm show UNIT` tells why; `nfslurm retry --failed` runs failed units again",
             ));
             out.push('\n');
+        }
+    }
+
+    // Known causes, from the pipelines' `alert_patterns`.
+    if !alerts.is_empty() {
+        out.push('\n');
+        out.push_str("alerts in the logs of failed runs:\n");
+        for a in alerts {
+            let mut shown: Vec<&str> = a.units.iter().take(3).map(String::as_str).collect();
+            if a.units.len() > 3 {
+                shown.push("…");
+            }
+            out.push_str(&fit(
+                &format!(
+                    "  {}: `{}` in {}",
+                    a.pipeline,
+                    output::escape_controls(&a.pattern),
+                    output::count(a.units.len(), "unit", "units"),
+                ),
+                fit_to,
+            ));
+            out.push('\n');
+            out.push_str(&format!("    {}\n", shown.join(", ")));
         }
     }
 

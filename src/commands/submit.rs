@@ -173,6 +173,21 @@ pub fn print_plan(settings: &Settings, plan: &Plan, store: Option<&Store>) {
                 && !u.due
         })
         .collect();
+    // Pipelines switched off, with how many units they leave alone.
+    let mut disabled: BTreeMap<&str, usize> = BTreeMap::new();
+    for u in plan
+        .units
+        .iter()
+        .filter(|u| u.state == crate::model::UnitState::Disabled)
+    {
+        *disabled.entry(u.key.pipeline.as_str()).or_default() += 1;
+    }
+    for (pipeline, n) in &disabled {
+        println!(
+            "disabled: `{pipeline}` (`enabled: false`): {} never submitted",
+            output::count(*n, "unit", "units")
+        );
+    }
     if !waiting.is_empty() {
         println!("not runnable now:");
         for u in waiting {
@@ -345,7 +360,48 @@ pub fn submit_request(
     })
 }
 
-fn print_submitted(settings: &Settings, rows: &[SubmittedRun]) {
+/// Runs waiting and running now, over every executor: (pending, running).
+fn queue_counts(store: &Store) -> anyhow::Result<(usize, usize)> {
+    let open = store.open_runs()?;
+    let running = open
+        .iter()
+        .filter(|r| r.state == crate::model::RunState::Running)
+        .count();
+    Ok((open.len() - running, running))
+}
+
+/// Units done before that are now `stale` because a forced upstream reruns:
+/// the next `sync` (or `submit --all`) reruns them after it.
+fn made_stale(
+    config: &Config,
+    store: &Store,
+    done_before: &HashSet<UnitKey>,
+) -> anyhow::Result<Vec<UnitKey>> {
+    let plan = plan::plan(
+        config,
+        &store.snapshot()?,
+        engine::now(),
+        &Request::default(),
+    );
+    Ok(plan
+        .units
+        .into_iter()
+        .filter(|u| {
+            done_before.contains(&u.key)
+                && u.state == crate::model::UnitState::Stale
+                && u.reason == Some(crate::model::Reason::UpstreamChanged)
+        })
+        .map(|u| u.key)
+        .collect())
+}
+
+fn print_submitted(
+    settings: &Settings,
+    rows: &[SubmittedRun],
+    made_stale: &[UnitKey],
+    (pending, running): (usize, usize),
+    wait: bool,
+) {
     if settings.json {
         let runs: Vec<_> = rows
             .iter()
@@ -355,34 +411,58 @@ fn print_submitted(settings: &Settings, rows: &[SubmittedRun]) {
                        "depends_on": r.depends_on})
             })
             .collect();
-        output::print_json(&json!({ "submitted": runs }));
+        output::print_json(&json!({
+            "submitted": runs,
+            "made_stale": made_stale.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+            "queue": {"pending": pending, "running": running},
+        }));
         return;
     }
     if settings.quiet {
         return;
     }
     if rows.is_empty() {
-        println!("nothing to submit");
-        return;
+        println!("nothing to submit: every selected unit is done, in flight or waiting");
+        println!(
+            "hint: `nfslurm plan` says why each unit does not run; `--force` reruns done units"
+        );
+    } else {
+        let mut table = output::table(&["job", "unit", "reason", "after"]);
+        for r in rows {
+            table.add_row(vec![
+                r.job_id.clone().unwrap_or_else(|| "-".into()),
+                r.key.to_string(),
+                r.reason.clone(),
+                r.depends_on.join(","),
+            ]);
+        }
+        output::print_table(&table);
+        println!(
+            "{} submitted",
+            output::count(
+                rows.iter().filter(|r| r.job_id.is_some()).count(),
+                "run",
+                "runs"
+            )
+        );
     }
-    let mut table = output::table(&["job", "unit", "reason", "after"]);
-    for r in rows {
-        table.add_row(vec![
-            r.job_id.clone().unwrap_or_else(|| "-".into()),
-            r.key.to_string(),
-            r.reason.clone(),
-            r.depends_on.join(","),
-        ]);
+    if !made_stale.is_empty() {
+        println!(
+            "made stale downstream: {} (they rerun after it at the next `sync`)",
+            output::count(made_stale.len(), "unit", "units")
+        );
+        for key in made_stale.iter().take(10) {
+            println!("  {key}");
+        }
+        if made_stale.len() > 10 {
+            println!("  … and {} more", made_stale.len() - 10);
+        }
+        println!("  to rerun them now: `nfslurm submit --all`");
     }
-    output::print_table(&table);
-    println!(
-        "{} submitted",
-        output::count(
-            rows.iter().filter(|r| r.job_id.is_some()).count(),
-            "run",
-            "runs"
-        )
-    );
+    if !wait {
+        println!("queue: {pending} pending, {running} running");
+        println!("follow: `nfslurm status --watch` (or `nfslurm submit --all --wait`)");
+    }
 }
 
 pub fn run_submit(
@@ -405,11 +485,42 @@ pub fn run_submit(
     let lock = plan_lock(&config, true)?;
     let mut store = super::open_store(&config)?;
     reconcile_all(&config, &mut store)?;
+    if store.sessions()?.is_empty() {
+        return Err(Failure::user(
+            "nothing to submit: no session is registered in this study yet",
+            Some(
+                "run `nfslurm discover` to register the sessions under `paths.dicom_root`, \
+                 or `nfslurm sync` to discover and submit in one go",
+            ),
+        ));
+    }
+    // Done units before, to say which ones a forced rerun makes stale.
+    let done_before: HashSet<UnitKey> = if force {
+        plan::plan(
+            &config,
+            &store.snapshot()?,
+            engine::now(),
+            &Request::default(),
+        )
+        .units
+        .into_iter()
+        .filter(|u| u.state == crate::model::UnitState::Done)
+        .map(|u| u.key)
+        .collect()
+    } else {
+        HashSet::new()
+    };
     let submitted = submit_request(&config, &mut store, &request)?;
     drop(lock);
+    let made_stale = if force && !submitted.rows.is_empty() {
+        made_stale(&config, &store, &done_before)?
+    } else {
+        Vec::new()
+    };
+    let queue = queue_counts(&store)?;
     // Over a refusal with nothing submitted, the error says it all.
     if !submitted.rows.is_empty() || submitted.rejected.is_empty() {
-        print_submitted(settings, &submitted.rows);
+        print_submitted(settings, &submitted.rows, &made_stale, queue, wait);
     }
     submitted.report_problems(settings);
     if let Some(err) = submitted.failure(
@@ -644,7 +755,7 @@ fn finish_follow(
 }
 
 /// What `sync` reports: one line per change.
-fn describe_change(key: &UnitKey, row: &state::AuditRow) -> String {
+pub(super) fn describe_change(key: &UnitKey, row: &state::AuditRow) -> String {
     let old = row.old_state.as_deref().unwrap_or("-");
     if row.reason.is_empty() {
         format!("{key}: {old} -> {}", row.new_state)

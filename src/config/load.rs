@@ -16,7 +16,7 @@ use super::yaml::{self, Ctx, EnvLookup, Map, Val};
 use super::{display_name, resolve_path, site::read_template};
 use crate::model::Level;
 
-const TOP_KEYS: &[&str] = &[
+pub(super) const TOP_KEYS: &[&str] = &[
     "version",
     "site",
     "executor",
@@ -27,19 +27,22 @@ const TOP_KEYS: &[&str] = &[
     "retry",
     "local",
     "notifications",
+    "housekeeping",
 ];
-const PATHS_KEYS: &[&str] = &[
+pub(super) const HOUSEKEEPING_KEYS: &[&str] = &["summarise_runs_after"];
+pub(super) const PATHS_KEYS: &[&str] = &[
     "dicom_root",
     "bids_root",
     "derivatives",
     "work_dir",
     "state_dir",
 ];
-const DISCOVERY_KEYS: &[&str] = &["pattern", "mapping", "validation", "settle"];
-const MAPPING_KEYS: &[&str] = &["file", "scan_id_column", "subject_column", "session_column"];
-const VALIDATION_KEYS: &[&str] = &["min_files", "required_series"];
-const SERIES_KEYS: &[&str] = &["name", "match", "min_files"];
-const RETRY_KEYS: &[&str] = &[
+pub(super) const DISCOVERY_KEYS: &[&str] = &["pattern", "mapping", "validation", "settle"];
+pub(super) const MAPPING_KEYS: &[&str] =
+    &["file", "scan_id_column", "subject_column", "session_column"];
+pub(super) const VALIDATION_KEYS: &[&str] = &["min_files", "required_series"];
+pub(super) const SERIES_KEYS: &[&str] = &["name", "match", "min_files"];
+pub(super) const RETRY_KEYS: &[&str] = &[
     "max_attempts",
     "initial_delay",
     "max_delay",
@@ -50,12 +53,13 @@ const RETRY_KEYS: &[&str] = &[
     "infra_max",
     "lost_after",
 ];
-const OOM_KEYS: &[&str] = &["mem_factor", "max_mem"];
-const TIMEOUT_KEYS: &[&str] = &["time_factor", "max_time"];
-const LOCAL_KEYS: &[&str] = &["cpus", "mem"];
-const NOTIFICATIONS_KEYS: &[&str] = &["webhook", "command", "events", "unreachable_after"];
-const RESOURCE_KEYS: &[&str] = &["cpus", "mem", "time", "gpus"];
-const PIPELINE_OWN_KEYS: &[&str] = &[
+pub(super) const OOM_KEYS: &[&str] = &["mem_factor", "max_mem"];
+pub(super) const TIMEOUT_KEYS: &[&str] = &["time_factor", "max_time"];
+pub(super) const LOCAL_KEYS: &[&str] = &["cpus", "mem", "slots"];
+pub(super) const NOTIFICATIONS_KEYS: &[&str] =
+    &["webhook", "command", "events", "unreachable_after"];
+pub(super) const RESOURCE_KEYS: &[&str] = &["cpus", "mem", "time", "gpus"];
+pub(super) const PIPELINE_OWN_KEYS: &[&str] = &[
     "level",
     "depends_on",
     "command",
@@ -67,6 +71,8 @@ const PIPELINE_OWN_KEYS: &[&str] = &[
     "max_concurrent",
     "max_attempts",
     "template",
+    "enabled",
+    "alert_patterns",
 ];
 
 /// The supported config format.
@@ -131,6 +137,7 @@ pub(crate) fn load_config(text: &str, file: &Path, env: EnvLookup) -> Result<Con
     let retry = read_retry(&ctx, top.get("retry"))?;
     let local = read_local(&ctx, top.get("local"))?;
     let notifications = read_notifications(&ctx, top.get("notifications"))?;
+    let housekeeping = read_housekeeping(&ctx, top.get("housekeeping"))?;
     let pipelines = read_pipelines(&ctx, top.get("pipelines"), &dir, &site, &retry)?;
 
     Ok(Config {
@@ -145,7 +152,24 @@ pub(crate) fn load_config(text: &str, file: &Path, env: EnvLookup) -> Result<Con
         retry,
         local,
         notifications,
+        housekeeping,
     })
+}
+
+fn read_housekeeping(ctx: &Ctx, v: Option<Val>) -> Result<Housekeeping, ConfigError> {
+    let mut h = Housekeeping::default();
+    let Some(v) = v else {
+        return Ok(h);
+    };
+    let m = Map::open(ctx, v.node, v.path, HOUSEKEEPING_KEYS)?;
+    if let Some(v) = m.get("summarise_runs_after") {
+        h.summarise_runs_after_s = if v.raw_str(ctx).is_ok_and(|t| t.trim() == "never") {
+            None
+        } else {
+            Some(v.duration(ctx)?)
+        };
+    }
+    Ok(h)
 }
 
 fn absolute(file: &Path) -> PathBuf {
@@ -444,7 +468,9 @@ fn read_local(ctx: &Ctx, v: Option<Val>) -> Result<LocalLimits, ConfigError> {
     let mut limits = LocalLimits {
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         mem_mb: machine_mem_mb().unwrap_or(4096),
+        slots: 0,
     };
+    let mut slots = None;
     if let Some(v) = v {
         let m = Map::open(ctx, v.node, v.path, LOCAL_KEYS)?;
         if let Some(v) = m.get("cpus") {
@@ -453,7 +479,11 @@ fn read_local(ctx: &Ctx, v: Option<Val>) -> Result<LocalLimits, ConfigError> {
         if let Some(v) = m.get("mem") {
             limits.mem_mb = positive_memory(ctx, v)?;
         }
+        if let Some(v) = m.get("slots") {
+            slots = Some(v.u32_range(ctx, 1, MAX_CPUS, "jobs")?);
+        }
     }
+    limits.slots = slots.unwrap_or(limits.cpus);
     Ok(limits)
 }
 
@@ -865,6 +895,34 @@ fn read_pipeline(
         Some(v) => v.u32_min(ctx, 1)?,
         None => retry.max_attempts,
     };
+    let enabled = match m.get("enabled") {
+        Some(v) => v.bool(ctx)?,
+        None => true,
+    };
+    let alert_patterns = match m.get("alert_patterns") {
+        Some(v) => v
+            .raw_list(ctx)?
+            .into_iter()
+            .map(|(text, loc, path)| {
+                Regex::new(text).map_err(|e| {
+                    ctx.src.at(
+                        loc,
+                        &path,
+                        format!(
+                            "`{path}` is not a valid regular expression: {}",
+                            regex_error(&e)
+                        ),
+                        Some(
+                            "plain text works as written unless it holds `. * + ? ( ) [ ] { } | \\ ^ $`; \
+                             escape those with `\\`, or write `(?i)` first to ignore case"
+                                .to_string(),
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
 
     let mut scheduler = site.scheduler.clone();
     apply_scheduler_keys(ctx, m, PIPELINE_SCHEDULER_KEYS, &mut scheduler)?;
@@ -887,6 +945,8 @@ fn read_pipeline(
         pipeline: Pipeline {
             name: name.to_string(),
             level,
+            enabled,
+            alert_patterns,
             depends_on: deps.iter().map(|(d, _, _)| d.clone()).collect(),
             container,
             command,

@@ -19,6 +19,7 @@ mod dag;
 mod error;
 mod expand;
 mod load;
+pub mod schema;
 mod site;
 mod template;
 mod types;

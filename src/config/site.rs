@@ -26,8 +26,8 @@ pub fn bundled_site(name: &str) -> Option<&'static str> {
 /// The name shown for the bundled template.
 pub const BUNDLED_TEMPLATE_NAME: &str = "bundled:sbatch.sh.tera";
 
-const SITE_KEYS: &[&str] = &["name", "scheduler", "container", "modules", "template"];
-const CONTAINER_KEYS: &[&str] = &["runtime", "options", "binds", "env"];
+pub(super) const SITE_KEYS: &[&str] = &["name", "scheduler", "container", "modules", "template"];
+pub(super) const CONTAINER_KEYS: &[&str] = &["runtime", "options", "binds", "env"];
 
 /// Every scheduler key, as written in a site's `scheduler:` block (and the
 /// study's own `scheduler:` block).

@@ -431,7 +431,8 @@ fn local_site_and_executor() {
         c.local,
         LocalLimits {
             cpus: 2,
-            mem_mb: 3072
+            mem_mb: 3072,
+            slots: 2,
         }
     );
 }

@@ -63,6 +63,24 @@ pub struct Config {
     /// Where `sync` reports failures, finished pipelines and an unreachable
     /// cluster (`notifications:` block); no channel when the block is absent.
     pub notifications: Notifications,
+    /// What `nfslurm clean` keeps (`housekeeping:` block).
+    pub housekeeping: Housekeeping,
+}
+
+/// `housekeeping:`: how long run rows are kept one by one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Housekeeping {
+    /// `clean` folds runs that ended longer ago than this into per-unit
+    /// summaries (never the runs the planner reads); `None`: never.
+    pub summarise_runs_after_s: Option<u64>,
+}
+
+impl Default for Housekeeping {
+    fn default() -> Housekeeping {
+        Housekeeping {
+            summarise_runs_after_s: Some(180 * 86_400),
+        }
+    }
 }
 
 impl Config {
@@ -186,6 +204,10 @@ pub struct SiteConfig {
 pub struct Pipeline {
     pub name: String,
     pub level: Level,
+    /// `enabled: false`: planned as `disabled`, never submitted.
+    pub enabled: bool,
+    /// `alert_patterns`: searched for in failed runs' logs, tallied by `status`.
+    pub alert_patterns: Vec<regex::Regex>,
     pub depends_on: Vec<String>,
     /// Image path or URI; `None` runs the command on the host.
     pub container: Option<String>,
@@ -232,6 +254,8 @@ pub struct RetryPolicy {
 pub struct LocalLimits {
     pub cpus: u32,
     pub mem_mb: u64,
+    /// Jobs at once (`local.slots`, `worker start -j N`); defaults to `cpus`.
+    pub slots: u32,
 }
 
 /// What `sync` tells people about, and how (`notifications:` block).

@@ -44,6 +44,7 @@ fn settled(state: UnitState) -> bool {
             | UnitState::Blocked
             | UnitState::Cancelled
             | UnitState::Invalid
+            | UnitState::Disabled
     )
 }
 

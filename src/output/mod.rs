@@ -63,6 +63,7 @@ fn unit_color(state: UnitState) -> &'static str {
         UnitState::Cancelled => "2",
         UnitState::Stale => "33",
         UnitState::Invalid => "2",
+        UnitState::Disabled => "2",
         UnitState::Waiting => "0",
     }
 }
@@ -96,6 +97,7 @@ pub fn unit_symbol(state: UnitState) -> String {
         UnitState::Cancelled => "⊘",
         UnitState::Stale => "~",
         UnitState::Invalid => "!",
+        UnitState::Disabled => "-",
         UnitState::Waiting => "·",
     };
     paint(unit_color(state), symbol)

@@ -483,6 +483,14 @@ fn evaluate<'s>(
         unit.reason = Some(run.plan_reason);
         return (unit, facts);
     }
+    if !pipeline.enabled {
+        unit.state = UnitState::Disabled;
+        unit.detail = Some(format!(
+            "pipeline `{}` is disabled (`enabled: false`): never submitted",
+            pipeline.name
+        ));
+        return (unit, facts);
+    }
     if rec.is_some_and(|r| r.cancelled) {
         unit.state = UnitState::Cancelled;
         unit.detail = Some("cancelled: `nfslurm retry` resumes it".into());
@@ -504,9 +512,14 @@ fn evaluate<'s>(
             && success?.inputs.contains(&id))
         .then_some(id)
     };
-    let upstream_moving = up_idx
-        .iter()
-        .any(|&i| done_units[i].state != UnitState::Done && consumed(i).is_none());
+    // A disabled upstream unit that succeeded before keeps its output: it
+    // counts as done; one that never did is waited for.
+    let settled = |i: usize| match done_units[i].state {
+        UnitState::Done => true,
+        UnitState::Disabled => done_facts[i].success_id().is_some(),
+        _ => false,
+    };
+    let upstream_moving = up_idx.iter().any(|&i| !settled(i) && consumed(i).is_none());
     let inputs_changed = success.is_some_and(|s| {
         let current = up_idx
             .iter()
@@ -577,7 +590,7 @@ fn evaluate<'s>(
     }
 
     // Upstream units must be done, in flight, or due with this one.
-    for up in &upstream_units {
+    for (&i, up) in up_idx.iter().zip(&upstream_units) {
         // Slurm dependencies do not cross clusters: a unit whose upstream
         // runs on another cluster waits until that upstream is done, and the
         // sync that sees it done submits this one.
@@ -594,6 +607,7 @@ fn evaluate<'s>(
         }
         match up.state {
             UnitState::Done | UnitState::Queued | UnitState::Running => {}
+            UnitState::Disabled if settled(i) => {}
             _ if up.due => {}
             UnitState::Failed | UnitState::Cancelled => {
                 unit.state = UnitState::Blocked;

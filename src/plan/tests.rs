@@ -552,3 +552,73 @@ fn units_done_under_an_earlier_bundled_template_are_not_stale() {
     let plan = world.plan(&Request::default());
     assert_eq!(plan.actions[0].reason, Reason::ConfigChanged);
 }
+
+fn disable(world: &mut World, pipeline: &str) {
+    world
+        .config
+        .pipelines
+        .iter_mut()
+        .find(|p| p.name == pipeline)
+        .unwrap()
+        .enabled = false;
+}
+
+#[test]
+fn a_disabled_pipeline_is_never_planned_even_forced_and_its_downstream_waits() {
+    let mut world = World::new(&[("01", "1")]);
+    disable(&mut world, "qsirecon");
+    let forced = Request {
+        force: true,
+        ..Default::default()
+    };
+    for request in [Request::default(), forced] {
+        let plan = world.plan(&request);
+        assert_eq!(
+            action_keys(&plan),
+            vec!["bids/sub-01/ses-1", "qsiprep/sub-01"]
+        );
+        let recon = plan.unit(&key("qsirecon", "01", Some("1"))).unwrap();
+        assert_eq!(recon.state, UnitState::Disabled);
+        assert!(recon.detail.as_deref().unwrap().contains("enabled: false"));
+        let parc = plan.unit(&key("qsiparc", "01", Some("1"))).unwrap();
+        assert_eq!(parc.state, UnitState::Waiting, "{:?}", parc.detail);
+        assert!(!parc.due);
+    }
+}
+
+#[test]
+fn a_disabled_pipeline_that_succeeded_before_still_feeds_its_downstream() {
+    let mut world = World::new(&[("01", "1")]);
+    world.complete_all();
+    disable(&mut world, "bids");
+    let plan = world.plan(&Request::default());
+    assert!(plan.actions.is_empty(), "{:?}", action_keys(&plan));
+    assert_eq!(
+        state_of(&plan, &key("bids", "01", Some("1"))),
+        UnitState::Disabled
+    );
+    assert_eq!(
+        state_of(&plan, &key("qsirecon", "01", Some("1"))),
+        UnitState::Done
+    );
+    // Forcing qsiprep reruns it on the output bids left.
+    let plan = world.plan(&Request {
+        selection: Selection {
+            pipelines: vec!["qsiprep".into()],
+            ..Default::default()
+        },
+        force: true,
+    });
+    assert_eq!(action_keys(&plan), vec!["qsiprep/sub-01"]);
+    // A new session: its bids unit is never submitted, and the subject's
+    // qsiprep waits for it, saying why.
+    world.snap.sessions.push(session("01", "2", true));
+    let plan = world.plan(&Request::default());
+    assert!(plan.actions.is_empty(), "{:?}", action_keys(&plan));
+    let prep = plan.unit(&key("qsiprep", "01", None)).unwrap();
+    assert_eq!(prep.state, UnitState::Waiting);
+    assert_eq!(
+        prep.detail.as_deref(),
+        Some("waiting for bids/sub-01/ses-2 (disabled)")
+    );
+}

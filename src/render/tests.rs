@@ -59,6 +59,8 @@ fn pipeline(name: &str, level: Level, command: &str) -> Pipeline {
     Pipeline {
         name: name.to_string(),
         level,
+        enabled: true,
+        alert_patterns: Vec::new(),
         depends_on: vec![],
         container: Some(format!("/containers/{name}_1.0.sif")),
         command: command.to_string(),
@@ -152,8 +154,10 @@ fn config(runtime: ContainerRuntime) -> Config {
         local: LocalLimits {
             cpus: 2,
             mem_mb: 4096,
+            slots: 2,
         },
         notifications: Default::default(),
+        housekeeping: Default::default(),
     }
 }
 

@@ -10,8 +10,12 @@
 //! serialises the short write transactions, and readers (`status`) never wait
 //! for more than one of them.
 
+pub mod complete;
 pub mod health;
+mod housekeeping;
 mod schema;
+
+pub use housekeeping::{RunSummary, Summarised};
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -1338,6 +1342,29 @@ impl Store {
              WHERE id > ?1 ORDER BY id",
         )?;
         let rows = stmt.query_map([since_id], |r| {
+            Ok((
+                r.get(0)?,
+                AuditRow {
+                    at: r.get(1)?,
+                    unit_id: r.get(2)?,
+                    run_id: r.get(3)?,
+                    scan_id: r.get(4)?,
+                    old_state: r.get(5)?,
+                    new_state: r.get(6)?,
+                    reason: r.get(7)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Audit rows written at or after `since_at` (Unix seconds), oldest first.
+    pub fn audit_from_time(&self, since_at: i64) -> Result<Vec<(i64, AuditRow)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, at, unit_id, run_id, scan_id, old_state, new_state, reason FROM audit \
+             WHERE at >= ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([since_at], |r| {
             Ok((
                 r.get(0)?,
                 AuditRow {

@@ -101,6 +101,21 @@ CREATE INDEX units_subject ON units(subject, session);
     r#"
 ALTER TABLE runs ADD COLUMN cluster TEXT;
 "#,
+    // 4: runs summarised by `nfslurm clean` (older than
+    // `housekeeping.summarise_runs_after`): per unit and end state, how many,
+    // when, and what they used; their rows are then deleted.
+    r#"
+CREATE TABLE run_summaries (
+    unit_id          INTEGER NOT NULL REFERENCES units(id),
+    state            TEXT NOT NULL,
+    runs             INTEGER NOT NULL,
+    first_created_at INTEGER NOT NULL,
+    last_ended_at    INTEGER,
+    elapsed_s        INTEGER NOT NULL DEFAULT 0,
+    max_rss_mb       INTEGER,
+    PRIMARY KEY (unit_id, state)
+);
+"#,
 ];
 
 /// The schema version this binary writes.

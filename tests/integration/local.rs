@@ -321,8 +321,15 @@ fn a_study_written_from_the_spec_runs_on_the_local_executor() {
         .args(["submit", "--all", "--wait"])
         .output()
         .unwrap();
-    // Nothing discovered yet: submit does not discover, sync does.
-    assert!(out.status.success());
+    // Nothing discovered yet: submit does not discover, sync does, and
+    // submit says so instead of a silent "nothing to submit" (issue 13).
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no session is registered"), "{err}");
+    assert!(
+        err.contains("`nfslurm discover`") && err.contains("`nfslurm sync`"),
+        "{err}"
+    );
     let out = study
         .cmd()
         .env("STUDY", study.path())

@@ -2,13 +2,20 @@
 //! (in `slurm`) against the real Slurm test cluster that
 //! `scripts/slurm-test-cluster.sh` starts.
 
+mod alerts;
 mod arrays;
 mod chaos;
+mod clean;
 mod common;
 mod failures;
 mod hardening;
 mod local;
 mod multicluster;
+mod newcomer;
 mod ops;
+mod reference;
+mod schedules;
 mod slurm;
 mod templates;
+mod views;
+mod worker;

@@ -182,6 +182,56 @@ fn cron_install_show_remove_keep_every_other_crontab_line() {
 }
 
 #[test]
+fn cron_install_schedule_keeps_the_fields_and_names_a_bad_field() {
+    let _saved = SavedCrontab::new();
+    crontab_set("17 3 * * * /usr/local/bin/backup\n");
+    let study = local_study();
+    // A bad schedule is refused before the crontab is touched.
+    let out = study.run(&["cron", "install", "--schedule", "0 2 */0 * *"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "error: `--schedule 0 2 */0 * *`: the day-of-month field `*/0` has the step `/0`"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("hint: five fields: minute hour"), "{err}");
+    let out = study.run(&["cron", "install", "--schedule", "0 25 * * *"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the hour field `25` has `25`, outside 0-23"),
+        "{err}"
+    );
+    assert_eq!(crontab_l().unwrap(), "17 3 * * * /usr/local/bin/backup\n");
+    // `--every` and `--schedule` are one choice.
+    let out = study.run(&[
+        "cron",
+        "install",
+        "--every",
+        "1h",
+        "--schedule",
+        "0 2 * * *",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+
+    let out = study.ok(&["cron", "install", "--schedule", "0 2 */3 * *"]);
+    assert!(out.starts_with("installed: 0 2 */3 * * "), "{out}");
+    assert!(out.contains("on the schedule `0 2 */3 * *`"), "{out}");
+    let after = crontab_l().unwrap();
+    let ours = after.lines().last().unwrap();
+    assert!(ours.starts_with("0 2 */3 * * "), "{after}");
+    assert!(
+        after.starts_with("17 3 * * * /usr/local/bin/backup\n"),
+        "{after}"
+    );
+    // Back to `--every`: the same line, replaced in place.
+    let out = study.ok(&["cron", "install", "--every", "1h"]);
+    assert!(out.starts_with("updated: "), "{out}");
+    assert_eq!(crontab_l().unwrap().lines().count(), 2);
+}
+
+#[test]
 fn the_installed_line_runs_sync_under_a_cron_environment() {
     let _saved = SavedCrontab::new();
     let study = local_study();

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 mod job;
+pub mod procfs;
 
 pub use job::{JobFiles, JobSpec, JobStatus, Probe, run_job};
 
@@ -49,8 +50,16 @@ fn pending_update(run_id: i64) -> RunUpdate {
     }
 }
 
+/// The worker's log in the state directory, rotated like the cron log.
+pub const WORKER_LOG: &str = "worker.log";
+/// After `worker stop` (or a second Ctrl-C) sent SIGTERM to a job's process
+/// group, the worker sends SIGKILL to what is left after this long, as
+/// Slurm's `KillWait` does.
+pub const STOP_KILL_GRACE: Duration = Duration::from_secs(10);
+
 /// Signals received by the worker (SIGINT/SIGTERM): 1 = finish running jobs
-/// and stop, 2 or more = kill them too.
+/// and stop, 2 or more = end them too (SIGTERM to their groups, SIGKILL
+/// after [`STOP_KILL_GRACE`]).
 static STOP_SIGNALS: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn on_signal(_: libc::c_int) {
@@ -71,30 +80,70 @@ pub fn worker_alive(state_dir: &Path) -> bool {
     matches!(state::try_lock(state_dir, WORKER_LOCK), Ok(None))
 }
 
-/// The worker's PID and start time, from its PID file.
-pub fn worker_info(state_dir: &Path) -> Option<(i32, i64)> {
+/// What the worker's PID file says of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerInfo {
+    pub pid: i32,
+    /// When it started (Unix seconds).
+    pub since: i64,
+    /// How many jobs it runs at once.
+    pub slots: u32,
+}
+
+/// The worker's PID, start time and slots, from its PID file (`pid start
+/// slots`; files of older versions lack the slots).
+pub fn worker_info(state_dir: &Path) -> Option<WorkerInfo> {
     let text = fs::read_to_string(state_dir.join(WORKER_PID)).ok()?;
     let mut parts = text.split_whitespace();
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    let pid = parts.next()?.parse().ok()?;
+    let since = parts.next()?.parse().ok()?;
+    let slots = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    Some(WorkerInfo { pid, since, slots })
+}
+
+/// Rotates `worker.log` past 1 MiB, keeping three old files, as the cron
+/// log is; under a lock so that two starters do not both rotate.
+pub fn rotate_worker_log(state_dir: &Path) -> std::io::Result<()> {
+    let _guard = state::lock_with_timeout(state_dir, "worker.log.lock", Duration::from_secs(2))
+        .map_err(std::io::Error::other)?;
+    crate::commands::cron::rotate(
+        &state_dir.join(WORKER_LOG),
+        crate::commands::cron::LOG_MAX_BYTES,
+        crate::commands::cron::LOG_KEEP,
+    )?;
+    Ok(())
 }
 
 /// Starts a detached worker for this config unless one is alive.
 pub fn ensure_worker(config: &Config) -> Result<bool, ExecError> {
+    spawn_worker(config, None)
+}
+
+/// Starts a detached worker, running at most `slots` jobs at once (else
+/// `local.slots`), unless one is alive.
+pub fn spawn_worker(config: &Config, slots: Option<u32>) -> Result<bool, ExecError> {
     let dir = &config.paths.state_dir;
     if worker_alive(dir) {
         return Ok(false);
     }
     let exe = std::env::current_exe()
         .map_err(|e| ExecError::Other(format!("cannot find the nfslurm binary: {e}")))?;
-    let log = open_append(&dir.join("worker.log"))
+    rotate_worker_log(dir)
+        .map_err(|e| ExecError::Other(format!("cannot rotate the worker log: {e}")))?;
+    let log = open_append(&dir.join(WORKER_LOG))
         .map_err(|e| ExecError::Other(format!("cannot open the worker log: {e}")))?;
     let log2 = log
         .try_clone()
         .map_err(|e| ExecError::Other(e.to_string()))?;
-    Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("--config")
         .arg(&config.file)
-        .args(["worker", "run"])
+        .args(["worker", "run"]);
+    if let Some(n) = slots {
+        command.arg("--jobs").arg(n.to_string());
+    }
+    command
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -229,8 +278,10 @@ struct Watch {
     pgid: i32,
     cpus: u32,
     mem_mb: u64,
-    /// Ended by `worker stop --now`.
-    killed: bool,
+    /// Ended by `worker stop` (SIGTERM sent to its group at this time).
+    killed: Option<Instant>,
+    /// SIGKILL sent, after [`STOP_KILL_GRACE`].
+    hard_killed: bool,
 }
 
 /// Reaps a wrapper this process started: its exit code once it has exited.
@@ -294,19 +345,20 @@ fn abandoned_update(run: &RunRow, now: i64) -> RunUpdate {
 }
 
 /// The worker: starts pending local runs whose dependencies succeeded, within
-/// the CPU and memory limits, watches them (and any job a previous worker
-/// left running) until they end, and stops when nothing is left or it is
-/// told to.
-pub fn run_worker(config: &Config) -> anyhow::Result<()> {
+/// the CPU and memory limits and at most `slots` at once (else
+/// `local.slots`), watches them (and any job a previous worker left running)
+/// until they end, and stops when nothing is left or it is told to.
+pub fn run_worker(config: &Config, slots: Option<u32>) -> anyhow::Result<()> {
     let dir = &config.paths.state_dir;
     let Some(_lock) = state::try_lock(dir, WORKER_LOCK)? else {
         println!("a worker is already running for this study");
         return Ok(());
     };
     install_signal_handlers();
+    let slots = slots.unwrap_or(config.local.slots).max(1) as usize;
     fs::write(
         dir.join(WORKER_PID),
-        format!("{} {}\n", std::process::id(), engine::now()),
+        format!("{} {} {slots}\n", std::process::id(), engine::now()),
     )?;
     let mut store = Store::open(dir)?;
     let limits = &config.local;
@@ -355,11 +407,24 @@ pub fn run_worker(config: &Config) -> anyhow::Result<()> {
                     ..Default::default()
                 });
             }
-            if signals >= 2 && !w.killed && w.pgid > 0 {
-                w.killed = true;
+            if signals >= 2 && w.killed.is_none() && w.pgid > 0 {
+                w.killed = Some(Instant::now());
+                tracing::info!(run = run_id, pgid = w.pgid, "stopping: SIGTERM to the job");
                 // SAFETY: kill(2) of the job's own process group.
                 unsafe {
                     libc::kill(-w.pgid, libc::SIGTERM);
+                }
+            }
+            if let Some(at) = w.killed
+                && !w.hard_killed
+                && at.elapsed() >= STOP_KILL_GRACE
+            {
+                w.hard_killed = true;
+                tracing::info!(run = run_id, pgid = w.pgid, "stopping: SIGKILL to the job");
+                // SAFETY: kill(2) of the job's own process group, still
+                // alive: its wrapper has not written the outcome yet.
+                unsafe {
+                    libc::kill(-w.pgid, libc::SIGKILL);
                 }
             }
             if w.wrapper.is_some() {
@@ -374,7 +439,7 @@ pub fn run_worker(config: &Config) -> anyhow::Result<()> {
             match files.probe()? {
                 Probe::Running(_) => {}
                 Probe::Ended(status) => {
-                    updates.push(ended_update(run, &status, w.killed, now));
+                    updates.push(ended_update(run, &status, w.killed.is_some(), now));
                     gone.push(run_id);
                 }
                 Probe::Abandoned(_) => {
@@ -423,7 +488,8 @@ pub fn run_worker(config: &Config) -> anyhow::Result<()> {
                                 pgid,
                                 cpus: run.cpus,
                                 mem_mb: run.mem_mb,
-                                killed: false,
+                                killed: None,
+                                hard_killed: false,
                             },
                         );
                     }
@@ -509,7 +575,7 @@ pub fn run_worker(config: &Config) -> anyhow::Result<()> {
                 continue;
             }
             waiting = true;
-            if !ready || signals > 0 {
+            if !ready || signals > 0 || watched.len() >= slots {
                 continue;
             }
             let fits = (used_cpus + run.cpus <= limits.cpus
@@ -539,7 +605,8 @@ pub fn run_worker(config: &Config) -> anyhow::Result<()> {
                             pgid: 0,
                             cpus: run.cpus,
                             mem_mb: run.mem_mb,
-                            killed: false,
+                            killed: None,
+                            hard_killed: false,
                         },
                     );
                 }
@@ -595,7 +662,7 @@ fn start(config: &Config, exe: &Path, run: &RunRow) -> std::io::Result<i32> {
     }
     let work_dir = crate::render::work_dir_for(config, &run.key);
     fs::create_dir_all(&work_dir)?;
-    let worker_log = open_append(&config.paths.state_dir.join("worker.log"))?;
+    let worker_log = open_append(&config.paths.state_dir.join(WORKER_LOG))?;
     let child = Command::new(exe)
         .args(["worker", "job", "--time-limit"])
         .arg(run.time_limit_s.max(1).to_string())
@@ -620,19 +687,25 @@ fn start(config: &Config, exe: &Path, run: &RunRow) -> std::io::Result<i32> {
     Ok(child.id() as i32)
 }
 
-/// Asks the worker to stop: running jobs finish, nothing new starts.
+/// Asks the worker to stop: running jobs finish, nothing new starts; with
+/// `force` (or asked a second time), running jobs are ended too.
 pub fn stop_worker(state_dir: &Path, force: bool) -> Option<i32> {
-    let (pid, _) = worker_info(state_dir)?;
+    let pid = worker_info(state_dir)?.pid;
     if !worker_alive(state_dir) {
         return None;
     }
+    signal_worker(pid);
+    if force {
+        signal_worker(pid);
+    }
+    Some(pid)
+}
+
+/// One SIGTERM to the worker: the first drains it, the second ends its jobs.
+pub fn signal_worker(pid: i32) {
     // SAFETY: kill(2) with a PID read from the worker's own PID file, whose
     // lock shows the process is alive.
     unsafe {
         libc::kill(pid, libc::SIGTERM);
-        if force {
-            libc::kill(pid, libc::SIGTERM);
-        }
     }
-    Some(pid)
 }

@@ -1,0 +1,145 @@
+//! The views people read: a subject (`show sub-01`), the study's history
+//! (`log`), and what `submit` says at its end.
+
+use crate::common::chain_study;
+
+fn narrow(text: &str) {
+    for line in text.lines() {
+        assert!(line.chars().count() <= 80, "wider than 80: {line}");
+    }
+}
+
+#[test]
+fn show_subject_lists_its_sessions_units_states_and_last_change() {
+    let study = chain_study("local", 2, 2, "");
+    study.ok(&["discover"]);
+    study.ok(&["submit", "--all", "--wait"]);
+    let out = study.ok(&["show", "sub-01"]);
+    narrow(&out);
+    assert!(
+        out.starts_with("sub-01\n2 sessions, 2 valid; last change "),
+        "{out}"
+    );
+    assert!(out.contains("SCAN011") && out.contains("SCAN012"), "{out}");
+    assert!(!out.contains("sub-02"), "{out}");
+    for unit in [
+        "bids/sub-01/ses-1",
+        "bids/sub-01/ses-2",
+        "qsiprep/sub-01",
+        "qsirecon/sub-01/ses-2",
+        "qsiparc/sub-01/ses-1",
+    ] {
+        let line = out.lines().find(|l| l.trim_start().starts_with(unit));
+        assert!(line.is_some_and(|l| l.contains("done")), "{unit}: {out}");
+    }
+    let json = study.json(&["show", "sub-01"]);
+    assert_eq!(json["subject"], "01");
+    assert_eq!(json["sessions"].as_array().unwrap().len(), 2);
+    let units = json["units"].as_array().unwrap();
+    assert_eq!(units.len(), 7, "{json}");
+    assert!(units.iter().all(|u| u["state"] == "done"));
+    assert_eq!(units[0]["last_change"]["new_state"], "succeeded", "{json}");
+    assert!(json["last_change_at"].as_str().unwrap().ends_with('Z'));
+    // An unknown subject names the known ones.
+    let out = study.run(&["show", "sub-09"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no subject `sub-09`"), "{err}");
+    assert!(err.contains("subjects: sub-01, sub-02"), "{err}");
+}
+
+#[test]
+fn log_lists_every_state_change_with_its_cause_filtered_by_selection_and_time() {
+    let study = chain_study("local", 2, 1, "");
+    study.ok(&["discover"]);
+    study.ok(&["submit", "--all", "--wait"]);
+    let all = study.json(&["log"]);
+    let changes = all["changes"].as_array().unwrap();
+    // Sessions registered, then each run: pending -> running -> succeeded.
+    assert!(
+        changes
+            .iter()
+            .any(|c| c["scan_id"] == "SCAN011" && c["reason"] == "discovered"),
+        "{all}"
+    );
+    let bids: Vec<_> = changes
+        .iter()
+        .filter(|c| c["unit"] == "bids/sub-01/ses-1")
+        .map(|c| c["new_state"].as_str().unwrap())
+        .collect();
+    assert_eq!(bids.last(), Some(&"succeeded"), "{bids:?}");
+    assert!(bids.contains(&"running"), "{bids:?}");
+    let ids: Vec<i64> = changes.iter().map(|c| c["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first");
+
+    let sel = study.json(&["log", "--participant", "02", "--pipeline", "qsiprep"]);
+    let sel = sel["changes"].as_array().unwrap();
+    assert!(!sel.is_empty());
+    assert!(sel.iter().all(|c| c["unit"] == "qsiprep/sub-02"), "{sel:?}");
+
+    let last = study.json(&["log", "-n", "2"]);
+    assert_eq!(last["changes"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        last["changes"][1]["id"],
+        changes.last().unwrap()["id"],
+        "the last two"
+    );
+    // Nothing in the future; everything in the last hour.
+    let none = study.json(&["log", "--since", "2999-01-01"]);
+    assert!(none["changes"].as_array().unwrap().is_empty());
+    let hour = study.json(&["log", "--since", "1h"]);
+    assert_eq!(hour["changes"].as_array().unwrap().len(), changes.len());
+    let text = study.ok(&["log", "--participant", "01"]);
+    assert!(
+        text.contains("bids/sub-01/ses-1: running -> succeeded"),
+        "{text}"
+    );
+    assert!(text.contains("session `SCAN011`: - -> valid"), "{text}");
+    assert!(!text.contains("sub-02"), "{text}");
+    narrow(&text);
+    let out = study.run(&["log", "--since", "yesterday"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hint: `--since 1d`"));
+}
+
+#[test]
+fn submit_on_a_study_with_nothing_registered_says_to_discover_or_sync() {
+    let study = chain_study("local", 1, 1, "");
+    let out = study.run(&["submit", "--all"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no session is registered"), "{err}");
+    assert!(err.contains("hint: run `nfslurm discover`"), "{err}");
+    assert!(err.contains("`nfslurm sync`"), "{err}");
+}
+
+#[test]
+fn submit_ends_with_the_queue_and_a_forced_upstream_says_what_it_made_stale() {
+    let study = chain_study("local", 1, 2, "");
+    study.ok(&["discover"]);
+    study.ok(&["submit", "--all", "--wait"]);
+    let out = study.ok(&["submit", "--pipeline", "bids", "--session", "1", "--force"]);
+    narrow(&out);
+    assert!(out.contains("bids/sub-01/ses-1  forced"), "{out}");
+    // The subject's qsiprep takes every session's bids, and both sessions'
+    // recon and parc take that qsiprep.
+    assert!(out.contains("made stale downstream: 5 units"), "{out}");
+    for unit in [
+        "qsiprep/sub-01",
+        "qsirecon/sub-01/ses-1",
+        "qsirecon/sub-01/ses-2",
+        "qsiparc/sub-01/ses-1",
+        "qsiparc/sub-01/ses-2",
+    ] {
+        assert!(out.contains(&format!("\n  {unit}\n")), "{unit}: {out}");
+    }
+    assert!(!out.contains("\n  bids/sub-01/ses-2\n"), "{out}");
+    assert!(out.contains("queue: "), "{out}");
+    assert!(out.contains("follow: `nfslurm status --watch`"), "{out}");
+    study.ok(&["submit", "--all", "--wait"]);
+    let json = study.json(&["submit", "--pipeline", "bids", "--session", "2", "--force"]);
+    assert_eq!(json["made_stale"].as_array().unwrap().len(), 5, "{json}");
+    let queue = &json["queue"];
+    let open = queue["pending"].as_u64().unwrap() + queue["running"].as_u64().unwrap();
+    assert!(open <= 1, "{json}");
+}
