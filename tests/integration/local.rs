@@ -445,7 +445,7 @@ fn a_command_that_cannot_run_fails_at_once_and_its_log_is_shown() {
     assert!(stdout.contains("| "), "{stdout}");
     assert!(stdout.contains("dcm2niixx: command not found"), "{stdout}");
     assert!(
-        stderr.contains("bids/sub-01/ses-1: running")
+        stderr.contains("bids/sub-01/ses-1: pending")
             && stderr.contains("bids/sub-01/ses-1: failed"),
         "{stderr}"
     );
