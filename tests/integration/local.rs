@@ -445,8 +445,12 @@ fn a_command_that_cannot_run_fails_at_once_and_its_log_is_shown() {
     assert!(stdout.contains("| "), "{stdout}");
     assert!(stdout.contains("dcm2niixx: command not found"), "{stdout}");
     assert!(
-        stderr.contains("bids/sub-01/ses-1: pending")
-            && stderr.contains("bids/sub-01/ses-1: failed"),
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("bids/sub-01/ses-1: "))
+            .count()
+            >= 2
+            && stderr.contains("bids/sub-01/ses-1: failed (job 1): the command cannot run"),
         "{stderr}"
     );
     // show says it too, as text and JSON.
