@@ -177,6 +177,31 @@ concurrency_rounds() {
   conc_errors=$errors
 }
 
+# Counts what the jobs recorded and adds the target's row; $2 is the first
+# column (kills, or errors for the concurrency target), $3 extra errors.
+tally() {
+  local target="$1" first="$2" errors="$3" units completions doubles overlaps lost recorded
+  units=$(nf --json status | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["units"]))')
+  lost=$(nf --json status | python3 -c '
+import json, sys
+print(sum(1 for u in json.load(sys.stdin)["units"] if u["state"] != "done"))')
+  completions=$(wc -l <"$chaos/completions")
+  doubles=$(sort "$chaos/completions" | uniq -d | wc -l)
+  overlaps=$(wc -l <"$chaos/overlaps")
+  # Units done without a completion of their own are lost too.
+  recorded=$(sort -u "$chaos/completions" | wc -l)
+  [ "$recorded" -ge "$units" ] || lost=$((lost + units - recorded))
+  results+=("$(printf '%-13s %6s %6s %12s %8s %9s %5s' "$target" "$first" "$units" "$completions" "$doubles" "$overlaps" "$lost")")
+  if [ "$errors" != 0 ] || [ "$doubles" != 0 ] || [ "$overlaps" != 0 ] || [ "$lost" != 0 ]; then
+    failed=1
+    echo "chaos: $target failed; the study is kept in $study" >&2
+  else
+    # Nothing of the study outlives a passing run.
+    (cd "$study" && NO_COLOR=1 "$bin" worker stop >/dev/null 2>&1 || true)
+    rm -rf "$study"
+  fi
+}
+
 run_target() {
   local target="$1"
   kills=0
@@ -185,23 +210,8 @@ run_target() {
       new_study "$target" local arrays
       concurrency_rounds
       recover
-      local units completions doubles lost recorded
-      units=$(nf --json status | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["units"]))')
-      lost=$(nf --json status | python3 -c '
-import json, sys
-print(sum(1 for u in json.load(sys.stdin)["units"] if u["state"] != "done"))')
-      completions=$(wc -l <"$chaos/completions")
-      doubles=$(sort "$chaos/completions" | uniq -d | wc -l)
-      recorded=$(sort -u "$chaos/completions" | wc -l)
-      [ "$recorded" -ge "$units" ] || lost=$((lost + units - recorded))
       echo "concurrency: $rounds rounds of 25 syncs in ${duration}s, $conc_errors errors" >&2
-      results+=("$(printf '%-13s %6s %6s %12s %8s %9s %5s' "$target" "e=$conc_errors" "$units" "$completions" "$doubles" "$(wc -l <"$chaos/overlaps")" "$lost")")
-      if [ "$conc_errors" != 0 ] || [ "$doubles" != 0 ] || [ "$lost" != 0 ] || [ -s "$chaos/overlaps" ]; then
-        failed=1
-        echo "chaos: $target failed; the study is kept in $study" >&2
-      else
-        rm -rf "$study"
-      fi
+      tally "$target" "e=$conc_errors" "$conc_errors"
       return ;;
     local-*) new_study "$target" local arrays ;;
     slurm-jobs) new_study "$target" slurm jobs ;;
@@ -233,27 +243,7 @@ print(sum(1 for u in json.load(sys.stdin)["units"] if u["state"] != "done"))')
     esac
   done
   recover
-  local units completions doubles overlaps lost
-  units=$(nf --json status | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["units"]))')
-  lost=$(nf --json status | python3 -c '
-import json, sys
-print(sum(1 for u in json.load(sys.stdin)["units"] if u["state"] != "done"))')
-  completions=$(wc -l <"$chaos/completions")
-  doubles=$(sort "$chaos/completions" | uniq -d | wc -l)
-  overlaps=$(wc -l <"$chaos/overlaps")
-  # Units done without a completion of their own are lost too.
-  local recorded
-  recorded=$(sort -u "$chaos/completions" | wc -l)
-  [ "$recorded" -ge "$units" ] || lost=$((lost + units - recorded))
-  results+=("$(printf '%-13s %6s %6s %12s %8s %9s %5s' "$target" "$kills" "$units" "$completions" "$doubles" "$overlaps" "$lost")")
-  if [ "$doubles" != 0 ] || [ "$overlaps" != 0 ] || [ "$lost" != 0 ]; then
-    failed=1
-    echo "chaos: $target failed; the study is kept in $study" >&2
-  else
-    # Nothing of the study outlives a passing run.
-    (cd "$study" && NO_COLOR=1 "$bin" worker stop >/dev/null 2>&1 || true)
-    rm -rf "$study"
-  fi
+  tally "$target" "$kills" 0
 }
 
 for t in "${targets[@]}"; do

@@ -208,6 +208,47 @@ pub struct RunRow {
     pub cluster: Option<String>,
 }
 
+#[cfg(test)]
+impl RunRow {
+    /// A Slurm run of `key` for unit tests: running job `0`, 1 CPU, 100 MB,
+    /// 60 s; tests change what they look at.
+    pub(crate) fn example(id: i64, key: UnitKey) -> RunRow {
+        RunRow {
+            id,
+            unit_id: id,
+            key,
+            attempt: 1,
+            token: "t".into(),
+            executor: ExecutorKind::Slurm,
+            job_id: Some("0".into()),
+            state: RunState::Running,
+            slurm_state: None,
+            exit_code: None,
+            reason: None,
+            plan_reason: Reason::New,
+            node: None,
+            created_at: 0,
+            submitted_at: None,
+            started_at: None,
+            ended_at: None,
+            elapsed_s: None,
+            max_rss_mb: None,
+            cpus: 1,
+            mem_mb: 100,
+            time_limit_s: 60,
+            gpus: 0,
+            config_hash: "h".into(),
+            inputs: vec![],
+            depends_on: vec![],
+            script_path: "s".into(),
+            log_path: "l".into(),
+            unseen_since: None,
+            pid: None,
+            cluster: None,
+        }
+    }
+}
+
 /// A unit's bookkeeping row.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct UnitRow {

@@ -283,38 +283,14 @@ mod tests {
 
     /// An open run of job `job` (or, with `None`, known by `token` only).
     fn run(id: i64, job: Option<&str>, token: &str, state: RunState) -> RunRow {
+        let key = UnitKey::new("bids", &Label::new(&format!("s{id}")).unwrap(), None);
         RunRow {
-            id,
-            unit_id: id,
-            key: UnitKey::new("bids", &Label::new(&format!("s{id}")).unwrap(), None),
-            attempt: 1,
             token: token.into(),
-            executor: crate::config::ExecutorKind::Slurm,
             job_id: job.map(str::to_string),
             state,
-            slurm_state: None,
-            exit_code: None,
-            reason: None,
-            plan_reason: crate::model::Reason::New,
-            node: None,
             created_at: NOW - 60,
-            submitted_at: None,
-            started_at: None,
-            ended_at: None,
-            elapsed_s: None,
-            max_rss_mb: None,
-            cpus: 1,
-            mem_mb: 100,
             time_limit_s: 3600,
-            gpus: 0,
-            config_hash: "h".into(),
-            inputs: vec![],
-            depends_on: vec![],
-            script_path: "s".into(),
-            log_path: "l".into(),
-            unseen_since: None,
-            pid: None,
-            cluster: None,
+            ..RunRow::example(id, key)
         }
     }
 

@@ -845,39 +845,7 @@ mod tests {
     use crate::model::{Label, UnitKey};
 
     fn run() -> RunRow {
-        RunRow {
-            id: 1,
-            unit_id: 1,
-            key: UnitKey::new("bids", &Label::new("01").unwrap(), None),
-            attempt: 1,
-            token: "t".into(),
-            executor: crate::config::ExecutorKind::Slurm,
-            job_id: Some("0".into()),
-            state: RunState::Running,
-            slurm_state: None,
-            exit_code: None,
-            reason: None,
-            plan_reason: crate::model::Reason::New,
-            node: None,
-            created_at: 0,
-            submitted_at: None,
-            started_at: None,
-            ended_at: None,
-            elapsed_s: None,
-            max_rss_mb: None,
-            cpus: 1,
-            mem_mb: 100,
-            time_limit_s: 60,
-            gpus: 0,
-            config_hash: "h".into(),
-            inputs: vec![],
-            depends_on: vec![],
-            script_path: "s".into(),
-            log_path: "l".into(),
-            unseen_since: None,
-            pid: None,
-            cluster: None,
-        }
+        RunRow::example(1, UnitKey::new("bids", &Label::new("01").unwrap(), None))
     }
 
     /// The run states that real sacct rows (tests/fixtures/slurm) mean.
