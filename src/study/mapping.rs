@@ -276,6 +276,7 @@ mod tests {
             scan_id_column: "ScanID".to_string(),
             subject_column: "SubjectCode".to_string(),
             session_column: session.then(|| "SessionID".to_string()),
+            scan_id_from: Default::default(),
         }
     }
 

@@ -28,6 +28,7 @@
 //! of that subject (settling and invalid ones too, so that labels do not shift
 //! while a folder is being copied), ordered by scan ID as plain strings.
 
+pub mod dicom;
 mod mapping;
 mod scan;
 mod validate;
@@ -405,12 +406,14 @@ mod tests {
                 scan_id_column: "ScanID".to_string(),
                 subject_column: "SubjectCode".to_string(),
                 session_column: session_column.then(|| "SessionID".to_string()),
+                scan_id_from: Default::default(),
             },
             validation: Validation {
                 min_files: 2,
                 required_series: vec![],
             },
             settle_s: 1800,
+            dicom: Default::default(),
         };
         Study {
             _dir: dir,
@@ -608,6 +611,7 @@ mod tests {
                 name: "dwi".to_string(),
                 pattern: Regex::new("(?i)dmri|dwi").unwrap(),
                 min_files: 60,
+                ..SeriesRule::default()
             }],
         };
         add_session(&s.root, "S1", &[("DWI_64dir", 64), ("T1", 5)]);

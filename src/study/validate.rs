@@ -78,11 +78,13 @@ mod tests {
                     name: "dwi".to_string(),
                     pattern: Regex::new("(?i)dmri|dwi").unwrap(),
                     min_files: 60,
+                    ..SeriesRule::default()
                 },
                 SeriesRule {
                     name: "t1w".to_string(),
                     pattern: Regex::new("(?i)t1|mprage").unwrap(),
                     min_files: 1,
+                    ..SeriesRule::default()
                 },
             ],
         }

@@ -72,7 +72,10 @@ fn concurrent_syncs_beside_a_busy_worker_and_a_watch_give_no_error() {
         .collect();
     // errors, then units, completions, doubles, overlaps, lost.
     assert_eq!(row[1], "e=0", "{stdout}");
-    assert!(row[2].parse::<u32>().unwrap() >= 3 * 10, "subjects kept arriving");
+    assert!(
+        row[2].parse::<u32>().unwrap() >= 3 * 10,
+        "subjects kept arriving"
+    );
     assert_eq!(row[2], row[3], "one completion per unit");
     assert_eq!(&row[4..], ["0", "0", "0"], "{stdout}");
     let rounds: u32 = stderr
