@@ -50,6 +50,9 @@ pub fn show(settings: &Settings, target: &str) -> anyhow::Result<i32> {
             Some("run `nfslurm sync` first"),
         ));
     };
+    if let Some(code) = super::session_view::try_show(settings, &config, &store, target)? {
+        return Ok(code);
+    }
     let (key, unit_id) = match UnitKey::parse(target)
         .and_then(|k| store.unit_id(&k).ok().flatten().map(|id| (k, id)))
     {

@@ -10,6 +10,7 @@
 //! serialises the short write transactions, and readers (`status`) never wait
 //! for more than one of them.
 
+mod headers;
 mod schema;
 
 use std::collections::HashMap;

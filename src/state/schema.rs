@@ -96,6 +96,16 @@ CREATE TABLE meta (
     r#"
 CREATE INDEX units_subject ON units(subject, session);
 "#,
+    // 3: what each session folder's DICOM headers say, kept under the
+    // folder's fingerprint so that an unchanged folder is never read again.
+    r#"
+CREATE TABLE session_headers (
+    folder      TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    summary     TEXT NOT NULL,
+    read_at     INTEGER NOT NULL
+);
+"#,
 ];
 
 /// The schema version this binary writes.
