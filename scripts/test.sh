@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/slurm-test-cluster.sh start
+scripts/test-deps.sh
 export NFSLURM_SLURM_TESTS=1
 cargo build --locked --quiet
 cargo test --locked "$@"

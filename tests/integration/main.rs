@@ -5,6 +5,7 @@
 mod arrays;
 mod chaos;
 mod common;
+mod dicom;
 mod failures;
 mod local;
 mod ops;

@@ -1,8 +1,7 @@
 //! Reading one file's DICOM header, and nothing else.
 //!
-//! A file is DICOM when it has the `DICM` magic code (after the 128-byte
-//! preamble, or at the very start); anything else is not DICOM and is only
-//! counted. The data set is parsed with dicom-rs up to (not including) the
+//! A file is DICOM when it has the `DICM` magic code after the 128-byte
+//! preamble (DICOM part 10); anything else is not DICOM and is only counted. The data set is parsed with dicom-rs up to (not including) the
 //! group-0028 attributes after `BitsStored`, well before the pixel data and
 //! before the large private groups scanners write after it (Siemens' CSA
 //! headers are in group 0029), and never more than [`HEADER_LIMIT`] bytes
@@ -31,7 +30,8 @@ const DICOMDIR_SOP_CLASS: &str = "1.2.840.10008.1.3.10";
 #[derive(Debug, Clone, PartialEq)]
 pub enum FileHeader {
     Dicom(Box<Instance>),
-    /// No `DICM` magic code: not a DICOM file (a PDF, a text note, `.DS_Store`).
+    /// No `DICM` magic code at byte 128: not a DICOM file (a PDF, a text
+    /// note, a raw data set without the part-10 file header).
     NotDicom,
     /// A DICOM media directory: an index of the other files, not an image.
     Dicomdir,
@@ -89,18 +89,20 @@ pub fn read_file(path: &Path, size: u64) -> FileHeader {
         Err(e) => return FileHeader::Corrupt(format!("cannot be opened: {e}")),
     };
     let mut reader = BufReader::with_capacity(8192, file.take(HEADER_LIMIT));
-    let preamble = match reader.fill_buf() {
-        Ok(buf) if buf.len() >= 132 && &buf[128..132] == b"DICM" => ReadPreamble::Always,
-        Ok(buf) if buf.len() >= 4 && &buf[..4] == b"DICM" => ReadPreamble::Never,
+    // The first block is kept: it usually holds the pixel data's own header,
+    // whose declared length tells a file cut short (see `pixel_data_end`).
+    let head = match reader.fill_buf() {
+        Ok(buf) if buf.len() >= 132 && &buf[128..132] == b"DICM" => buf.to_vec(),
         Ok(_) => return FileHeader::NotDicom,
         Err(e) => return FileHeader::Corrupt(format!("cannot be read: {e}")),
     };
+    let preamble = ReadPreamble::Always;
     let object = OpenFileOptions::new()
         .read_preamble(preamble)
         .read_until(STOP_AT)
         .from_reader(reader);
     match object {
-        Ok(object) => describe(&object, size),
+        Ok(object) => describe(&object, size, &head),
         Err(e) => FileHeader::Corrupt(read_error(&e, size)),
     }
 }
@@ -134,7 +136,7 @@ fn read_error(error: &dicom_object::ReadError, size: u64) -> String {
     }
 }
 
-fn describe(object: &DefaultDicomObject, size: u64) -> FileHeader {
+fn describe(object: &DefaultDicomObject, size: u64, head: &[u8]) -> FileHeader {
     let meta = object.meta();
     if meta.media_storage_sop_class_uid().trim_end_matches('\0') == DICOMDIR_SOP_CLASS {
         return FileHeader::Dicomdir;
@@ -166,6 +168,14 @@ fn describe(object: &DefaultDicomObject, size: u64) -> FileHeader {
     let frames = int(tags::NUMBER_OF_FRAMES).filter(|&n| n > 0).unwrap_or(1) as u64;
     let transfer_syntax = clean(meta.transfer_syntax());
 
+    // The pixel data's declared end, when its header is in the first block.
+    if let Some(end) = pixel_data_end(head, &transfer_syntax)
+        && end > size
+    {
+        return FileHeader::Corrupt(format!(
+            "truncated: {size} bytes long, but its pixel data end at byte {end}"
+        ));
+    }
     // A native (uncompressed) image needs rows × columns × samples × bytes
     // per frame: a file shorter than that was cut short in a copy.
     if is_native(&transfer_syntax)
@@ -208,6 +218,38 @@ fn describe(object: &DefaultDicomObject, size: u64) -> FileHeader {
         frames,
         transfer_syntax,
     }))
+}
+
+/// Where the pixel data's value ends, by the last PixelData (7FE0,0010)
+/// element header found in `head` (the file's first bytes) with a defined
+/// length; `None` when there is none (a long header, encapsulated data).
+fn pixel_data_end(head: &[u8], transfer_syntax: &str) -> Option<u64> {
+    const TAG: [u8; 4] = [0xE0, 0x7F, 0x10, 0x00];
+    let implicit = transfer_syntax == "1.2.840.10008.1.2";
+    let mut found = None;
+    let mut from = 132;
+    while let Some(at) = head.get(from..)?.windows(4).position(|w| w == TAG) {
+        let p = from + at;
+        let (length_at, value_at) = if implicit {
+            (p + 4, p + 8)
+        } else if head
+            .get(p + 4..p + 6)
+            .is_some_and(|vr| vr == b"OW" || vr == b"OB")
+        {
+            (p + 8, p + 12)
+        } else {
+            from = p + 1;
+            continue;
+        };
+        if let Some(bytes) = head.get(length_at..length_at + 4) {
+            let length = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            if length != u32::MAX {
+                found = Some(value_at as u64 + u64::from(length));
+            }
+        }
+        from = p + 1;
+    }
+    found
 }
 
 /// The uncompressed transfer syntaxes, whose pixel data size is known.
