@@ -96,7 +96,13 @@ pub fn try_show(
     }
     println!();
     println!("{}", output::bold("units"));
+    let width = units
+        .iter()
+        .map(|(k, _)| k.to_string().len())
+        .max()
+        .unwrap_or(0);
     for (key, unit) in &units {
+        let key = format!("{key:width$}");
         match unit {
             Some(u) => {
                 let reason = u.reason.map(|r| format!(" ({r})")).unwrap_or_default();

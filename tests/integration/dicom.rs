@@ -545,3 +545,44 @@ fn dcm2niix_converts_real_sessions_on_the_local_executor() {
     check_bids_output(&study, "01");
     check_bids_output(&study, "02");
 }
+
+#[test]
+fn dcm2niix_converts_real_sessions_on_the_slurm_cluster() {
+    let Some(_cluster) = crate::slurm::cluster() else {
+        return;
+    };
+    let study = dcm2niix_study("slurm", "dc");
+    study.ok(&["discover"]);
+    study.ok(&["submit", "--all"]);
+    let states = crate::slurm::sync_until_settled(&study, std::time::Duration::from_secs(180));
+    assert!(states.values().all(|s| s == "done"), "{states:?}");
+    let runs = study.runs();
+    assert_eq!(runs.len(), 2);
+    assert!(
+        runs.iter()
+            .all(|r| r["job_id"].as_str().is_some_and(|j| !j.is_empty()))
+    );
+    check_bids_output(&study, "dc01");
+    check_bids_output(&study, "dc02");
+}
+
+#[test]
+fn the_demo_is_real_dicom_converted_by_dcm2niix() {
+    let study = Study::new();
+    let out = study.ok(&["demo", "demo"]);
+    assert!(
+        out.contains("BIDS conversion runs the real `dcm2niix`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("invalid: `SCAN3002` (sub-03 ses-2): series `dwi`: 8 instances in series 5 `DWI_dir1`, fewer than 12"),
+        "{out}"
+    );
+    let dwi = study.path().join("demo/bids/sub-02/ses-2/dwi");
+    let bvals = fs::read_to_string(dwi.join("sub-02_ses-2_dwi.bval")).unwrap();
+    assert_eq!(bvals.split_whitespace().count(), 4);
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dwi.join("sub-02_ses-2_dwi.json")).unwrap())
+            .unwrap();
+    assert_eq!(sidecar["SeriesDescription"], "DWI_dir3");
+}
