@@ -140,13 +140,17 @@ pub enum Command {
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "5")]
         watch: Option<u64>,
     },
-    /// The history of a unit (`qsiprep/sub-01`) or of a run (its job ID or `run:N`)
+    /// The history of a unit (`qsiprep/sub-01`), a run (its job ID or `run:N`), or a session (`sub-01/ses-1`)
     #[command(
-        after_help = "Examples:\n  nfslurm show qsiprep/sub-01\n  nfslurm show bids/sub-01/ses-1\n  nfslurm show 12345"
+        after_help = "Examples:\n  nfslurm show qsiprep/sub-01\n  nfslurm show bids/sub-01/ses-1\n  nfslurm show 12345\n  nfslurm show sub-01/ses-1\n  nfslurm show 12345 --provenance"
     )]
     Show {
-        /// A unit key or a run
+        /// A unit key, a run, or a session
         target: String,
+        /// What produced the run (a unit: its last run): nfslurm, config,
+        /// template, script, image, job, resources, attempt chain
+        #[arg(long)]
+        provenance: bool,
     },
     /// Print a run's output file
     #[command(

@@ -13,6 +13,7 @@ pub mod model;
 pub mod notify;
 pub mod output;
 pub mod plan;
+pub mod provenance;
 pub mod render;
 pub mod state;
 pub mod study;

@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod init;
 pub mod inspect;
 pub mod manage;
+pub mod provenance_view;
 pub mod session_view;
 pub mod status;
 pub mod submit;

@@ -1,5 +1,6 @@
 //! The header summaries of session folders (`session_headers`), by folder,
-//! with the fingerprint they were read under.
+//! with the fingerprint they were read under; and the runs' provenance
+//! (`run_provenance`, see `crate::provenance`).
 
 use std::path::{Path, PathBuf};
 
@@ -65,5 +66,22 @@ impl Store {
             )
             .optional()?;
         Ok(row.and_then(|(json, at)| serde_json::from_str(&json).ok().map(|s| (s, at))))
+    }
+}
+
+impl Store {
+    /// Keeps the provenance documents of new runs: (run ID, JSON).
+    pub fn save_provenance(&mut self, rows: &[(i64, String)]) -> Result<()> {
+        let tx = self.write_tx()?;
+        {
+            let mut stmt = tx.prepare(
+                "INSERT OR REPLACE INTO run_provenance (run_id, provenance) VALUES (?1, ?2)",
+            )?;
+            for (run_id, text) in rows {
+                stmt.execute(params![run_id, text])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 }

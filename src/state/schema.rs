@@ -106,6 +106,20 @@ CREATE TABLE session_headers (
     read_at     INTEGER NOT NULL
 );
 "#,
+    // 4: provenance: what produced each run's output (fixed at submission),
+    // and the image digests, computed once per (path, size, mtime).
+    r#"
+CREATE TABLE run_provenance (
+    run_id     INTEGER PRIMARY KEY REFERENCES runs(id),
+    provenance TEXT NOT NULL
+);
+CREATE TABLE image_digests (
+    path     TEXT PRIMARY KEY,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256   TEXT NOT NULL
+);
+"#,
 ];
 
 /// The schema version this binary writes.

@@ -9,5 +9,6 @@ mod dicom;
 mod failures;
 mod local;
 mod ops;
+mod provenance;
 mod slurm;
 mod templates;
