@@ -102,7 +102,7 @@ pub fn try_show(
         .max()
         .unwrap_or(0);
     for (key, unit) in &units {
-        let key = format!("{key:width$}");
+        let key = format!("{:width$}", key.to_string());
         match unit {
             Some(u) => {
                 let reason = u.reason.map(|r| format!(" ({r})")).unwrap_or_default();
