@@ -146,7 +146,7 @@ impl HeaderSummary {
             FileHeader::Corrupt(why) => {
                 self.corrupt += 1;
                 self.problems.push(FileProblem {
-                    file: relative.to_string(),
+                    file: clean(relative),
                     why,
                 });
                 self.problems.sort_by(|a, b| a.file.cmp(&b.file));
@@ -284,11 +284,18 @@ pub fn summarize(folder: &Path) -> HeaderSummary {
                 continue;
             };
             FILES_READ.fetch_add(1, Ordering::Relaxed);
-            summary.add(&relative, read_file(&path, size));
+            summary.add(&relative, read_guarded(&path, size));
         }
     }
     summary.finish();
     summary
+}
+
+/// [`read_file`], with a panic of the parser (a bug on some odd file) turned
+/// into a corrupt file instead of the end of the whole discovery.
+fn read_guarded(path: &Path, size: u64) -> FileHeader {
+    std::panic::catch_unwind(|| read_file(path, size))
+        .unwrap_or_else(|_| FileHeader::Corrupt("the DICOM reader failed on this file".to_string()))
 }
 
 /// [`summarize`] over many folders on a few threads; in the order of `folders`.
@@ -337,3 +344,66 @@ pub fn summarize_all(folders: &[&Path]) -> Vec<HeaderSummary> {
 
 /// Summaries already known, by session folder: (fingerprint, summary).
 pub type KnownHeaders = BTreeMap<PathBuf, (String, HeaderSummary)>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every prefix of a real file, and thousands of random bodies after the
+    /// magic code: each is DICOM or corrupt, never a panic.
+    #[test]
+    fn cut_and_random_files_never_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = synth::SessionSpec::t1_and_dwi("P1", 1, 1, synth::Layout::Flat);
+        let files = synth::write_session(&dir.path().join("s"), &spec).unwrap();
+        let whole = fs::read(&files[0]).unwrap();
+        let path = dir.path().join("probe");
+        let mut corrupt = 0;
+        for len in 132..whole.len() {
+            fs::write(&path, &whole[..len]).unwrap();
+            match read_file(&path, len as u64) {
+                // Cut at an element boundary, the header may read as whole
+                // but lack what an image needs.
+                FileHeader::Corrupt(why) => {
+                    corrupt += 1;
+                    assert!(
+                        why.starts_with("truncated")
+                            || why.starts_with("header")
+                            || why == "no SeriesInstanceUID",
+                        "{len}: {why}"
+                    );
+                }
+                FileHeader::Dicom(_) => {}
+                other => panic!("{len}: {other:?}"),
+            }
+        }
+        assert!(corrupt > 1000, "{corrupt}");
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..2000 {
+            let mut bytes = vec![0u8; 128];
+            bytes.extend_from_slice(b"DICM");
+            // Half start with a plausible meta group header, half pure noise.
+            if round % 2 == 0 {
+                bytes.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+            }
+            for _ in 0..(round % 300) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                bytes.push(state as u8);
+            }
+            fs::write(&path, &bytes).unwrap();
+            assert!(
+                matches!(read_file(&path, bytes.len() as u64), FileHeader::Corrupt(_)),
+                "round {round}"
+            );
+        }
+    }
+
+    #[test]
+    fn file_names_in_problems_are_cleaned() {
+        let mut summary = HeaderSummary::default();
+        summary.add("a\x1b[2Jb", FileHeader::Corrupt("x".to_string()));
+        assert_eq!(summary.problems[0].file, "a?[2Jb");
+    }
+}
