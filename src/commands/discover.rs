@@ -16,7 +16,10 @@ pub fn discover_and_register(
     store: &mut Store,
     now: i64,
 ) -> anyhow::Result<(DiscoveryReport, SessionChanges)> {
-    let known = store.known_headers()?;
+    let known = match config.discovery.dicom {
+        crate::config::DicomMode::Off => Default::default(),
+        _ => store.known_headers()?,
+    };
     let report = study::discover_known(
         &config.discovery,
         &config.paths.dicom_root,
