@@ -77,9 +77,8 @@ for f in files:
 print(len(files) / (time.perf_counter() - start))
 "#;
 
-pub fn bench_dicom(report: &mut Report, dir: &Path, reps: usize) {
-    eprintln!("dicom: 1,000 sessions x 200 real DICOM files (64x64, flat and nested)");
-    let start = Instant::now();
+/// 1,000 sessions of 200 real DICOM files, half flat, half nested.
+pub fn setup_dicom(dir: &Path) -> Study {
     let study = Study::create(dir, 500, 2);
     write_folders(&study, |scan, n| {
         session_200(
@@ -91,6 +90,13 @@ pub fn bench_dicom(report: &mut Report, dir: &Path, reps: usize) {
             },
         )
     });
+    study
+}
+
+pub fn bench_dicom(report: &mut Report, dir: &Path, reps: usize) {
+    eprintln!("dicom: 1,000 sessions x 200 real DICOM files (64x64, flat and nested)");
+    let start = Instant::now();
+    let study = setup_dicom(dir);
     eprintln!("    files written in {:.0} ms", ms(start.elapsed()));
     let root = study.dir.join("dicom");
 

@@ -187,6 +187,7 @@ fn main() {
             "discover" => setup_discover(dir),
             "sync" => setup_sync(dir),
             "submit" => setup_submit(dir),
+            "dicom" => dicom::setup_dicom(dir),
             other => panic!("unknown scenario `{other}`"),
         };
         println!("{}", dir.join("nfslurm.yaml").display());

@@ -165,7 +165,8 @@ pub fn read_file(path: &Path, size: u64) -> FileHeader {
             return FileHeader::Corrupt(read_error(&e, size, true));
         }
     }
-    describe(values, uid, size, &head)
+    let stopped_at = usize::try_from(consumed.get()).unwrap_or(usize::MAX);
+    describe(values, uid, size, &head, stopped_at)
 }
 
 /// Counts the bytes handed to the parser: where it stands in the file.
@@ -377,7 +378,13 @@ fn read_error(error: &(dyn std::error::Error + 'static), size: u64, in_data_set:
     }
 }
 
-fn describe(values: Values, transfer_syntax: String, size: u64, head: &[u8]) -> FileHeader {
+fn describe(
+    values: Values,
+    transfer_syntax: String,
+    size: u64,
+    head: &[u8],
+    stopped_at: usize,
+) -> FileHeader {
     let series_uid = values.text(tags::SERIES_INSTANCE_UID);
     if series_uid.is_empty() {
         return FileHeader::Corrupt("no SeriesInstanceUID".to_string());
@@ -398,7 +405,7 @@ fn describe(values: Values, transfer_syntax: String, size: u64, head: &[u8]) -> 
         .unwrap_or(1) as u64;
 
     // The pixel data's declared end, when its header is in the first block.
-    if let Some(end) = pixel_data_end(head, &transfer_syntax)
+    if let Some(end) = pixel_data_end(head, &transfer_syntax, stopped_at.saturating_sub(12))
         && end > size
     {
         return FileHeader::Corrupt(format!(
@@ -449,14 +456,15 @@ fn describe(values: Values, transfer_syntax: String, size: u64, head: &[u8]) -> 
     }))
 }
 
-/// Where the pixel data's value ends, by the last PixelData (7FE0,0010)
-/// element header found in `head` (the file's first bytes) with a defined
-/// length; `None` when there is none (a long header, encapsulated data).
-fn pixel_data_end(head: &[u8], transfer_syntax: &str) -> Option<u64> {
+/// Where the pixel data's value ends, by the first PixelData (7FE0,0010)
+/// element header with a defined length found in `head` (the file's first
+/// bytes) at or after `from` (where the header reading stopped, so that an
+/// icon image's pixel data inside a sequence is not taken for the image's);
+/// `None` when there is none (a long header, encapsulated data).
+fn pixel_data_end(head: &[u8], transfer_syntax: &str, from: usize) -> Option<u64> {
     const TAG: [u8; 4] = [0xE0, 0x7F, 0x10, 0x00];
     let implicit = transfer_syntax == "1.2.840.10008.1.2";
-    let mut found = None;
-    let mut from = 132;
+    let mut from = from.max(132);
     while let Some(at) = head.get(from..)?.windows(4).position(|w| w == TAG) {
         let p = from + at;
         let (length_at, value_at) = if implicit {
@@ -470,15 +478,11 @@ fn pixel_data_end(head: &[u8], transfer_syntax: &str) -> Option<u64> {
             from = p + 1;
             continue;
         };
-        if let Some(bytes) = head.get(length_at..length_at + 4) {
-            let length = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-            if length != u32::MAX {
-                found = Some(value_at as u64 + u64::from(length));
-            }
-        }
-        from = p + 1;
+        let bytes = head.get(length_at..length_at + 4)?;
+        let length = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        return (length != u32::MAX).then(|| value_at as u64 + u64::from(length));
     }
-    found
+    None
 }
 
 /// The uncompressed transfer syntaxes, whose pixel data size is known.
