@@ -202,12 +202,18 @@ pub fn bench_dicom(report: &mut Report, dir: &Path, reps: usize) {
 /// A no-op sync over 10,000 sessions of 2 real DICOM files each, all done:
 /// this nfslurm, and the one from before (same folders, a copy of the state
 /// at its schema version) when `NFSLURM_BASELINE_BIN` is set.
-pub fn bench_sync_dicom(report: &mut Report, dir: &Path, reps: usize) {
-    eprintln!("sync: 10,000 sessions of 2 real DICOM files, 35,000 units all done");
+/// 10,000 sessions of 2 real DICOM files, registered, every unit done.
+pub fn setup_sync_dicom(dir: &Path) -> Study {
     let study = Study::create(dir, 5_000, 2);
     write_folders(&study, |scan, _| session_2(scan));
     study.register();
     study.complete_all();
+    study
+}
+
+pub fn bench_sync_dicom(report: &mut Report, dir: &Path, reps: usize) {
+    eprintln!("sync: 10,000 sessions of 2 real DICOM files, 35,000 units all done");
+    let study = setup_sync_dicom(dir);
     // The first sync reads every header; the rest read none.
     let _ = measure::run(&mut nfslurm(&study, &["sync"]));
     let (usage, _) = median_run(reps, || nfslurm(&study, &["sync"]));

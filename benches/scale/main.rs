@@ -188,6 +188,7 @@ fn main() {
             "sync" => setup_sync(dir),
             "submit" => setup_submit(dir),
             "dicom" => dicom::setup_dicom(dir),
+            "sync-dicom" => dicom::setup_sync_dicom(dir),
             other => panic!("unknown scenario `{other}`"),
         };
         println!("{}", dir.join("nfslurm.yaml").display());
@@ -499,7 +500,7 @@ fn bench_sync(report: &mut Report, dir: &Path, reps: usize) {
             &config.discovery,
             &config.paths.dicom_root,
             SystemTime::now(),
-            &known,
+            known.clone(),
         )
         .expect("discover")
     });

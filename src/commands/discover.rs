@@ -24,7 +24,7 @@ pub fn discover_and_register(
         &config.discovery,
         &config.paths.dicom_root,
         SystemTime::now(),
-        &known,
+        known,
     )
     .map_err(|e| Failure::user(super::error_chain(&e), None))?;
     store.save_headers(&report.headers_read, now)?;

@@ -165,7 +165,7 @@ pub fn discover(
     dicom_root: &Path,
     now: SystemTime,
 ) -> Result<DiscoveryReport, StudyError> {
-    discover_known(discovery, dicom_root, now, &KnownHeaders::new())
+    discover_known(discovery, dicom_root, now, KnownHeaders::new())
 }
 
 /// [`discover`], with the header summaries already read: a folder whose
@@ -174,7 +174,7 @@ pub fn discover_known(
     discovery: &Discovery,
     dicom_root: &Path,
     now: SystemTime,
-    known: &KnownHeaders,
+    known: KnownHeaders,
 ) -> Result<DiscoveryReport, StudyError> {
     let (mapping, problems) = load_mapping(&discovery.mapping)?;
     discover_with_mapping(discovery, &mapping, problems, dicom_root, now, known)
@@ -208,7 +208,7 @@ pub fn discover_with_mapping(
     problems: Vec<MappingProblem>,
     dicom_root: &Path,
     now: SystemTime,
-    known: &KnownHeaders,
+    mut known: KnownHeaders,
 ) -> Result<DiscoveryReport, StudyError> {
     let header_key = match discovery.mapping.scan_id_from {
         ScanIdFrom::Header(key) => Some(key),
@@ -281,9 +281,9 @@ pub fn discover_with_mapping(
         for (i, w) in walked.iter_mut().enumerate() {
             let Ok(stats) = &w.stats else { continue };
             let fingerprint = fingerprint_text(stats.fingerprint);
-            match known.get(&w.candidate.folder) {
-                Some((fp, summary)) if *fp == fingerprint => {
-                    w.headers = Some(Arc::new(summary.clone()));
+            match known.remove(&w.candidate.folder) {
+                Some((fp, summary)) if fp == fingerprint => {
+                    w.headers = Some(Arc::new(summary));
                 }
                 _ => to_read.push((i, fingerprint)),
             }

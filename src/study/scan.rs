@@ -242,7 +242,7 @@ pub(crate) fn walk_session(folder: &Path, cutoff: SystemTime) -> Walk {
             }
             if kind == Kind::File {
                 n_files += 1;
-                fingerprint = fingerprint.wrapping_add(file_hash(&entry.path(), &meta));
+                fingerprint = fingerprint.wrapping_add(file_hash(&dir, &name, &meta));
                 if let Some(i) = series_idx {
                     series[i].1 += 1;
                 }
@@ -267,9 +267,11 @@ pub(crate) fn walk_session(folder: &Path, cutoff: SystemTime) -> Walk {
     })
 }
 
-/// FNV-1a over a file's path, size and mtime, finished with a mixer so that
-/// summing the hashes of a folder's files (in any order) stays well spread.
-fn file_hash(path: &Path, meta: &fs::Metadata) -> u64 {
+/// FNV-1a over a file's path (its folder and name, hashed in place rather
+/// than joined: no allocation per file), size and mtime, finished with a
+/// mixer so that summing the hashes of a folder's files (in any order) stays
+/// well spread.
+fn file_hash(dir: &Path, name: &std::ffi::OsStr, meta: &fs::Metadata) -> u64 {
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mtime = meta
@@ -277,10 +279,13 @@ fn file_hash(path: &Path, meta: &fs::Metadata) -> u64 {
         .ok()
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos() as u64);
-    let bytes = path.as_os_str().as_encoded_bytes();
-    for b in bytes
+    for b in dir
+        .as_os_str()
+        .as_encoded_bytes()
         .iter()
         .copied()
+        .chain([b'/'])
+        .chain(name.as_encoded_bytes().iter().copied())
         .chain(meta.len().to_le_bytes())
         .chain(mtime.to_le_bytes())
     {

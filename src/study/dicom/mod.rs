@@ -16,7 +16,7 @@ pub mod synth;
 mod text;
 pub mod validate;
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -343,7 +343,7 @@ pub fn summarize_all(folders: &[&Path]) -> Vec<HeaderSummary> {
 }
 
 /// Summaries already known, by session folder: (fingerprint, summary).
-pub type KnownHeaders = BTreeMap<PathBuf, (String, HeaderSummary)>;
+pub type KnownHeaders = HashMap<PathBuf, (String, HeaderSummary)>;
 
 #[cfg(test)]
 mod tests {
