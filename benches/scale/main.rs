@@ -494,7 +494,12 @@ fn bench_sync(report: &mut Report, dir: &Path, reps: usize) {
     );
     report.add("sync 10k: library plan()", ms(time), "ms", None);
     // As a sync does: with the header summaries kept by the first sync.
-    let known = store.known_headers().expect("known headers");
+    let known = store
+        .known_headers(
+            &nfslurm::study::dicom::verdict_key(&config.discovery),
+            false,
+        )
+        .expect("known headers");
     let (time, _) = median(reps, || {
         nfslurm::study::discover_known(
             &config.discovery,

@@ -18,7 +18,13 @@ pub fn discover_and_register(
 ) -> anyhow::Result<(DiscoveryReport, SessionChanges)> {
     let known = match config.discovery.dicom {
         crate::config::DicomMode::Off => Default::default(),
-        _ => store.known_headers()?,
+        _ => store.known_headers(
+            &study::dicom::verdict_key(&config.discovery),
+            matches!(
+                config.discovery.mapping.scan_id_from,
+                crate::config::ScanIdFrom::Header(_)
+            ),
+        )?,
     };
     let report = study::discover_known(
         &config.discovery,
@@ -28,6 +34,7 @@ pub fn discover_and_register(
     )
     .map_err(|e| Failure::user(super::error_chain(&e), None))?;
     store.save_headers(&report.headers_read, now)?;
+    store.save_verdicts(&report.verdicts)?;
     let rows: Vec<SessionRow> = report
         .sessions
         .iter()

@@ -7,26 +7,68 @@ use std::path::{Path, PathBuf};
 use rusqlite::{OptionalExtension, params};
 
 use super::{Result, Store};
-use crate::study::dicom::{HeaderSummary, KnownHeaders};
+use crate::study::dicom::{HeaderSummary, Known, KnownHeaders};
 
 impl Store {
-    /// Every kept summary, by folder. A row that no longer parses (written
-    /// by another version) is left out, so that its folder is read again.
-    pub fn known_headers(&self) -> Result<KnownHeaders> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT folder, fingerprint, summary FROM session_headers")?;
-        let mut rows = stmt.query([])?;
+    /// Every kept folder: its fingerprint, its kept verdict, and its
+    /// summary, parsed only where needed: when `all_summaries` (the scan ID
+    /// comes from a header) or when the verdict was reached under other rules
+    /// than `verdict_key`. A summary that no longer parses (written by
+    /// another version) is left out, so that its folder is read again.
+    pub fn known_headers(&self, verdict_key: &str, all_summaries: bool) -> Result<KnownHeaders> {
+        let mut stmt = self.conn.prepare(
+            "SELECT folder, fingerprint, verdict_key, on_headers, problem,
+                    CASE WHEN ?2 OR verdict_key IS NOT ?1 THEN summary END
+             FROM session_headers",
+        )?;
+        let mut rows = stmt.query(params![verdict_key, all_summaries])?;
         let mut known = KnownHeaders::new();
         while let Some(row) = rows.next()? {
             let folder: String = row.get(0)?;
-            let fingerprint: String = row.get(1)?;
-            let summary: String = row.get(2)?;
-            if let Ok(summary) = serde_json::from_str::<HeaderSummary>(&summary) {
-                known.insert(PathBuf::from(folder), (fingerprint, summary));
+            let key: Option<String> = row.get(2)?;
+            let on_headers: Option<bool> = row.get(3)?;
+            let summary: Option<String> = row.get(5)?;
+            let summary = summary.and_then(|s| serde_json::from_str::<HeaderSummary>(&s).ok());
+            let verdict = match (key, on_headers) {
+                (Some(k), Some(h)) => Some((k, h, row.get(4)?)),
+                _ => None,
+            };
+            if verdict.is_none() && summary.is_none() {
+                continue;
             }
+            known.insert(
+                PathBuf::from(folder),
+                Known {
+                    fingerprint: row.get(1)?,
+                    verdict,
+                    summary,
+                },
+            );
         }
         Ok(known)
+    }
+
+    /// Keeps the validation verdicts of a discovery beside the summaries.
+    pub fn save_verdicts(
+        &mut self,
+        verdicts: &[(PathBuf, String, bool, Option<String>)],
+    ) -> Result<()> {
+        if verdicts.is_empty() {
+            return Ok(());
+        }
+        let tx = self.write_tx()?;
+        {
+            let mut stmt = tx.prepare(
+                "UPDATE session_headers SET verdict_key = ?2, on_headers = ?3, problem = ?4
+                 WHERE folder = ?1 AND (verdict_key IS NOT ?2 OR on_headers IS NOT ?3
+                     OR problem IS NOT ?4)",
+            )?;
+            for (folder, key, on_headers, problem) in verdicts {
+                stmt.execute(params![folder.to_string_lossy(), key, on_headers, problem])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Keeps the summaries read by a discovery, replacing older ones.
@@ -44,7 +86,8 @@ impl Store {
                 "INSERT INTO session_headers (folder, fingerprint, summary, read_at)
                  VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(folder) DO UPDATE SET fingerprint = excluded.fingerprint,
-                     summary = excluded.summary, read_at = excluded.read_at",
+                     summary = excluded.summary, read_at = excluded.read_at,
+                     verdict_key = NULL, on_headers = NULL, problem = NULL",
             )?;
             for (folder, fingerprint, summary) in read {
                 let json = serde_json::to_string(summary).expect("a summary serialises");

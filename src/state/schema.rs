@@ -103,7 +103,10 @@ CREATE TABLE session_headers (
     folder      TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL,
     summary     TEXT NOT NULL,
-    read_at     INTEGER NOT NULL
+    read_at     INTEGER NOT NULL,
+    verdict_key TEXT,
+    on_headers  INTEGER,
+    problem     TEXT
 );
 "#,
     // 4: provenance: what produced each run's output (fixed at submission),

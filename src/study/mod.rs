@@ -144,6 +144,9 @@ pub struct DiscoveryReport {
     /// Header summaries read this time (the folder changed or was new):
     /// (folder, fingerprint, summary), to be kept for the next discovery.
     pub headers_read: Vec<(PathBuf, String, HeaderSummary)>,
+    /// Validation verdicts reached this time, to keep beside the summaries:
+    /// (folder, verdict key, judged on headers, problem).
+    pub verdicts: Vec<(PathBuf, String, bool, Option<String>)>,
 }
 
 impl DiscoveryReport {
@@ -187,6 +190,8 @@ struct Walked<'m> {
     /// The walk's figures, or why the folder cannot be read.
     stats: Result<scan::FolderStats, String>,
     headers: Option<Arc<HeaderSummary>>,
+    /// A kept verdict for these files under these rules: (on headers, problem).
+    verdict: Option<(bool, Option<String>)>,
 }
 
 impl Walked<'_> {
@@ -271,20 +276,28 @@ pub fn discover_with_mapping(
             row,
             stats,
             headers: None,
+            verdict: None,
         });
     }
 
     // Headers: from `known` when the folder is unchanged, else read now.
     let mut headers_read = Vec::new();
+    let verdict_key = dicom::verdict_key(discovery);
     if discovery.dicom != DicomMode::Off {
         let mut to_read = Vec::new();
         for (i, w) in walked.iter_mut().enumerate() {
             let Ok(stats) = &w.stats else { continue };
             let fingerprint = fingerprint_text(stats.fingerprint);
             match known.remove(&w.candidate.folder) {
-                Some((fp, summary)) if fp == fingerprint => {
-                    w.headers = Some(Arc::new(summary));
-                }
+                Some(k) if k.fingerprint == fingerprint => match (k.verdict, k.summary) {
+                    (Some((key, on_headers, problem)), _)
+                        if key == verdict_key && header_key.is_none() =>
+                    {
+                        w.verdict = Some((on_headers, problem));
+                    }
+                    (_, Some(summary)) => w.headers = Some(Arc::new(summary)),
+                    (_, None) => to_read.push((i, fingerprint)),
+                },
                 _ => to_read.push((i, fingerprint)),
             }
         }
@@ -341,12 +354,20 @@ pub fn discover_with_mapping(
     let ordinals = ordinals(&mapped);
 
     let mut sessions = Vec::new();
+    let mut verdicts = Vec::new();
     for (w, ordinal) in walked.into_iter().zip(ordinals) {
-        let on_headers = w.on_headers(discovery.dicom);
+        let on_headers = match &w.verdict {
+            Some((on_headers, _)) => *on_headers,
+            None => w.on_headers(discovery.dicom),
+        };
         let row = w.row.expect("every kept folder is mapped");
         let candidate = w.candidate;
         let (stats, mut problems) = match w.stats {
             Err(why) => (None, vec![why]),
+            Ok(stats) if w.verdict.is_some() => {
+                let problem = w.verdict.and_then(|(_, p)| p);
+                (Some(stats), problem.into_iter().collect())
+            }
             Ok(stats) => {
                 let problems = match (&w.headers, on_headers) {
                     (Some(headers), true) => {
@@ -361,6 +382,14 @@ pub fn discover_with_mapping(
                         .into_iter()
                         .collect(),
                 };
+                if discovery.dicom != DicomMode::Off {
+                    verdicts.push((
+                        candidate.folder.clone(),
+                        verdict_key.clone(),
+                        on_headers,
+                        (!problems.is_empty()).then(|| problems.join("; ")),
+                    ));
+                }
                 (Some(stats), problems)
             }
         };
@@ -412,6 +441,7 @@ pub fn discover_with_mapping(
         skipped,
         problems,
         headers_read,
+        verdicts,
     })
 }
 

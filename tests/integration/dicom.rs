@@ -226,6 +226,21 @@ fn an_unchanged_folder_is_never_read_again() {
     assert_eq!(shown["valid"], true);
     assert_eq!(shown["headers"]["series"].as_array().unwrap().len(), 2);
 
+    // New rules are checked against the kept summary, not the files.
+    let config = fs::read_to_string(study.config_path()).unwrap();
+    study.write(
+        "nfslurm.yaml",
+        &config.replace("min_files: 3", "min_files: 100"),
+    );
+    let stricter = study.json(&["discover"]);
+    assert_eq!(stricter["headers_read"], 0);
+    assert_eq!(
+        problem_of(&stricter, "S1").as_deref(),
+        Some("20 DICOM files, fewer than min_files 100")
+    );
+    study.write("nfslurm.yaml", &config);
+    assert_eq!(problem_of(&study.json(&["discover"]), "S1"), None);
+
     // A changed file changes the fingerprint: the folder is read again, and
     // the garbage is found.
     fs::File::options()

@@ -342,8 +342,44 @@ pub fn summarize_all(folders: &[&Path]) -> Vec<HeaderSummary> {
         .collect()
 }
 
-/// Summaries already known, by session folder: (fingerprint, summary).
-pub type KnownHeaders = HashMap<PathBuf, (String, HeaderSummary)>;
+/// What is known of a folder from an earlier discovery.
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    /// The fingerprint its headers were read under.
+    pub fingerprint: String,
+    /// The validation verdict kept for that fingerprint, when it was reached
+    /// under the rules of [`verdict_key`] `key`: (key, judged on headers,
+    /// problem).
+    pub verdict: Option<(String, bool, Option<String>)>,
+    /// The header summary; `None` when the kept verdict makes it unneeded
+    /// (a `sync` with nothing new parses no summary either).
+    pub summary: Option<HeaderSummary>,
+}
+
+/// Known folders, by path.
+pub type KnownHeaders = HashMap<PathBuf, Known>;
+
+/// What a kept verdict depends on besides the folder's files: the
+/// validation rules and the `dicom` mode, hashed.
+pub fn verdict_key(discovery: &crate::config::Discovery) -> String {
+    use sha2::{Digest, Sha256};
+    let v = &discovery.validation;
+    let mut text = format!("{:?}|{}|", discovery.dicom, v.min_files);
+    for r in &v.required_series {
+        text.push_str(&format!(
+            "{}\u{0}{}\u{0}{}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{:?}|",
+            r.name,
+            r.pattern.as_str(),
+            r.min_files,
+            r.match_on,
+            r.min_instances,
+            r.image_type,
+            r.max_series
+        ));
+    }
+    let digest = Sha256::digest(text.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
 
 #[cfg(test)]
 mod tests {
