@@ -10,6 +10,9 @@
 #   scripts/bench.sh --modes jobs         # one submission mode (jobs, arrays)
 #   scripts/bench.sh --subjects 20        # a smaller Slurm study (default 100 x 2 sessions)
 #   scripts/bench.sh --reps 3 --only sync # passed to the scale benchmark
+#   scripts/bench.sh --only dicom,sync-dicom --baseline dd380cc
+#                                         # DICOM figures; a no-op sync timed
+#                                         # against the nfslurm of commit REV too
 #
 # Generated studies live under a temporary folder and are deleted at the end.
 # Release build; CARGO_TARGET_DIR is honoured.
@@ -26,6 +29,7 @@ sessions=2
 sync_every=3
 timeout_s=2400
 lib_args=()
+baseline=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --no-slurm) run_slurm=0 ;;
@@ -35,7 +39,8 @@ while [ $# -gt 0 ]; do
         --sync-every) sync_every="$2"; shift ;;
         --timeout) timeout_s="$2"; shift ;;
         --reps | --only) lib_args+=("$1" "$2"); shift ;;
-        -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+        --baseline) baseline="$2"; shift ;;
+        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument \`$1\`" >&2; exit 1 ;;
     esac
     shift
@@ -54,6 +59,20 @@ if ! { cargo build --release && cargo bench --bench scale --no-run; } > "$work/b
 fi
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 nfslurm="$target_dir/release/nfslurm"
+
+# pydicom is the speed anchor of the header-reading figure.
+scripts/test-deps.sh
+
+if [ -n "$baseline" ]; then
+    echo "building the baseline nfslurm of $baseline (release)..." >&2
+    mkdir -p "$work/baseline"
+    git archive "$baseline" | tar -x -C "$work/baseline"
+    if ! (cd "$work/baseline" && CARGO_TARGET_DIR="$work/baseline-target" cargo build --release --bin nfslurm) > "$work/baseline.log" 2>&1; then
+        cat "$work/baseline.log" >&2
+        exit 1
+    fi
+    export NFSLURM_BASELINE_BIN="$work/baseline-target/release/nfslurm"
+fi
 
 # --- the synthetic benchmarks ------------------------------------------------
 # First: submitting writes 10,500 files and folders, and on this machine's
@@ -237,6 +256,6 @@ echo
 awk -F '\t' '
     BEGIN { printf "%-72s %14s  %-14s %s\n", "figure", "value", "target", "status" }
     {
-        target = ($4 == "") ? "" : "<= " $4 " " $3
+        target = ($4 == "") ? "" : (($4 ~ /^[<>]/) ? $4 : "<= " $4) " " $3
         printf "%-72s %10s %-3s  %-14s %s\n", $1, $2, $3, target, $5
     }' "$table"

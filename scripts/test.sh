@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Two clusters: the multi-cluster tests use the second one.
 scripts/slurm-test-cluster.sh start --clusters 2
+scripts/test-deps.sh
 cargo build --locked --quiet
 # The real-Slurm tests are #[ignore]d for a plain `cargo test` (which then
 # says it did not run them); here they run, and fail if the cluster is not up.

@@ -153,14 +153,18 @@ pub enum Command {
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "5")]
         watch: Option<u64>,
     },
-    /// The history of a unit (`qsiprep/sub-01`), a run (its job ID or `run:N`), or a subject (`sub-01`)
+    /// The history of a unit (`qsiprep/sub-01`), a run (its job ID or `run:N`), a subject (`sub-01`) or a session (`sub-01/ses-1`)
     #[command(
-        after_help = "Examples:\n  nfslurm show qsiprep/sub-01\n  nfslurm show bids/sub-01/ses-1\n  nfslurm show 12345\n  nfslurm show sub-01           the subject: its sessions and units"
+        after_help = "Examples:\n  nfslurm show qsiprep/sub-01\n  nfslurm show bids/sub-01/ses-1\n  nfslurm show 12345\n  nfslurm show sub-01           the subject: its sessions and units\n  nfslurm show sub-01/ses-1     the session: folder, series, units\n  nfslurm show 12345 --provenance"
     )]
     Show {
-        /// A unit key, a run, or a subject
+        /// A unit key, a run, a subject or a session
         #[arg(add = ArgValueCompleter::new(complete::show_targets))]
         target: String,
+        /// What produced the run (a unit: its last run): nfslurm, config,
+        /// template, script, image, job, resources, attempt chain
+        #[arg(long)]
+        provenance: bool,
     },
     /// The study's history: every state change, with its cause, oldest first
     #[command(

@@ -70,7 +70,16 @@ pub fn apply_updates(
             unit_updates.push(u);
         }
     }
-    store.apply(updates, &unit_updates, now)
+    store.apply(updates, &unit_updates, now)?;
+    // Each ended run's provenance file gets its job, nodes and resources used.
+    for update in updates {
+        if let (Some(run), Some(state)) = (before.get(&update.run_id), update.state)
+            && !state.in_flight()
+        {
+            let _ = crate::provenance::refresh_file(store, run.id, &run.script_path);
+        }
+    }
+    Ok(())
 }
 
 /// Reconciles every open run of `executor` with what it reports.
@@ -345,6 +354,8 @@ pub fn submit_actions(
         }
     }
     let ids = store.create_runs(&new_runs, now)?;
+    let texts: Vec<String> = scripts.iter().map(|(_, _, t)| t.clone()).collect();
+    crate::provenance::record_submission(config, store, &new_runs, &ids, &texts)?;
     let prepared: Vec<Prepared> = new_runs
         .iter()
         .zip(&ids)

@@ -15,6 +15,7 @@ pub mod notify;
 pub mod output;
 pub mod plan;
 pub mod process;
+pub mod provenance;
 pub mod render;
 pub mod state;
 pub mod study;

@@ -248,7 +248,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             commands::status::run(&settings, view, &selection(&s), &states, watch)
         }
-        Command::Show { target } => commands::inspect::show(&settings, &target),
+        Command::Show { target, provenance } => match provenance {
+            true => commands::provenance_view::show(&settings, &target),
+            false => commands::inspect::show(&settings, &target),
+        },
         Command::Log {
             selection: s,
             since,

@@ -7,7 +7,7 @@
 //! `scripts/bench.sh` runs this and the real-Slurm benchmark together.
 //!
 //! ```text
-//! cargo bench --bench scale -- [--only plan,discover,sync,submit] [--reps N] [--tsv FILE]
+//! cargo bench --bench scale -- [--only plan,discover,sync,submit,sync-dicom,dicom] [--reps N] [--tsv FILE]
 //! cargo bench --bench scale -- --setup SCENARIO DIR   # generate a study and keep it
 //! ```
 //!
@@ -15,6 +15,7 @@
 //! benchmark (`--child …`), so that the peak RSS is theirs alone; commands are
 //! the release `nfslurm` binary, timed with `wait4`.
 
+mod dicom;
 mod measure;
 mod study;
 
@@ -37,14 +38,16 @@ struct Figure {
     name: String,
     value: f64,
     unit: &'static str,
-    /// The value must stay at or below this.
+    /// The value must stay at or below this (at or above when `at_least`).
     target: Option<f64>,
+    at_least: bool,
 }
 
 impl Figure {
     fn status(&self) -> &'static str {
         match self.target {
-            Some(max) if self.value <= max => "met",
+            Some(min) if self.at_least && self.value >= min => "met",
+            Some(max) if !self.at_least && self.value <= max => "met",
             Some(_) => "not met",
             None => "",
         }
@@ -56,12 +59,29 @@ struct Report {
 }
 
 impl Report {
+    /// A figure that must reach `min` (a speed-up, a rate).
+    fn add_min(&mut self, name: &str, value: f64, unit: &'static str, min: f64) {
+        self.push(name, value, unit, Some(min), true);
+    }
+
     fn add(&mut self, name: &str, value: f64, unit: &'static str, target: Option<f64>) {
+        self.push(name, value, unit, target, false);
+    }
+
+    fn push(
+        &mut self,
+        name: &str,
+        value: f64,
+        unit: &'static str,
+        target: Option<f64>,
+        at_least: bool,
+    ) {
         let figure = Figure {
             name: name.to_string(),
             value,
             unit,
             target,
+            at_least,
         };
         eprintln!(
             "  {:<58} {:>10.1} {:<3} {}",
@@ -83,7 +103,7 @@ impl Report {
         for f in &self.figures {
             let target = f
                 .target
-                .map(|t| format!("<= {t} {}", f.unit))
+                .map(|t| format!("{} {t} {}", if f.at_least { ">=" } else { "<=" }, f.unit))
                 .unwrap_or_default();
             let _ = writeln!(
                 out,
@@ -101,7 +121,10 @@ impl Report {
     fn tsv(&self) -> String {
         let mut out = String::new();
         for f in &self.figures {
-            let target = f.target.map(|t| t.to_string()).unwrap_or_default();
+            let target = f
+                .target
+                .map(|t| format!("{}{t}", if f.at_least { ">=" } else { "<=" }))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
                 "{}\t{:.1}\t{}\t{}\t{}",
@@ -164,6 +187,8 @@ fn main() {
             "discover" => setup_discover(dir),
             "sync" => setup_sync(dir),
             "submit" => setup_submit(dir),
+            "dicom" => dicom::setup_dicom(dir),
+            "sync-dicom" => dicom::setup_sync_dicom(dir),
             other => panic!("unknown scenario `{other}`"),
         };
         println!("{}", dir.join("nfslurm.yaml").display());
@@ -192,6 +217,12 @@ fn main() {
     }
     if wanted("plan") {
         bench_plan(&mut report, &root.path().join("plan"), options.reps.min(3));
+    }
+    if wanted("sync-dicom") {
+        dicom::bench_sync_dicom(&mut report, &root.path().join("sync-dicom"), options.reps);
+    }
+    if wanted("dicom") {
+        dicom::bench_dicom(&mut report, &root.path().join("dicom"), options.reps.min(3));
     }
     if wanted("discover") {
         bench_discover(
@@ -462,11 +493,19 @@ fn bench_sync(report: &mut Report, dir: &Path, reps: usize) {
         plan.actions.len()
     );
     report.add("sync 10k: library plan()", ms(time), "ms", None);
+    // As a sync does: with the header summaries kept by the first sync.
+    let known = store
+        .known_headers(
+            &nfslurm::study::dicom::verdict_key(&config.discovery),
+            false,
+        )
+        .expect("known headers");
     let (time, _) = median(reps, || {
-        nfslurm::study::discover(
+        nfslurm::study::discover_known(
             &config.discovery,
             &config.paths.dicom_root,
             SystemTime::now(),
+            known.clone(),
         )
         .expect("discover")
     });

@@ -16,12 +16,25 @@ pub fn discover_and_register(
     store: &mut Store,
     now: i64,
 ) -> anyhow::Result<(DiscoveryReport, SessionChanges)> {
-    let report = study::discover(
+    let known = match config.discovery.dicom {
+        crate::config::DicomMode::Off => Default::default(),
+        _ => store.known_headers(
+            &study::dicom::verdict_key(&config.discovery),
+            matches!(
+                config.discovery.mapping.scan_id_from,
+                crate::config::ScanIdFrom::Header(_)
+            ),
+        )?,
+    };
+    let report = study::discover_known(
         &config.discovery,
         &config.paths.dicom_root,
         SystemTime::now(),
+        known,
     )
     .map_err(|e| Failure::user(super::error_chain(&e), e.hint()))?;
+    store.save_headers(&report.headers_read, now)?;
+    store.save_verdicts(&report.verdicts)?;
     let rows: Vec<SessionRow> = report
         .sessions
         .iter()
@@ -62,6 +75,8 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
                 .map(|s| json!({"scan_id": s.scan_id, "subject": s.subject, "session": s.session, "problem": s.problem})).collect::<Vec<_>>(),
             "skipped": report.skipped.iter().map(|s| json!({"folder": json_path(&s.folder), "why": s.why})).collect::<Vec<_>>(),
             "mapping_problems": report.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "headers_read": report.headers_read.len(),
+            "notes": fresh_notes(&report).iter().map(|(s, n)| json!({"scan_id": s, "note": n})).collect::<Vec<_>>(),
         }));
         return Ok(0);
     }
@@ -130,7 +145,26 @@ pub fn print_report(report: &DiscoveryReport, changes: &SessionChanges) {
             "        to take it now, lower `settle` in nfslurm.yaml (`settle: 0s` on a laptop)"
         );
     }
+    for (scan_id, note) in fresh_notes(report) {
+        println!("  note: `{scan_id}`: {note}");
+    }
     for p in &report.problems {
         println!("  mapping: {p}");
     }
+}
+
+/// What the headers read this time say that is worth a word without making
+/// a session invalid (files ignored, compressed pixel data): said once, when
+/// the folder is new or changed.
+fn fresh_notes(report: &DiscoveryReport) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for s in &report.sessions {
+        let Some(headers) = &s.headers else { continue };
+        if report.headers_read.iter().any(|(f, _, _)| *f == s.folder) {
+            for note in study::dicom::validate::notes(headers) {
+                out.push((s.scan_id.clone(), note));
+            }
+        }
+    }
+    out
 }

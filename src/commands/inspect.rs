@@ -53,6 +53,9 @@ pub fn show(settings: &Settings, target: &str) -> anyhow::Result<i32> {
             Some("run `nfslurm sync` first"),
         ));
     };
+    if let Some(code) = super::session_view::try_show(settings, &config, &store, target)? {
+        return Ok(code);
+    }
     let snapshot = store.snapshot()?;
     let plan = plan::plan(&config, &snapshot, engine::now(), &Request::default());
     let (key, unit_id) = match UnitKey::parse(target) {

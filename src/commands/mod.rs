@@ -10,6 +10,8 @@ pub mod history;
 pub mod init;
 pub mod inspect;
 pub mod manage;
+pub mod provenance_view;
+pub mod session_view;
 pub mod site;
 pub mod status;
 pub mod submit;

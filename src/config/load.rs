@@ -37,11 +37,24 @@ pub(super) const PATHS_KEYS: &[&str] = &[
     "work_dir",
     "state_dir",
 ];
-pub(super) const DISCOVERY_KEYS: &[&str] = &["pattern", "mapping", "validation", "settle"];
-pub(super) const MAPPING_KEYS: &[&str] =
-    &["file", "scan_id_column", "subject_column", "session_column"];
+pub(super) const DISCOVERY_KEYS: &[&str] = &["pattern", "mapping", "validation", "settle", "dicom"];
+pub(super) const MAPPING_KEYS: &[&str] = &[
+    "file",
+    "scan_id_column",
+    "subject_column",
+    "session_column",
+    "scan_id_from",
+];
 pub(super) const VALIDATION_KEYS: &[&str] = &["min_files", "required_series"];
-pub(super) const SERIES_KEYS: &[&str] = &["name", "match", "min_files"];
+pub(super) const SERIES_KEYS: &[&str] = &[
+    "name",
+    "match",
+    "min_files",
+    "match_on",
+    "min_instances",
+    "image_type",
+    "max_series",
+];
 pub(super) const RETRY_KEYS: &[&str] = &[
     "max_attempts",
     "initial_delay",
@@ -314,6 +327,7 @@ fn read_discovery(ctx: &Ctx, v: Option<Val>, dir: &Path) -> Result<Discovery, Co
         scan_id_column: "ScanID".to_string(),
         subject_column: "SubjectCode".to_string(),
         session_column: None,
+        scan_id_from: ScanIdFrom::Folder,
     };
     if let Some(v) = m.get("mapping") {
         let mm = Map::open(ctx, v.node, v.path, MAPPING_KEYS)?;
@@ -328,6 +342,9 @@ fn read_discovery(ctx: &Ctx, v: Option<Val>, dir: &Path) -> Result<Discovery, Co
         }
         if let Some(c) = mm.get("session_column") {
             mapping.session_column = Some(c.raw_str(ctx)?.to_string());
+        }
+        if let Some(c) = mm.get("scan_id_from") {
+            mapping.scan_id_from = super::dicom::read_scan_id_from(ctx, &c)?;
         }
     }
 
@@ -374,10 +391,15 @@ fn read_discovery(ctx: &Ctx, v: Option<Val>, dir: &Path) -> Result<Discovery, Co
                     Some(n) => n.uint(ctx)?,
                     None => 1,
                 };
+                let keys = super::dicom::read_series_keys(ctx, &sm)?;
                 validation.required_series.push(SeriesRule {
                     name,
                     pattern,
                     min_files,
+                    match_on: keys.match_on,
+                    min_instances: keys.min_instances,
+                    image_type: keys.image_type,
+                    max_series: keys.max_series,
                 });
             }
         }
@@ -388,11 +410,17 @@ fn read_discovery(ctx: &Ctx, v: Option<Val>, dir: &Path) -> Result<Discovery, Co
         None => 30 * 60,
     };
 
+    let dicom = match m.get("dicom") {
+        Some(v) => super::dicom::read_mode(ctx, &v)?,
+        None => DicomMode::Auto,
+    };
+
     Ok(Discovery {
         pattern,
         mapping,
         validation,
         settle_s,
+        dicom,
     })
 }
 

@@ -16,6 +16,7 @@
 //! The reference for users is `docs/config-reference.md`.
 
 mod dag;
+mod dicom;
 mod error;
 mod expand;
 mod load;

@@ -108,6 +108,42 @@ pub struct Discovery {
     pub validation: Validation,
     /// Folders modified more recently than this are skipped (still copying).
     pub settle_s: u64,
+    /// Whether discovery reads DICOM headers (`discovery.dicom`).
+    pub dicom: DicomMode,
+}
+
+/// `discovery.dicom`: read the sessions' DICOM headers or only count files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DicomMode {
+    /// Headers when a session holds DICOM files; folder names otherwise.
+    #[default]
+    Auto,
+    /// Headers always: a session without a DICOM file is invalid.
+    Headers,
+    /// Never open a file: count files, match folder names.
+    Off,
+}
+
+/// `discovery.mapping.scan_id_from`: where a session's mapping key comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ScanIdFrom {
+    /// The folder name (through `discovery.pattern`).
+    #[default]
+    Folder,
+    /// One attribute of the session's DICOM headers, matched against
+    /// `discovery.pattern` as a folder name would be.
+    Header(crate::study::dicom::HeaderKey),
+}
+
+/// `required_series[].match_on`: what `match` is tried on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MatchOn {
+    /// SeriesDescription or ProtocolName (folder names for sessions with no
+    /// DICOM file under `dicom: auto`).
+    #[default]
+    Header,
+    /// The names of the session's immediate subfolders.
+    Folder,
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +155,7 @@ pub struct MappingConfig {
     /// from the pattern if there is one, else the session's ordinal (1, 2, …)
     /// within the subject, ordered by scan ID.
     pub session_column: Option<String>,
+    pub scan_id_from: ScanIdFrom,
 }
 
 #[derive(Debug, Clone)]
@@ -132,6 +169,13 @@ pub struct SeriesRule {
     pub name: String,
     pub pattern: Regex,
     pub min_files: u64,
+    pub match_on: MatchOn,
+    /// Images (frames) the best matching series must hold.
+    pub min_instances: Option<u64>,
+    /// Values ImageType must contain (`ORIGINAL`, `PRIMARY`), any case.
+    pub image_type: Vec<String>,
+    /// At most this many series may match (a repeated acquisition is refused).
+    pub max_series: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -339,5 +383,21 @@ impl NotifyEvent {
 
     pub fn parse(text: &str) -> Option<NotifyEvent> {
         NotifyEvent::ALL.into_iter().find(|e| e.as_str() == text)
+    }
+}
+
+impl Default for SeriesRule {
+    /// A rule matching every series name, one file, on headers: a base for
+    /// `..SeriesRule::default()`.
+    fn default() -> Self {
+        SeriesRule {
+            name: String::new(),
+            pattern: Regex::new("").expect("the empty regex is valid"),
+            min_files: 1,
+            match_on: MatchOn::Header,
+            min_instances: None,
+            image_type: Vec::new(),
+            max_series: None,
+        }
     }
 }

@@ -130,12 +130,14 @@ fn config(runtime: ContainerRuntime) -> Config {
                 scan_id_column: "ScanID".to_string(),
                 subject_column: "SubjectCode".to_string(),
                 session_column: None,
+                scan_id_from: Default::default(),
             },
             validation: Validation {
                 min_files: 10,
                 required_series: vec![],
             },
             settle_s: 1800,
+            dicom: Default::default(),
         },
         pipelines: vec![bids, qsiprep],
         retry: RetryPolicy {

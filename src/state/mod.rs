@@ -11,6 +11,7 @@
 //! for more than one of them.
 
 pub mod complete;
+mod headers;
 pub mod health;
 mod housekeeping;
 mod schema;

@@ -116,6 +116,33 @@ CREATE TABLE run_summaries (
     PRIMARY KEY (unit_id, state)
 );
 "#,
+    // 5: what each session folder's DICOM headers say, kept under the
+    // folder's fingerprint so that an unchanged folder is never read again.
+    r#"
+CREATE TABLE session_headers (
+    folder      TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    summary     TEXT NOT NULL,
+    read_at     INTEGER NOT NULL,
+    verdict_key TEXT,
+    on_headers  INTEGER,
+    problem     TEXT
+);
+"#,
+    // 6: provenance: what produced each run's output (fixed at submission),
+    // and the image digests, computed once per (path, size, mtime).
+    r#"
+CREATE TABLE run_provenance (
+    run_id     INTEGER PRIMARY KEY REFERENCES runs(id),
+    provenance TEXT NOT NULL
+);
+CREATE TABLE image_digests (
+    path     TEXT PRIMARY KEY,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256   TEXT NOT NULL
+);
+"#,
 ];
 
 /// The schema version this binary writes.

@@ -312,6 +312,7 @@ mod tests {
             scan_id_column: "ScanID".to_string(),
             subject_column: "SubjectCode".to_string(),
             session_column: session.then(|| "SessionID".to_string()),
+            scan_id_from: Default::default(),
         }
     }
 
@@ -478,6 +479,7 @@ mod fuzz {
             scan_id_column: "ScanID".to_string(),
             subject_column: "SubjectCode".to_string(),
             session_column: session.then(|| "SessionID".to_string()),
+            scan_id_from: Default::default(),
         }
     }
 

@@ -28,19 +28,24 @@
 //! of that subject (settling and invalid ones too, so that labels do not shift
 //! while a folder is being copied), ordered by scan ID as plain strings.
 
+pub mod dicom;
 mod mapping;
 mod scan;
 mod validate;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::config::Discovery;
+use regex::Regex;
+
+use crate::config::{DicomMode, Discovery, ScanIdFrom};
 use crate::model::Label;
 
 pub use mapping::{Mapping, MappingProblem, MappingRow, load_mapping, parse_mapping};
 
+use dicom::{HeaderKey, HeaderSummary, KnownHeaders};
 use scan::Walk;
 
 /// Why a session folder name is refused (a control character, or a
@@ -134,6 +139,8 @@ pub struct FoundSession {
     pub problem: Option<String>,
     /// Newest mtime of the folder and everything in it.
     pub mtime: SystemTime,
+    /// What the DICOM headers say, when the session was judged on them.
+    pub headers: Option<Arc<HeaderSummary>>,
 }
 
 impl FoundSession {
@@ -168,6 +175,12 @@ pub struct DiscoveryReport {
     pub skipped: Vec<Skipped>,
     /// Rows of the mapping CSV that could not be used, by line.
     pub problems: Vec<MappingProblem>,
+    /// Header summaries read this time (the folder changed or was new):
+    /// (folder, fingerprint, summary), to be kept for the next discovery.
+    pub headers_read: Vec<(PathBuf, String, HeaderSummary)>,
+    /// Validation verdicts reached this time, to keep beside the summaries:
+    /// (folder, verdict key, judged on headers, problem).
+    pub verdicts: Vec<(PathBuf, String, bool, Option<String>)>,
 }
 
 impl DiscoveryReport {
@@ -182,14 +195,48 @@ impl DiscoveryReport {
 
 /// Scans `dicom_root`, maps and validates its session folders (see the module
 /// documentation for the rules). `now` is a parameter so that the settle rule
-/// can be tested.
+/// can be tested. Reads the DICOM headers of every session (see
+/// [`discover_known`] to skip those already read).
 pub fn discover(
     discovery: &Discovery,
     dicom_root: &Path,
     now: SystemTime,
 ) -> Result<DiscoveryReport, StudyError> {
+    discover_known(discovery, dicom_root, now, KnownHeaders::new())
+}
+
+/// [`discover`], with the header summaries already read: a folder whose
+/// fingerprint is that of its entry in `known` is not read again.
+pub fn discover_known(
+    discovery: &Discovery,
+    dicom_root: &Path,
+    now: SystemTime,
+    known: KnownHeaders,
+) -> Result<DiscoveryReport, StudyError> {
     let (mapping, problems) = load_mapping(&discovery.mapping)?;
-    discover_with_mapping(discovery, &mapping, problems, dicom_root, now)
+    discover_with_mapping(discovery, &mapping, problems, dicom_root, now, known)
+}
+
+/// A walked folder on its way to becoming a session.
+struct Walked<'m> {
+    candidate: scan::Candidate,
+    row: Option<&'m MappingRow>,
+    /// The walk's figures, or why the folder cannot be read.
+    stats: Result<scan::FolderStats, String>,
+    headers: Option<Arc<HeaderSummary>>,
+    /// A kept verdict for these files under these rules: (on headers, problem).
+    verdict: Option<(bool, Option<String>)>,
+}
+
+impl Walked<'_> {
+    /// Whether this session is judged on its headers.
+    fn on_headers(&self, mode: DicomMode) -> bool {
+        match (mode, &self.headers) {
+            (DicomMode::Off, _) | (_, None) => false,
+            (DicomMode::Headers, Some(_)) => true,
+            (DicomMode::Auto, Some(h)) => h.dicom_files + h.corrupt + h.dicomdirs > 0,
+        }
+    }
 }
 
 /// [`discover`] with a mapping already loaded; `problems` are passed through
@@ -200,14 +247,31 @@ pub fn discover_with_mapping(
     problems: Vec<MappingProblem>,
     dicom_root: &Path,
     now: SystemTime,
+    mut known: KnownHeaders,
 ) -> Result<DiscoveryReport, StudyError> {
-    let (candidates, mut skipped) = scan::list_candidates(dicom_root, &discovery.pattern)?;
+    let header_key = match discovery.mapping.scan_id_from {
+        ScanIdFrom::Header(key) => Some(key),
+        ScanIdFrom::Folder => None,
+    };
+    // With the scan ID in the headers, any folder may be a session: the
+    // pattern is applied to the header value instead.
+    let any_name = Regex::new("(?s)^.+$").expect("a valid regex");
+    let listing_pattern = if header_key.is_some() {
+        &any_name
+    } else {
+        &discovery.pattern
+    };
+    let (candidates, mut skipped) = scan::list_candidates(dicom_root, listing_pattern)?;
 
     let mut unmapped = Vec::new();
-    let mut mapped = Vec::new();
+    let mut to_walk = Vec::new();
     for candidate in candidates {
+        if header_key.is_some() {
+            to_walk.push((candidate, None));
+            continue;
+        }
         match mapping.get(&candidate.scan_id) {
-            Some(row) => mapped.push((candidate, row)),
+            Some(row) => to_walk.push((candidate, Some(row))),
             None => unmapped.push(Unmapped {
                 scan_id: candidate.scan_id,
                 folder: candidate.folder,
@@ -215,17 +279,15 @@ pub fn discover_with_mapping(
         }
     }
 
-    let ordinals = ordinals(&mapped);
-
     let cutoff = now
         .checked_sub(Duration::from_secs(discovery.settle_s))
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let folders: Vec<&Path> = mapped.iter().map(|(c, _)| c.folder.as_path()).collect();
+    let folders: Vec<&Path> = to_walk.iter().map(|(c, _)| c.folder.as_path()).collect();
     let walks = scan::walk_all(&folders, cutoff);
 
-    let mut sessions = Vec::new();
-    for (((candidate, row), walk), ordinal) in mapped.into_iter().zip(walks).zip(ordinals) {
-        let (stats, mut problems) = match walk {
+    let mut walked: Vec<Walked> = Vec::new();
+    for ((candidate, row), walk) in to_walk.into_iter().zip(walks) {
+        let stats = match walk {
             Walk::Settling { modified } => {
                 skipped.push(Skipped {
                     folder: candidate.folder,
@@ -240,10 +302,129 @@ pub fn discover_with_mapping(
                 });
                 continue;
             }
-            Walk::Unreadable(why) => (None, vec![why]),
-            Walk::Done(stats) => {
-                let problem = validate::validate(&stats, &discovery.validation);
+            Walk::Unreadable(why) => Err(why),
+            Walk::Done(stats) => Ok(stats),
+        };
+        walked.push(Walked {
+            candidate,
+            row,
+            stats,
+            headers: None,
+            verdict: None,
+        });
+    }
+
+    // Headers: from `known` when the folder is unchanged, else read now.
+    let mut headers_read = Vec::new();
+    let verdict_key = dicom::verdict_key(discovery);
+    if discovery.dicom != DicomMode::Off {
+        let mut to_read = Vec::new();
+        for (i, w) in walked.iter_mut().enumerate() {
+            let Ok(stats) = &w.stats else { continue };
+            let fingerprint = fingerprint_text(stats.fingerprint);
+            match known.remove(&w.candidate.folder) {
+                Some(k) if k.fingerprint == fingerprint => match (k.verdict, k.summary) {
+                    (Some((key, on_headers, problem)), _)
+                        if key == verdict_key && header_key.is_none() =>
+                    {
+                        w.verdict = Some((on_headers, problem));
+                    }
+                    (_, Some(summary)) => w.headers = Some(Arc::new(summary)),
+                    (_, None) => to_read.push((i, fingerprint)),
+                },
+                _ => to_read.push((i, fingerprint)),
+            }
+        }
+        let paths: Vec<&Path> = to_read
+            .iter()
+            .map(|(i, _)| walked[*i].candidate.folder.as_path())
+            .collect();
+        let summaries = dicom::summarize_all(&paths);
+        for ((i, fingerprint), summary) in to_read.into_iter().zip(summaries) {
+            headers_read.push((
+                walked[i].candidate.folder.clone(),
+                fingerprint,
+                summary.clone(),
+            ));
+            walked[i].headers = Some(Arc::new(summary));
+        }
+    }
+
+    // The scan ID from the headers, and the mapping row it leads to.
+    if let Some(key) = header_key {
+        let mut kept = Vec::new();
+        for mut w in walked {
+            match scan_id_from_headers(&w, key, discovery) {
+                Err(why) => skipped.push(Skipped {
+                    folder: w.candidate.folder,
+                    why,
+                }),
+                Ok((scan_id, session)) => match mapping.get(&scan_id) {
+                    Some(row) => {
+                        w.candidate.scan_id = scan_id;
+                        w.candidate.session = session;
+                        w.row = Some(row);
+                        kept.push(w);
+                    }
+                    None => unmapped.push(Unmapped {
+                        scan_id,
+                        folder: w.candidate.folder,
+                    }),
+                },
+            }
+        }
+        walked = kept;
+    }
+
+    let mapped: Vec<(scan::Candidate, &MappingRow)> = walked
+        .iter()
+        .map(|w| {
+            (
+                w.candidate.clone(),
+                w.row.expect("every kept folder is mapped"),
+            )
+        })
+        .collect();
+    let ordinals = ordinals(&mapped);
+
+    let mut sessions = Vec::new();
+    let mut verdicts = Vec::new();
+    for (w, ordinal) in walked.into_iter().zip(ordinals) {
+        let on_headers = match &w.verdict {
+            Some((on_headers, _)) => *on_headers,
+            None => w.on_headers(discovery.dicom),
+        };
+        let row = w.row.expect("every kept folder is mapped");
+        let candidate = w.candidate;
+        let (stats, mut problems) = match w.stats {
+            Err(why) => (None, vec![why]),
+            Ok(stats) if w.verdict.is_some() => {
+                let problem = w.verdict.and_then(|(_, p)| p);
                 (Some(stats), problem.into_iter().collect())
+            }
+            Ok(stats) => {
+                let problems = match (&w.headers, on_headers) {
+                    (Some(headers), true) => {
+                        dicom::validate::problems(headers, &discovery.validation, &|rule| {
+                            validate::folder_rule(&stats, rule)
+                        })
+                    }
+                    _ if discovery.dicom == DicomMode::Headers => {
+                        vec!["no DICOM file (`discovery.dicom: headers`)".to_string()]
+                    }
+                    _ => validate::validate(&stats, &discovery.validation)
+                        .into_iter()
+                        .collect(),
+                };
+                if discovery.dicom != DicomMode::Off {
+                    verdicts.push((
+                        candidate.folder.clone(),
+                        verdict_key.clone(),
+                        on_headers,
+                        (!problems.is_empty()).then(|| problems.join("; ")),
+                    ));
+                }
+                (Some(stats), problems)
             }
         };
 
@@ -276,6 +457,7 @@ pub fn discover_with_mapping(
             series,
             problem: (!problems.is_empty()).then(|| problems.join("; ")),
             mtime,
+            headers: if on_headers { w.headers } else { None },
         });
     }
 
@@ -297,12 +479,82 @@ pub fn discover_with_mapping(
     for k in &mut skipped {
         k.why = crate::output::escape_controls(&k.why).into_owned();
     }
+    headers_read.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(DiscoveryReport {
         sessions,
         unmapped,
         skipped,
         problems,
+        headers_read,
+        verdicts,
     })
+}
+
+/// A folder's fingerprint as stored.
+pub fn fingerprint_text(fingerprint: u64) -> String {
+    format!("{fingerprint:016x}")
+}
+
+/// The scan ID (and the pattern's `session` capture) from one header
+/// attribute, which must have a single value in the session and pass the
+/// discovery pattern as a folder name would; else why not.
+fn scan_id_from_headers(
+    w: &Walked,
+    key: HeaderKey,
+    discovery: &Discovery,
+) -> Result<(String, Option<String>), String> {
+    let attribute = key.as_str();
+    if let Err(why) = &w.stats {
+        return Err(why.clone());
+    }
+    let Some(headers) = w
+        .headers
+        .as_deref()
+        .filter(|_| w.on_headers(discovery.dicom))
+    else {
+        return Err(format!(
+            "no DICOM file to take the scan ID from (`scan_id_from: header:{attribute}`)"
+        ));
+    };
+    let values: Vec<&(String, u64)> = headers.values_of(key).present().collect();
+    let value = match values.as_slice() {
+        [] => {
+            return Err(format!(
+                "no {attribute} in the DICOM headers, so no scan ID"
+            ));
+        }
+        [(value, _)] => value.as_str(),
+        many => {
+            let listed: Vec<String> = many
+                .iter()
+                .map(|(v, n)| format!("`{v}` ({n} files)"))
+                .collect();
+            return Err(format!(
+                "two subjects in one session: {attribute} {}",
+                listed.join(", ")
+            ));
+        }
+    };
+    let pattern = &discovery.pattern;
+    let Some(captures) = pattern.captures(value) else {
+        return Err(format!(
+            "{attribute} `{value}` does not match the pattern `{}`",
+            pattern.as_str()
+        ));
+    };
+    let scan_id = captures
+        .name("scan_id")
+        .or_else(|| captures.get(0))
+        .map(|m| m.as_str().to_string())
+        .filter(|s| !s.is_empty());
+    let Some(scan_id) = scan_id else {
+        return Err(format!(
+            "the pattern `{}` matched {attribute} `{value}` but captured no scan ID",
+            pattern.as_str()
+        ));
+    };
+    let session = captures.name("session").map(|m| m.as_str().to_string());
+    Ok((scan_id, session))
 }
 
 /// Each mapped folder's 1-based ordinal among the mapped folders of its
@@ -450,12 +702,14 @@ mod tests {
                 scan_id_column: "ScanID".to_string(),
                 subject_column: "SubjectCode".to_string(),
                 session_column: session_column.then(|| "SessionID".to_string()),
+                scan_id_from: Default::default(),
             },
             validation: Validation {
                 min_files: 2,
                 required_series: vec![],
             },
             settle_s: 1800,
+            dicom: Default::default(),
         };
         Study {
             _dir: dir,
@@ -653,6 +907,7 @@ mod tests {
                 name: "dwi".to_string(),
                 pattern: Regex::new("(?i)dmri|dwi").unwrap(),
                 min_files: 60,
+                ..SeriesRule::default()
             }],
         };
         add_session(&s.root, "S1", &[("DWI_64dir", 64), ("T1", 5)]);
@@ -922,9 +1177,11 @@ mod fuzz {
                     scan_id_column: "ScanID".to_string(),
                     subject_column: "SubjectCode".to_string(),
                     session_column: None,
+                    scan_id_from: Default::default(),
                 },
                 validation: Validation { min_files: 1, required_series: vec![] },
                 settle_s: 0,
+                dicom: Default::default(),
             };
             let later = SystemTime::now() + Duration::from_secs(86_400);
             let Ok(report) = discover(&discovery, &root, later) else {

@@ -214,6 +214,9 @@ pub(crate) struct FolderStats {
     /// Newest mtime of the folder and everything in it (hidden entries included:
     /// rsync writes into hidden temporary files).
     pub newest: SystemTime,
+    /// The counted files' paths, sizes and mtimes, hashed: what the header
+    /// summary of the folder is kept under (see [`super::dicom`]).
+    pub fingerprint: u64,
 }
 
 /// Walks one session folder. An entry whose mtime is after `cutoff` makes the
@@ -232,6 +235,7 @@ pub(crate) fn walk_session(folder: &Path, cutoff: SystemTime) -> Walk {
     }
 
     let mut n_files = 0u64;
+    let mut fingerprint = 0u64;
     let mut series: Vec<(String, u64)> = Vec::new();
     // (directory, index into `series` of the series it belongs to)
     let mut stack: Vec<(PathBuf, Option<usize>)> = vec![(folder.to_path_buf(), None)];
@@ -308,6 +312,7 @@ pub(crate) fn walk_session(folder: &Path, cutoff: SystemTime) -> Walk {
             }
             if kind == Kind::File {
                 n_files += 1;
+                fingerprint = fingerprint.wrapping_add(file_hash(&dir, &name, &meta));
                 if let Some(i) = series_idx {
                     series[i].1 += 1;
                 }
@@ -328,7 +333,39 @@ pub(crate) fn walk_session(folder: &Path, cutoff: SystemTime) -> Walk {
         n_files,
         series,
         newest,
+        fingerprint,
     })
+}
+
+/// FNV-1a over a file's path (its folder and name, hashed in place rather
+/// than joined: no allocation per file), size and mtime, finished with a
+/// mixer so that summing the hashes of a folder's files (in any order) stays
+/// well spread.
+fn file_hash(dir: &Path, name: &std::ffi::OsStr, meta: &fs::Metadata) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    for b in dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .copied()
+        .chain([b'/'])
+        .chain(name.as_encoded_bytes().iter().copied())
+        .chain(meta.len().to_le_bytes())
+        .chain(mtime.to_le_bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(PRIME);
+    }
+    // splitmix64's finaliser
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

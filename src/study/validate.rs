@@ -4,7 +4,7 @@
 //! the fix is usually on the scanner side (a series not exported, an export
 //! cut short) and the person reading it is not the one who wrote the config.
 
-use crate::config::Validation;
+use crate::config::{SeriesRule, Validation};
 
 use super::scan::FolderStats;
 
@@ -20,32 +20,37 @@ pub(crate) fn validate(stats: &FolderStats, validation: &Validation) -> Option<S
         ));
     }
     for rule in &validation.required_series {
-        let best = stats
-            .series
-            .iter()
-            .filter(|(name, _)| rule.pattern.is_match(name))
-            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)));
-        match best {
-            None => problems.push(format!(
-                "series `{}` missing: no subfolder matches `{}`",
-                rule.name,
-                rule.pattern.as_str()
-            )),
-            Some((folder, n)) if *n < rule.min_files => problems.push(format!(
-                "series `{}`: {} {} in `{}`, fewer than {}",
-                rule.name,
-                n,
-                plural(*n, "file", "files"),
-                folder,
-                rule.min_files
-            )),
-            Some(_) => {}
-        }
+        problems.extend(folder_rule(stats, rule));
     }
     if problems.is_empty() {
         None
     } else {
         Some(problems.join("; "))
+    }
+}
+
+/// One `required_series` rule on the session's subfolder names.
+pub(crate) fn folder_rule(stats: &FolderStats, rule: &SeriesRule) -> Option<String> {
+    let best = stats
+        .series
+        .iter()
+        .filter(|(name, _)| rule.pattern.is_match(name))
+        .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)));
+    match best {
+        None => Some(format!(
+            "series `{}` missing: no subfolder matches `{}`",
+            rule.name,
+            rule.pattern.as_str()
+        )),
+        Some((folder, n)) if *n < rule.min_files => Some(format!(
+            "series `{}`: {} {} in `{}`, fewer than {}",
+            rule.name,
+            n,
+            plural(*n, "file", "files"),
+            folder,
+            rule.min_files
+        )),
+        Some(_) => None,
     }
 }
 
@@ -60,13 +65,13 @@ mod tests {
     use regex::Regex;
 
     use super::*;
-    use crate::config::SeriesRule;
 
     fn stats(n_files: u64, series: &[(&str, u64)]) -> FolderStats {
         FolderStats {
             n_files,
             series: series.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
             newest: SystemTime::UNIX_EPOCH,
+            fingerprint: 0,
         }
     }
 
@@ -78,11 +83,13 @@ mod tests {
                     name: "dwi".to_string(),
                     pattern: Regex::new("(?i)dmri|dwi").unwrap(),
                     min_files: 60,
+                    ..SeriesRule::default()
                 },
                 SeriesRule {
                     name: "t1w".to_string(),
                     pattern: Regex::new("(?i)t1|mprage").unwrap(),
                     min_files: 1,
+                    ..SeriesRule::default()
                 },
             ],
         }

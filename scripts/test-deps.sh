@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# What the DICOM tests need beside Rust: Debian's `dcm2niix` (the real BIDS
+# conversion) and pydicom (its test files are the real scanner files, and
+# it is the speed anchor of scripts/bench.sh). Quiet when both are there;
+# fails loudly when one cannot be installed.
+set -euo pipefail
+
+if ! command -v dcm2niix >/dev/null 2>&1; then
+    echo "test-deps: installing dcm2niix (Debian package)" >&2
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcm2niix; } >/tmp/nfslurm-test-deps-apt.log 2>&1; then
+        cat /tmp/nfslurm-test-deps-apt.log >&2
+        echo "test-deps: error: cannot install dcm2niix" >&2
+        exit 1
+    fi
+fi
+
+if ! python3 -c 'import pydicom' >/dev/null 2>&1; then
+    echo "test-deps: installing pydicom (PyPI)" >&2
+    if ! python3 -m pip install --quiet pydicom >/tmp/nfslurm-test-deps-pip.log 2>&1 \
+        && ! python3 -m pip install --quiet --break-system-packages pydicom >>/tmp/nfslurm-test-deps-pip.log 2>&1; then
+        cat /tmp/nfslurm-test-deps-pip.log >&2
+        echo "test-deps: error: cannot install pydicom" >&2
+        exit 1
+    fi
+fi
+
+command -v dcm2niix >/dev/null || { echo "test-deps: error: dcm2niix not on PATH after install" >&2; exit 1; }
+python3 -c 'import pydicom' || { echo "test-deps: error: pydicom not importable after install" >&2; exit 1; }
