@@ -323,6 +323,21 @@ impl fmt::Display for Reason {
     }
 }
 
+/// Exit codes with which the shell says a command cannot run at all: 126 (found
+/// but not executable) and 127 (not found). Retrying cannot help.
+pub fn cannot_run(exit_code: i32) -> bool {
+    matches!(exit_code, 126 | 127)
+}
+
+/// The reason recorded on a run that ended with a non-zero exit code.
+pub fn exit_reason(exit_code: i32) -> String {
+    match exit_code {
+        127 => "the command cannot run (exit code 127: command not found)".to_string(),
+        126 => "the command cannot run (exit code 126: not executable)".to_string(),
+        code => format!("exit code {code}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,20 +364,5 @@ mod tests {
         assert_eq!(UnitKey::parse("bids/sub-01/ses-2"), Some(key.clone()));
         assert_eq!(UnitKey::parse("bids/01/2"), Some(key));
         assert_eq!(UnitKey::parse("bids/01; rm/2"), None);
-    }
-}
-
-/// Exit codes with which the shell says a command cannot run at all: 126 (found
-/// but not executable) and 127 (not found). Retrying cannot help.
-pub fn cannot_run(exit_code: i32) -> bool {
-    matches!(exit_code, 126 | 127)
-}
-
-/// The reason recorded on a run that ended with a non-zero exit code.
-pub fn exit_reason(exit_code: i32) -> String {
-    match exit_code {
-        127 => "the command cannot run (exit code 127: command not found)".to_string(),
-        126 => "the command cannot run (exit code 126: not executable)".to_string(),
-        code => format!("exit code {code}"),
     }
 }
