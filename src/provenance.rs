@@ -186,7 +186,16 @@ pub fn record_submission(
             Some(path) => Some(match images.get(path) {
                 Some(i) => i.clone(),
                 None => {
-                    let i = image(store, path)?;
+                    // A relative image path is the config's, as every path
+                    // of the config is.
+                    let local = Path::new(path);
+                    let i = if local.is_relative() && !path.contains("://") {
+                        let mut i = image(store, &config.dir.join(local).to_string_lossy())?;
+                        i.path = path.clone();
+                        i
+                    } else {
+                        image(store, path)?
+                    };
                     images.insert(path.clone(), i.clone());
                     i
                 }

@@ -117,13 +117,22 @@ pub fn run(settings: &Settings, older_than: Option<&str>, dry_run: bool) -> anyh
     }
     let runs = store.all_runs()?;
     let mut listed: HashSet<PathBuf> = HashSet::new();
-    let mut add_files = |items: &mut Vec<Item>, what: String, paths: [&Path; 2]| {
-        for path in paths {
-            if path.is_file() && listed.insert(path.to_path_buf()) {
+    let mut add_files = |items: &mut Vec<Item>, what: String, [script, log]: [&Path; 2]| {
+        // An attempt's files: its script and log, the local job's lock and
+        // status beside the log, its provenance beside the script.
+        let files = [
+            script.to_path_buf(),
+            log.to_path_buf(),
+            crate::executor::local::JobFiles::of_log(log).lock,
+            crate::executor::local::JobFiles::of_log(log).status,
+            crate::provenance::file_of(script),
+        ];
+        for path in &files {
+            if path.is_file() && listed.insert(path.clone()) {
                 items.push(Item {
                     what: what.clone(),
                     bytes: size_of(path),
-                    path: path.to_path_buf(),
+                    path: path.clone(),
                     dir: false,
                 });
             }

@@ -45,7 +45,11 @@ fn object(keys: &[&str], ctx: &str) -> Value {
 fn key_schema(ctx: &str, key: &str) -> Value {
     match (ctx, key) {
         ("site", "container") => object(CONTAINER_KEYS, "container"),
-        (_, "cpus" | "gpus" | "max_attempts" | "max_concurrent" | "min_files" | "slots")
+        (
+            _,
+            "cpus" | "gpus" | "max_attempts" | "max_concurrent" | "min_files" | "slots"
+            | "min_instances" | "max_series",
+        )
         | (_, "infra_max" | "max_submitted" | "sacct_chunk" | "unreachable_after") => {
             json!({"type": "integer", "minimum": 0})
         }
@@ -59,6 +63,7 @@ fn key_schema(ctx: &str, key: &str) -> Value {
             | "max_delay"
             | "lost_after"
             | "poll_interval"
+            | "tool_timeout"
             | "summarise_runs_after",
         ) => duration(),
         (_, "factor" | "jitter" | "mem_factor" | "time_factor") => json!({"type": "number"}),
@@ -97,6 +102,11 @@ fn key_schema(ctx: &str, key: &str) -> Value {
         ("pipeline", "resources") => object(RESOURCE_KEYS, "resources"),
         ("scheduler", "submission") => json!({"enum": ["arrays", "jobs"]}),
         ("container", "runtime") => json!({"enum": ["apptainer", "singularity", "none"]}),
+        ("discovery", "dicom") => json!({"enum": ["auto", "headers", "off"]}),
+        ("series", "match_on") => json!({"enum": ["header", "folder"]}),
+        ("series", "image_type") => {
+            json!({"type": ["string", "array"], "items": {"type": "string"}})
+        }
         // Names, paths, patterns, commands and anything added later: text.
         _ => json!({"type": ["string", "null"]}),
     }

@@ -114,9 +114,13 @@ impl Store {
                  elapsed_s = elapsed_s + excluded.elapsed_s, \
                  max_rss_mb = MAX(COALESCE(max_rss_mb, 0), COALESCE(excluded.max_rss_mb, 0))",
             )?;
+            // A summarised run's provenance goes with it (the files beside
+            // its script are `clean`'s to remove with the attempt).
+            let mut forget = tx.prepare("DELETE FROM run_provenance WHERE run_id = ?1")?;
             let mut delete = tx.prepare("DELETE FROM runs WHERE id = ?1")?;
             for id in &out.run_ids {
                 fold.execute(params![id])?;
+                forget.execute(params![id])?;
                 delete.execute(params![id])?;
             }
         }

@@ -123,10 +123,7 @@ CREATE TABLE session_headers (
     folder      TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL,
     summary     TEXT NOT NULL,
-    read_at     INTEGER NOT NULL,
-    verdict_key TEXT,
-    on_headers  INTEGER,
-    problem     TEXT
+    read_at     INTEGER NOT NULL
 );
 "#,
     // 6: provenance: what produced each run's output (fixed at submission),
@@ -142,6 +139,13 @@ CREATE TABLE image_digests (
     mtime_ns INTEGER NOT NULL,
     sha256   TEXT NOT NULL
 );
+"#,
+    // 5: the validation verdict of each folder's files under the rules of
+    // `verdict_key`, so that an unchanged study is not validated again.
+    r#"
+ALTER TABLE session_headers ADD COLUMN verdict_key TEXT;
+ALTER TABLE session_headers ADD COLUMN on_headers INTEGER;
+ALTER TABLE session_headers ADD COLUMN problem TEXT;
 "#,
 ];
 

@@ -33,9 +33,10 @@ fn clean_removes_old_attempts_and_work_dirs_and_summarises_runs_but_keeps_what_i
     let out = study.ok(&["clean", "--older-than", "0", "--dry-run"]);
     assert!(out.starts_with("would remove:\n"), "{out}");
     assert!(out.contains("  attempt 1 of bids/sub-01/ses-1\n"), "{out}");
-    // bids' failed attempt (script, log) and the three downstream runs it
-    // made `upstream_failed` (scripts only: they never ran).
-    assert!(out.contains("4 work dirs, 5 files"), "{out}");
+    // bids' failed attempt (script, log, the local job's lock and status,
+    // provenance) and the three downstream runs it made `upstream_failed`
+    // (script and provenance only: they never ran).
+    assert!(out.contains("4 work dirs, 11 files"), "{out}");
     assert!(!out.contains("attempt-2"), "{out}");
     assert!(!out.contains("folded"), "runs are kept 180 days: {out}");
     assert_eq!(fs::read(state.join("state.db")).unwrap(), db_before);

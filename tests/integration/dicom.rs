@@ -580,6 +580,24 @@ fn dcm2niix_converts_real_sessions_on_the_slurm_cluster() {
     );
     check_bids_output(&study, "dc01");
     check_bids_output(&study, "dc02");
+    // Provenance names the Slurm job and the node it ran on.
+    let p = study.json(&["show", "bids/sub-dc01/ses-1", "--provenance"]);
+    let job = runs
+        .iter()
+        .find(|r| r["subject"] == "dc01")
+        .map(|r| r["job_id"].clone())
+        .unwrap();
+    assert_eq!(p["job"]["job_id"], job);
+    assert_eq!(p["job"]["executor"], "slurm");
+    assert!(
+        p["job"]["nodes"].as_str().is_some_and(|n| !n.is_empty()),
+        "{p}"
+    );
+    assert!(
+        p["submitted"]["script_sha256"]
+            .as_str()
+            .is_some_and(|h| h.len() == 64)
+    );
 }
 
 #[test]
