@@ -32,6 +32,9 @@ fn sync_dry_run_says_what_it_would_do_and_changes_nothing() {
     let study = chain_study("local", 1, 1, "");
     study.ok(&["discover"]);
     study.ok(&["submit", "--all", "--wait"]);
+    // The worker may still be on its way out (its pid file, its log): wait
+    // for it, so that only the dry run could change the state folder.
+    study.ok(&["worker", "stop"]);
     // A new session arrives.
     study.session_folder("SCAN012", 4);
     study.write(
