@@ -1284,6 +1284,8 @@ impl Store {
                 "withdrawn",
                 why,
             )?;
+            // Its provenance, recorded with the intent, goes with it.
+            tx.execute("DELETE FROM run_provenance WHERE run_id = ?1", [id])?;
             tx.execute("DELETE FROM runs WHERE id = ?1", [id])?;
             tx.execute(
                 "UPDATE units SET last_run_id = (SELECT MAX(id) FROM runs WHERE unit_id = ?1) \
@@ -1527,7 +1529,13 @@ mod tests {
         // A second run of the same unit is attempt 2.
         let ids2 = store.create_runs(&[new_run(&a, "t3")], 102).unwrap();
         assert_eq!(store.run(ids2[0]).unwrap().attempt, 2);
+        // Its provenance is recorded with the intent: withdrawn with it (a
+        // refused or never-sent sbatch failed on the foreign key before).
+        store
+            .save_provenance(&[(ids2[0], "{}".to_string())])
+            .unwrap();
         store.withdraw_runs(&ids2, "test", 103).unwrap();
+        assert_eq!(store.provenance_of(ids2[0]).unwrap(), None);
         let snap = store.snapshot().unwrap();
         assert_eq!(snap.last_run(&a).unwrap().id, ids[0]);
     }
