@@ -1381,34 +1381,21 @@ impl Store {
     }
 
     pub fn audit_since(&self, since_id: i64) -> Result<Vec<(i64, AuditRow)>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, at, unit_id, run_id, scan_id, old_state, new_state, reason FROM audit \
-             WHERE id > ?1 ORDER BY id",
-        )?;
-        let rows = stmt.query_map([since_id], |r| {
-            Ok((
-                r.get(0)?,
-                AuditRow {
-                    at: r.get(1)?,
-                    unit_id: r.get(2)?,
-                    run_id: r.get(3)?,
-                    scan_id: r.get(4)?,
-                    old_state: r.get(5)?,
-                    new_state: r.get(6)?,
-                    reason: r.get(7)?,
-                },
-            ))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.audit_where("id > ?1", since_id)
     }
 
     /// Audit rows written at or after `since_at` (Unix seconds), oldest first.
     pub fn audit_from_time(&self, since_at: i64) -> Result<Vec<(i64, AuditRow)>> {
-        let mut stmt = self.conn.prepare(
+        self.audit_where("at >= ?1", since_at)
+    }
+
+    /// Audit rows (with their IDs) matching `condition` on `?1`, oldest first.
+    fn audit_where(&self, condition: &str, value: i64) -> Result<Vec<(i64, AuditRow)>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT id, at, unit_id, run_id, scan_id, old_state, new_state, reason FROM audit \
-             WHERE at >= ?1 ORDER BY id",
-        )?;
-        let rows = stmt.query_map([since_at], |r| {
+             WHERE {condition} ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([value], |r| {
             Ok((
                 r.get(0)?,
                 AuditRow {

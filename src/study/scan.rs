@@ -377,19 +377,28 @@ enum Kind {
 
 /// Walks every folder, on a few threads; results are in the order of `folders`.
 pub(crate) fn walk_all(folders: &[&Path], cutoff: SystemTime) -> Vec<Walk> {
-    const SERIAL_BELOW: usize = 16;
+    par_map(folders, 16, |f| walk_session(f, cutoff))
+}
+
+/// `f` over every item on a few threads (serially below `serial_below`
+/// items); results are in the order of `items`. Reading folders waits on the
+/// disk (or NFS) more than on the CPU, hence twice the cores, at most 8.
+pub(crate) fn par_map<T: Sync, R: Send>(
+    items: &[T],
+    serial_below: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
     const MAX_THREADS: usize = 8;
-    if folders.len() < SERIAL_BELOW {
-        return folders.iter().map(|f| walk_session(f, cutoff)).collect();
+    if items.len() < serial_below.max(2) {
+        return items.iter().map(&f).collect();
     }
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        // Stat over NFS waits on the network more than on the CPU.
         .saturating_mul(2)
         .clamp(1, MAX_THREADS)
-        .min(folders.len());
+        .min(items.len());
     let next = AtomicUsize::new(0);
-    let mut results: Vec<Option<Walk>> = vec![None; folders.len()];
+    let mut results: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
@@ -397,8 +406,8 @@ pub(crate) fn walk_all(folders: &[&Path], cutoff: SystemTime) -> Vec<Walk> {
                     let mut done = Vec::new();
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(folder) = folders.get(i) else { break };
-                        done.push((i, walk_session(folder, cutoff)));
+                        let Some(item) = items.get(i) else { break };
+                        done.push((i, f(item)));
                     }
                     done
                 })
@@ -407,8 +416,8 @@ pub(crate) fn walk_all(folders: &[&Path], cutoff: SystemTime) -> Vec<Walk> {
         for handle in handles {
             match handle.join() {
                 Ok(done) => {
-                    for (i, walk) in done {
-                        results[i] = Some(walk);
+                    for (i, r) in done {
+                        results[i] = Some(r);
                     }
                 }
                 Err(panic) => std::panic::resume_unwind(panic),
@@ -417,7 +426,7 @@ pub(crate) fn walk_all(folders: &[&Path], cutoff: SystemTime) -> Vec<Walk> {
     });
     results
         .into_iter()
-        .map(|w| w.expect("every folder index is taken by exactly one thread"))
+        .map(|r| r.expect("every index is taken by exactly one thread"))
         .collect()
 }
 

@@ -19,7 +19,7 @@ pub mod validate;
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -300,46 +300,7 @@ fn read_guarded(path: &Path, size: u64) -> FileHeader {
 
 /// [`summarize`] over many folders on a few threads; in the order of `folders`.
 pub fn summarize_all(folders: &[&Path]) -> Vec<HeaderSummary> {
-    const MAX_THREADS: usize = 8;
-    if folders.len() < 2 {
-        return folders.iter().map(|f| summarize(f)).collect();
-    }
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .saturating_mul(2)
-        .clamp(1, MAX_THREADS)
-        .min(folders.len());
-    let next = AtomicUsize::new(0);
-    let mut results: Vec<Option<HeaderSummary>> = vec![None; folders.len()];
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(folder) = folders.get(i) else { break };
-                        done.push((i, summarize(folder)));
-                    }
-                    done
-                })
-            })
-            .collect();
-        for handle in handles {
-            match handle.join() {
-                Ok(done) => {
-                    for (i, s) in done {
-                        results[i] = Some(s);
-                    }
-                }
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-    });
-    results
-        .into_iter()
-        .map(|s| s.expect("every folder index is taken by exactly one thread"))
-        .collect()
+    crate::study::scan::par_map(folders, 2, |f| summarize(f))
 }
 
 /// What is known of a folder from an earlier discovery.
