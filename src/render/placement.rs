@@ -282,6 +282,11 @@ fn lex(pieces: &[Piece], code_words: bool, flag: &mut dyn FnMut(usize, &'static 
             }
             Piece::Char(c) => c,
         };
+        // `"eval"` is `eval`: text in double quotes at the top level is part
+        // of the word (what a `$` or a backquote opens is not).
+        if ctx == Ctx::Double && stack.len() == 2 && !matches!(c, '"' | '\\' | '$' | '`') {
+            word.push(c);
+        }
         if ctx == Ctx::Top {
             match c {
                 ' ' | '\t' => {
@@ -308,7 +313,14 @@ fn lex(pieces: &[Piece], code_words: bool, flag: &mut dyn FnMut(usize, &'static 
         }
         match ctx {
             Ctx::Double => match c {
-                '\\' => i += 1,
+                '\\' => {
+                    if stack.len() == 2
+                        && let Some(e) = next
+                    {
+                        word.push(e);
+                    }
+                    i += 1;
+                }
                 '"' => {
                     stack.pop();
                 }
@@ -333,7 +345,15 @@ fn lex(pieces: &[Piece], code_words: bool, flag: &mut dyn FnMut(usize, &'static 
             Ctx::Top | Ctx::Command(_) | Ctx::Param(_) => {
                 let in_param = matches!(ctx, Ctx::Param(_));
                 match c {
-                    '\\' => i += 1,
+                    '\\' => {
+                        // `\eval` is `eval`: the escaped character is part of the word.
+                        if ctx == Ctx::Top
+                            && let Some(e) = next.filter(|&e| e != '\n')
+                        {
+                            word.push(e);
+                        }
+                        i += 1;
+                    }
                     '\'' => {
                         // Single quotes (and `$'…'`): nothing is special
                         // until the closing quote, and a hole there is not a word.
@@ -344,6 +364,8 @@ fn lex(pieces: &[Piece], code_words: bool, flag: &mut dyn FnMut(usize, &'static 
                                 Piece::Hole(h) => flag(h, "inside single quotes"),
                                 Piece::Char('\\') if ansi => i += 1,
                                 Piece::Char('\'') => break,
+                                // `'eval'` is `eval`: quoted text is part of the word.
+                                Piece::Char(q) if ctx == Ctx::Top => word.push(q),
                                 Piece::Char(_) => {}
                             }
                             i += 1;
@@ -648,6 +670,19 @@ mod tests {
         assert_eq!(
             places("eval {{ session.scan_id }}"),
             [("as an argument of `eval`", 1)]
+        );
+        // Found by the property test below: a quoted or escaped name is
+        // the same command once the shell removes the quoting.
+        for quoted in ["\\eval", "'eval'", "\"eval\"", "e\\val", "ev'al'"] {
+            assert_eq!(
+                places(&format!("{quoted} {{{{ session.scan_id }}}}")),
+                [("as an argument of `eval`", 1)],
+                "{quoted}"
+            );
+        }
+        assert_eq!(
+            places("\"bash\" -c {{ session.scan_id }}"),
+            [("as a shell's `-c` code", 1)]
         );
         assert_eq!(
             places("x=1; bash -c {{ session.scan_id }}"),
