@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod engine;
+pub mod error;
 pub mod executor;
 pub mod model;
 pub mod notify;

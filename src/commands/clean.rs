@@ -82,7 +82,7 @@ pub fn run(settings: &Settings, older_than: Option<&str>, dry_run: bool) -> anyh
     let _lock = if dry_run {
         None
     } else {
-        super::submit::plan_lock(&config, true)?
+        crate::engine::plan_lock(&config, true)?
     };
     let now = engine::now();
     let cutoff = now - age as i64;

@@ -12,35 +12,10 @@ use crate::model::{Label, RunState, UnitKey};
 use crate::output;
 use crate::plan::{self, Request};
 use crate::render::{Renderer, ScriptInput};
-use crate::state::{RunRow, Store};
+use crate::state::Store;
 
 /// A run named by `run:N`, a job ID, or a unit key (its last run).
-pub fn find_run(store: &Store, target: &str) -> anyhow::Result<RunRow> {
-    if let Some(id) = target
-        .strip_prefix("run:")
-        .and_then(|n| n.parse::<i64>().ok())
-    {
-        return store.run(id).map_err(|_| {
-            Failure::user(
-                format!("no run {id}"),
-                Some("`nfslurm status runs` lists them"),
-            )
-        });
-    }
-    if let Some(run) = store.run_by_job_id(target)? {
-        return Ok(run);
-    }
-    if let Some(key) = UnitKey::parse(target)
-        && let Some(unit_id) = store.unit_id(&key)?
-        && let Some(run) = store.runs_of_unit(unit_id)?.pop()
-    {
-        return Ok(run);
-    }
-    Err(Failure::user(
-        format!("`{target}` is not a known job ID, `run:N` or unit"),
-        Some("units are written `pipeline/sub-01[/ses-1]`; `nfslurm status runs` lists job IDs"),
-    ))
-}
+pub use crate::engine::manage::find_run;
 
 pub fn show(settings: &Settings, target: &str) -> anyhow::Result<i32> {
     if let Some(subject) = super::history::subject_target(target) {

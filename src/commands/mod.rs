@@ -23,9 +23,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use crate::config::{self, Config, ExecutorKind};
-use crate::executor::Executor;
-use crate::executor::local::LocalExecutor;
-use crate::executor::slurm::SlurmExecutor;
 use crate::model::Label;
 use crate::plan::Selection;
 use crate::state::{Snapshot, Store};
@@ -42,34 +39,8 @@ pub struct Settings {
     pub reset_state: bool,
 }
 
-/// An error that carries its exit code (docs/user-guide.md) and an optional hint.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct Failure {
-    pub code: i32,
-    pub message: String,
-    pub hint: Option<String>,
-}
-
-impl Failure {
-    pub fn user(message: impl Into<String>, hint: Option<&str>) -> anyhow::Error {
-        Failure {
-            code: 1,
-            message: message.into(),
-            hint: hint.map(str::to_string),
-        }
-        .into()
-    }
-
-    pub fn unreachable(message: impl Into<String>, hint: Option<&str>) -> anyhow::Error {
-        Failure {
-            code: 2,
-            message: message.into(),
-            hint: hint.map(str::to_string),
-        }
-        .into()
-    }
-}
+pub use crate::engine::{executor_of, make_executor, open_store};
+pub use crate::error::{Failure, error_chain};
 
 /// The selection flags after validation against the config.
 #[derive(Debug, Clone, Default)]
@@ -190,15 +161,6 @@ fn config_failure(err: config::ConfigError) -> anyhow::Error {
     .into()
 }
 
-pub fn open_store(config: &Config) -> anyhow::Result<Store> {
-    Store::open(&config.paths.state_dir).with_context(|| {
-        format!(
-            "cannot open the state in `{}`",
-            config.paths.state_dir.display()
-        )
-    })
-}
-
 /// A snapshot of the state, or an empty one when the study never ran.
 pub fn read_snapshot(config: &Config) -> anyhow::Result<(Option<Store>, Snapshot)> {
     match Store::open_existing(&config.paths.state_dir)? {
@@ -208,33 +170,6 @@ pub fn read_snapshot(config: &Config) -> anyhow::Result<(Option<Store>, Snapshot
         }
         None => Ok((None, Snapshot::default())),
     }
-}
-
-pub fn make_executor(config: &Config) -> Box<dyn Executor> {
-    executor_of(config, config.executor)
-}
-
-/// The executor of `kind` (for the open runs it owns).
-pub fn executor_of(config: &Config, kind: ExecutorKind) -> Box<dyn Executor> {
-    match kind {
-        ExecutorKind::Local => Box::new(LocalExecutor::new(config)),
-        ExecutorKind::Slurm => Box::new(SlurmExecutor::new(config)),
-    }
-}
-
-/// An error with its causes, `outer: inner: root`, for one-line messages.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// A path for people: relative to the working directory when inside it,

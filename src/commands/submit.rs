@@ -9,64 +9,11 @@ use serde_json::json;
 use super::{Failure, SelectionSpec, Settings};
 use crate::config::{Config, ExecutorKind};
 use crate::engine::{self, SubmittedRun};
-use crate::executor::ExecError;
 use crate::model::UnitKey;
 use crate::output;
 use crate::plan::{self, Dependency, Plan, Request};
 use crate::render::Renderer;
-use crate::state::{self, LockGuard, Store};
-
-/// The plan lock: only its holder plans and submits, so nothing is submitted twice.
-pub fn plan_lock(config: &Config, wait: bool) -> anyhow::Result<Option<LockGuard>> {
-    let dir = &config.paths.state_dir;
-    let timeout = if wait {
-        Duration::from_secs(60)
-    } else {
-        Duration::ZERO
-    };
-    match state::lock_with_timeout(dir, "plan.lock", timeout)? {
-        Some(guard) => Ok(Some(guard)),
-        None if wait => Err(Failure::user(
-            format!(
-                "another nfslurm command holds `{}`",
-                dir.join("plan.lock").display()
-            ),
-            Some(
-                "wait for it to finish (a sync can take a while on a busy controller), then try again",
-            ),
-        )),
-        None => Ok(None),
-    }
-}
-
-fn exec_failure(err: ExecError) -> anyhow::Error {
-    match err {
-        ExecError::Unreachable(msg) => Failure::unreachable(
-            msg,
-            Some("nothing was left half-done: run the same command again once the cluster answers"),
-        ),
-        other => other.into(),
-    }
-}
-
-/// Reconciles the open runs of every executor that has some.
-pub fn reconcile_all(
-    config: &Config,
-    store: &mut Store,
-) -> anyhow::Result<Vec<crate::state::RunUpdate>> {
-    let open = store.open_runs()?;
-    let mut all = Vec::new();
-    for kind in [ExecutorKind::Local, ExecutorKind::Slurm] {
-        if !open.iter().any(|r| r.executor == kind) {
-            continue;
-        }
-        let mut exec = super::executor_of(config, kind);
-        all.extend(
-            engine::reconcile(config, store, exec.as_mut(), engine::now()).map_err(exec_failure)?,
-        );
-    }
-    Ok(all)
-}
+use crate::state::{self, Store};
 
 fn dep_keys(
     plan: &Plan,
@@ -269,132 +216,6 @@ fn print_submissions(
     Ok(())
 }
 
-/// What a submission did, for the command to report.
-#[derive(Debug, Default)]
-pub struct Submitted {
-    pub rows: Vec<SubmittedRun>,
-    /// The cluster could not be reached (exit 2).
-    pub unreachable: Option<String>,
-    /// Submissions sbatch refused (a config error: exit 1); their runs were
-    /// withdrawn.
-    pub rejected: Vec<crate::executor::Rejected>,
-    /// Units left for a later sync by submit limits.
-    pub deferred: usize,
-}
-
-impl Submitted {
-    /// Says on stderr what did not go as planned (stdout stays data).
-    pub fn report_problems(&self, settings: &Settings) {
-        // The last refusal is the command's error (unless the cluster went
-        // unreachable, which is then); the others are said here, in order.
-        let shown = if self.unreachable.is_none() {
-            self.rejected.len().saturating_sub(1)
-        } else {
-            self.rejected.len()
-        };
-        for rejected in &self.rejected[..shown] {
-            eprintln!("error: {}", rejected.message);
-        }
-        if self.deferred > 0 && !settings.quiet {
-            eprintln!(
-                "{} {} for a later sync: a submit limit was reached (`max_submitted`, `max_concurrent` or the cluster's own)",
-                self.deferred,
-                if self.deferred == 1 {
-                    "unit waits"
-                } else {
-                    "units wait"
-                }
-            );
-        }
-    }
-
-    /// The exit error, if any: unreachable (2), then refused (1).
-    pub fn failure(&self, hint: &str) -> Option<anyhow::Error> {
-        if let Some(msg) = &self.unreachable {
-            return Some(Failure::unreachable(msg.clone(), Some(hint)));
-        }
-        let last = self.rejected.last()?;
-        let units: usize = self.rejected.iter().map(|r| r.runs.len()).sum();
-        Some(Failure::user(
-            last.message.clone(),
-            Some(&format!(
-                "a config error: fix the directive in the template or the config; nothing was submitted for {} (no attempt spent), and the next `submit` or `sync` tries again",
-                output::count(units, "unit", "units")
-            )),
-        ))
-    }
-}
-
-/// Submits what the request asks for.
-pub fn submit_request(
-    config: &Config,
-    store: &mut Store,
-    request: &Request,
-) -> anyhow::Result<Submitted> {
-    let snapshot = store.snapshot()?;
-    let plan = plan::plan(config, &snapshot, engine::now(), request);
-    if plan.actions.is_empty() {
-        return Ok(Submitted::default());
-    }
-    let renderer =
-        Renderer::new(config).map_err(|e| Failure::user(super::error_chain(&e), None))?;
-    let mut executor = super::make_executor(config);
-    let (rows, outcome) = engine::submit_actions(
-        config,
-        store,
-        executor.as_mut(),
-        &plan,
-        &snapshot,
-        &renderer,
-        engine::now(),
-    )
-    .map_err(|e| match e {
-        engine::SubmitError::Exec(x) => exec_failure(x),
-        other => anyhow::Error::new(other),
-    })?;
-    Ok(Submitted {
-        rows,
-        unreachable: outcome.unreachable,
-        rejected: outcome.rejected,
-        deferred: outcome.deferred,
-    })
-}
-
-/// Runs waiting and running now, over every executor: (pending, running).
-fn queue_counts(store: &Store) -> anyhow::Result<(usize, usize)> {
-    let open = store.open_runs()?;
-    let running = open
-        .iter()
-        .filter(|r| r.state == crate::model::RunState::Running)
-        .count();
-    Ok((open.len() - running, running))
-}
-
-/// Units done before that are now `stale` because a forced upstream reruns:
-/// the next `sync` (or `submit --all`) reruns them after it.
-fn made_stale(
-    config: &Config,
-    store: &Store,
-    done_before: &HashSet<UnitKey>,
-) -> anyhow::Result<Vec<UnitKey>> {
-    let plan = plan::plan(
-        config,
-        &store.snapshot()?,
-        engine::now(),
-        &Request::default(),
-    );
-    Ok(plan
-        .units
-        .into_iter()
-        .filter(|u| {
-            done_before.contains(&u.key)
-                && u.state == crate::model::UnitState::Stale
-                && u.reason == Some(crate::model::Reason::UpstreamChanged)
-        })
-        .map(|u| u.key)
-        .collect())
-}
-
 fn print_submitted(
     settings: &Settings,
     rows: &[SubmittedRun],
@@ -482,47 +303,15 @@ pub fn run_submit(
         print_submissions(settings, &config, store.as_ref(), &plan, &snapshot)?;
         return Ok(0);
     }
-    let lock = plan_lock(&config, true)?;
     let mut store = super::open_store(&config)?;
-    reconcile_all(&config, &mut store)?;
-    if store.sessions()?.is_empty() {
-        return Err(Failure::user(
-            "nothing to submit: no session is registered in this study yet",
-            Some(
-                "run `nfslurm discover` to register the sessions under `paths.dicom_root`, \
-                 or `nfslurm sync` to discover and submit in one go",
-            ),
-        ));
-    }
-    // Done units before, to say which ones a forced rerun makes stale.
-    let done_before: HashSet<UnitKey> = if force {
-        plan::plan(
-            &config,
-            &store.snapshot()?,
-            engine::now(),
-            &Request::default(),
-        )
-        .units
-        .into_iter()
-        .filter(|u| u.state == crate::model::UnitState::Done)
-        .map(|u| u.key)
-        .collect()
-    } else {
-        HashSet::new()
-    };
-    let submitted = submit_request(&config, &mut store, &request)?;
-    drop(lock);
-    let made_stale = if force && !submitted.rows.is_empty() {
-        made_stale(&config, &store, &done_before)?
-    } else {
-        Vec::new()
-    };
-    let queue = queue_counts(&store)?;
+    let lock = engine::lock::acquire(&config)?;
+    let report = engine::submit::submit(&config, &mut store, &request, lock)?;
+    let (submitted, made_stale, queue) = (report.submitted, report.made_stale, report.queue);
     // Over a refusal with nothing submitted, the error says it all.
     if !submitted.rows.is_empty() || submitted.rejected.is_empty() {
         print_submitted(settings, &submitted.rows, &made_stale, queue, wait);
     }
-    submitted.report_problems(settings);
+    report_problems(settings, &submitted);
     if let Some(err) = submitted.failure(
         "the runs that reached the cluster are recorded; `nfslurm sync` submits the rest later",
     ) {
@@ -539,6 +328,13 @@ pub fn run_submit(
         return follow(settings, &config, &mut store, &request, ids);
     }
     Ok(0)
+}
+
+/// Says on stderr what did not go as planned (stdout stays data).
+pub fn report_problems(settings: &Settings, submitted: &engine::Submitted) {
+    for line in submitted.problem_lines(settings.quiet) {
+        eprintln!("{line}");
+    }
 }
 
 /// A retry due within this long is waited for by `--wait`.
@@ -593,8 +389,8 @@ pub fn follow(
         std::collections::HashMap::new();
     loop {
         {
-            let _lock = plan_lock(config, true)?;
-            reconcile_all(config, store)?;
+            let _lock = engine::plan_lock(config, true)?;
+            engine::reconcile_all(config, store)?;
         }
         let runs = store.runs_by_ids(&ids)?;
         if lines {
@@ -656,10 +452,10 @@ pub fn follow(
                 .any(|a| followed.contains(&a.key) || request.selection.matches(&a.key))
             {
                 let submitted = {
-                    let _lock = plan_lock(config, true)?;
-                    submit_request(config, store, request)?
+                    let _lock = engine::plan_lock(config, true)?;
+                    engine::submit_request(config, store, request)?
                 };
-                submitted.report_problems(settings);
+                report_problems(settings, &submitted);
                 if let Some(err) = submitted
                     .failure("the runs already submitted go on; `nfslurm sync` picks up the rest")
                 {
@@ -764,12 +560,9 @@ pub(super) fn describe_change(key: &UnitKey, row: &state::AuditRow) -> String {
     }
 }
 
-/// Where the previous sync stopped reporting changes (meta `sync.audit_cursor`).
-const AUDIT_CURSOR: &str = "sync.audit_cursor";
-
 pub fn run_sync(settings: &Settings) -> anyhow::Result<i32> {
     let config = super::load_config(settings)?;
-    let Some(lock) = plan_lock(&config, false)? else {
+    let Some(lock) = engine::plan_lock(&config, false)? else {
         if settings.json {
             output::print_json(&json!({"locked": true}));
         } else if !settings.quiet {
@@ -778,51 +571,16 @@ pub fn run_sync(settings: &Settings) -> anyhow::Result<i32> {
         return Ok(0);
     };
     let mut store = super::open_store(&config)?;
-    // Changes since the previous sync, whoever made them (the local worker,
-    // `submit`, `cancel`), are reported once, by the next sync.
-    let cursor: i64 = match store.meta(AUDIT_CURSOR)? {
-        Some(v) => v.parse().unwrap_or(0),
-        None => store.last_audit_id()?,
-    };
-    let now = engine::now();
-    // Reconcile first: what Slurm did is recorded even when the mapping sheet
-    // or a template is broken and the rest of the sync stops with an error.
-    let reconciled = reconcile_all(&config, &mut store);
-    let unreachable_err = match reconciled {
-        Ok(_) => None,
-        Err(e) if e.downcast_ref::<Failure>().is_some_and(|f| f.code == 2) => {
-            Some(format!("{e:#}"))
-        }
-        Err(e) => return Err(e),
-    };
-    let (report, _) = super::discover::discover_and_register(&config, &mut store, now)?;
-    // With the controller unreachable nothing is submitted on a view of the
-    // queue nfslurm could not refresh.
-    let submitted = match unreachable_err {
-        None => submit_request(&config, &mut store, &Request::default())?,
-        Some(msg) => Submitted {
-            unreachable: Some(msg),
-            ..Default::default()
-        },
-    };
-    drop(lock);
-
-    let audit = store.audit_since(cursor)?;
-    // Keys of the units the audit names only (a no-op sync names none).
-    let mut named: Vec<i64> = audit.iter().filter_map(|(_, a)| a.unit_id).collect();
-    named.sort_unstable();
-    named.dedup();
-    let keys = store.unit_keys_of(&named)?;
-    if let Some((last, _)) = audit.last() {
-        store.set_meta(AUDIT_CURSOR, &last.to_string())?;
-    } else if store.meta(AUDIT_CURSOR)?.is_none() {
-        store.set_meta(AUDIT_CURSOR, &cursor.to_string())?;
-    }
-    crate::notify::after_sync(&config, &store, submitted.unreachable.as_deref());
+    let engine::sync::SyncReport {
+        changes: audit,
+        keys,
+        discovery: report,
+        submitted,
+    } = engine::sync::sync(&config, &mut store, lock)?;
     if settings.json {
         let changes_json: Vec<_> = audit
             .iter()
-            .map(|(_, a)| {
+            .map(|a| {
                 json!({"unit": a.unit_id.and_then(|u| keys.get(&u)).map(|k| k.to_string()),
                        "scan_id": a.scan_id, "run_id": a.run_id, "old_state": a.old_state,
                        "new_state": a.new_state, "reason": a.reason, "at": output::rfc3339(Some(a.at))})
@@ -834,7 +592,7 @@ pub fn run_sync(settings: &Settings) -> anyhow::Result<i32> {
             "unreachable": submitted.unreachable}),
         );
     } else if !settings.quiet {
-        for (_, a) in &audit {
+        for a in &audit {
             match (a.unit_id.and_then(|u| keys.get(&u)), &a.scan_id) {
                 (Some(key), _) => println!("{}", describe_change(key, a)),
                 (None, Some(scan)) => println!("session `{scan}`: {} ({})", a.new_state, a.reason),
@@ -858,7 +616,7 @@ pub fn run_sync(settings: &Settings) -> anyhow::Result<i32> {
             }
         }
     }
-    submitted.report_problems(settings);
+    report_problems(settings, &submitted);
     if let Some(err) = submitted
         .failure("state is unchanged for what could not be checked; the next sync picks it up")
     {

@@ -79,7 +79,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
             reconcile_note = Some(format!("{e}"));
         }
     }
-    let (report, _) = super::discover::discover_and_register(&config, &mut store, now)?;
+    let (report, _) = crate::engine::discover_and_register(&config, &mut store, now)?;
     let snapshot = store.snapshot()?;
     let plan = match reconcile_note {
         None => plan::plan(&config, &snapshot, now, &Request::default()),

@@ -2,16 +2,52 @@
 //! policy, prepare and submit the planned actions. Shared by `submit`, `sync`,
 //! `retry` and the local worker, so every path records state the same way.
 
+pub mod discover;
+pub mod lock;
+pub mod manage;
+pub mod submit;
+pub mod sync;
+
+pub use discover::discover_and_register;
+pub use lock::plan_lock;
+pub use submit::{Submitted, reconcile_all, submit_request};
+
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use anyhow::Context as _;
+
 use crate::config::{Config, ExecutorKind, Resources};
+use crate::executor::local::LocalExecutor;
+use crate::executor::slurm::SlurmExecutor;
 use crate::executor::{ExecError, Executor, Prepared, SubmitOutcome};
 use crate::model::{Label, RunState, UnitKey};
 use crate::plan::{Dependency, Plan, policy};
 use crate::render::{Renderer, ScriptInput, SessionInfo};
 use crate::state::{NewRun, RunUpdate, Snapshot, StateError, Store};
+
+/// Opens (and creates) the study's state.
+pub fn open_store(config: &Config) -> anyhow::Result<Store> {
+    Store::open(&config.paths.state_dir).with_context(|| {
+        format!(
+            "cannot open the state in `{}`",
+            config.paths.state_dir.display()
+        )
+    })
+}
+
+pub fn make_executor(config: &Config) -> Box<dyn Executor> {
+    executor_of(config, config.executor)
+}
+
+/// The executor of `kind` (for the open runs it owns).
+pub fn executor_of(config: &Config, kind: ExecutorKind) -> Box<dyn Executor> {
+    match kind {
+        ExecutorKind::Local => Box::new(LocalExecutor::new(config)),
+        ExecutorKind::Slurm => Box::new(SlurmExecutor::new(config)),
+    }
+}
 
 pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
