@@ -125,6 +125,19 @@ pub enum Command {
         wait: bool,
     },
     /// What cron runs: discover, reconcile, apply retries, submit what is due
+    /// Serve the study over HTTP: the jobs API, live updates and the dashboard
+    #[command(
+        after_help = "Examples:\n  nfslurm serve                         http://127.0.0.1:8765, this machine only\n  nfslurm serve --listen 127.0.0.1:9000\n  ssh -L 8765:127.0.0.1:8765 login.cluster   then open the printed URL on your laptop"
+    )]
+    Serve {
+        /// Address and port to listen on; anything but loopback is reachable
+        /// from other machines
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8765")]
+        listen: std::net::SocketAddr,
+        /// Job creations (`POST /api/v1/jobs`) allowed per minute
+        #[arg(long, value_name = "N", default_value_t = 30)]
+        jobs_per_minute: u32,
+    },
     #[command(
         after_help = "Examples:\n  nfslurm sync                  prints one line per change, nothing when nothing changed\n  nfslurm sync --json           the changes as data\n  nfslurm sync --dry-run        what it would record and submit; changes nothing\n  nfslurm cron install          run it from cron every 15 minutes"
     )]

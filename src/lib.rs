@@ -18,6 +18,7 @@ pub mod plan;
 pub mod process;
 pub mod provenance;
 pub mod render;
+pub mod serve;
 pub mod state;
 pub mod study;
 pub mod views;

@@ -235,6 +235,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         } => commands::submit::run_submit(&settings, &selection(&s), force, dry_run, wait),
         Command::Sync { dry_run: true, .. } => commands::sync_dry::run(&settings),
         Command::Sync { .. } => commands::submit::run_sync(&settings),
+        Command::Serve {
+            listen,
+            jobs_per_minute,
+        } => commands::serve::run(&settings, listen, jobs_per_minute),
         Command::Status {
             view,
             selection: s,

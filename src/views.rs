@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::engine;
 use crate::output;
 use crate::plan::{self, Request, Selection, UnitPlan};
-use crate::state::{RunRow, Store};
+use crate::state::{RunRow, Snapshot, Store};
 
 /// The document of `status --json`: every selected unit with its state,
 /// counts per pipeline and state, and the alerts found in failed runs' logs.
@@ -24,9 +24,20 @@ pub fn status_document(
 ) -> anyhow::Result<Value> {
     let (_store, snapshot) = crate::commands::read_snapshot(config)?;
     let plan = plan::plan(config, &snapshot, engine::now(), &Request::default());
+    Ok(status_document_of(config, &snapshot, &plan, selection, states))
+}
+
+/// [`status_document`] from a snapshot and its plan already made.
+pub fn status_document_of(
+    config: &Config,
+    snapshot: &Snapshot,
+    plan: &plan::Plan,
+    selection: &Selection,
+    states: &[String],
+) -> Value {
     let alerts = crate::alerts::tally(
         config,
-        &plan,
+        plan,
         |k| selection.matches(k),
         |id| snapshot.runs.get(&id),
     );
@@ -61,7 +72,7 @@ pub fn status_document(
             })
         })
         .collect();
-    Ok(json!({ "units": list, "counts": counts, "alerts": alerts }))
+    json!({ "units": list, "counts": counts, "alerts": alerts })
 }
 
 /// The document of `status runs --json`: `{"runs": [...]}`, oldest first.

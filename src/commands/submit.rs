@@ -560,6 +560,23 @@ pub(super) fn describe_change(key: &UnitKey, row: &state::AuditRow) -> String {
     }
 }
 
+/// The document of `sync --json` (and of the server's sync).
+pub fn sync_json(done: &engine::sync::SyncReport) -> serde_json::Value {
+    let changes: Vec<_> = done
+        .changes
+        .iter()
+        .map(|a| {
+            json!({"unit": a.unit_id.and_then(|u| done.keys.get(&u)).map(|k| k.to_string()),
+                   "scan_id": a.scan_id, "run_id": a.run_id, "old_state": a.old_state,
+                   "new_state": a.new_state, "reason": a.reason, "at": output::rfc3339(Some(a.at))})
+        })
+        .collect();
+    let submitted = &done.submitted;
+    json!({"changes": changes, "submitted": submitted.rows.len(),
+        "deferred": submitted.deferred, "unmapped": done.discovery.unmapped.len(),
+        "unreachable": submitted.unreachable})
+}
+
 pub fn run_sync(settings: &Settings) -> anyhow::Result<i32> {
     let config = super::load_config(settings)?;
     let Some(lock) = engine::plan_lock(&config, false)? else {
@@ -571,27 +588,17 @@ pub fn run_sync(settings: &Settings) -> anyhow::Result<i32> {
         return Ok(0);
     };
     let mut store = super::open_store(&config)?;
+    let done = engine::sync::sync(&config, &mut store, lock)?;
+    if settings.json {
+        output::print_json(&sync_json(&done));
+    }
     let engine::sync::SyncReport {
         changes: audit,
         keys,
         discovery: report,
         submitted,
-    } = engine::sync::sync(&config, &mut store, lock)?;
-    if settings.json {
-        let changes_json: Vec<_> = audit
-            .iter()
-            .map(|a| {
-                json!({"unit": a.unit_id.and_then(|u| keys.get(&u)).map(|k| k.to_string()),
-                       "scan_id": a.scan_id, "run_id": a.run_id, "old_state": a.old_state,
-                       "new_state": a.new_state, "reason": a.reason, "at": output::rfc3339(Some(a.at))})
-            })
-            .collect();
-        output::print_json(
-            &json!({"changes": changes_json, "submitted": submitted.rows.len(),
-            "deferred": submitted.deferred, "unmapped": report.unmapped.len(),
-            "unreachable": submitted.unreachable}),
-        );
-    } else if !settings.quiet {
+    } = done;
+    if !settings.json && !settings.quiet {
         for a in &audit {
             match (a.unit_id.and_then(|u| keys.get(&u)), &a.scan_id) {
                 (Some(key), _) => println!("{}", describe_change(key, a)),

@@ -15,6 +15,7 @@ mod headers;
 pub mod health;
 mod housekeeping;
 mod schema;
+mod watch;
 
 pub use housekeeping::{RunSummary, Summarised};
 
