@@ -24,7 +24,9 @@ pub fn status_document(
 ) -> anyhow::Result<Value> {
     let (_store, snapshot) = crate::commands::read_snapshot(config)?;
     let plan = plan::plan(config, &snapshot, engine::now(), &Request::default());
-    Ok(status_document_of(config, &snapshot, &plan, selection, states))
+    Ok(status_document_of(
+        config, &snapshot, &plan, selection, states,
+    ))
 }
 
 /// [`status_document`] from a snapshot and its plan already made.

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use serde_json::json;
 
 use super::Settings;
-use crate::output;
 use crate::serve::{self, Options};
 
 pub fn run(settings: &Settings, listen: SocketAddr, jobs_per_minute: u32) -> anyhow::Result<i32> {
@@ -21,11 +20,15 @@ pub fn run(settings: &Settings, listen: SocketAddr, jobs_per_minute: u32) -> any
     };
     serve::run(config, &options, |started| {
         if settings.json {
-            output::print_json(&json!({
-                "url": started.url,
-                "listen": started.addr.to_string(),
-                "token_file": super::json_path(&started.token_file),
-            }));
+            // One line: a script reads it while the server runs.
+            println!(
+                "{}",
+                json!({
+                    "url": started.url,
+                    "listen": started.addr.to_string(),
+                    "token_file": super::json_path(&started.token_file),
+                })
+            );
         } else {
             println!("serving {}", started.url);
             if !settings.quiet {

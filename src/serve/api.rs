@@ -117,7 +117,11 @@ fn body<T: for<'de> Deserialize<'de>>(bytes: Result<Bytes, BytesRejection>) -> R
             Some("bodies are at most 16 KiB of JSON"),
         )
     })?;
-    let bytes = if bytes.is_empty() { Bytes::from_static(b"{}") } else { bytes };
+    let bytes = if bytes.is_empty() {
+        Bytes::from_static(b"{}")
+    } else {
+        bytes
+    };
     serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -199,10 +203,17 @@ pub async fn list_jobs(
             Some("limit is 1 to 1000 (default 100); page with `after=<last run_id>`"),
         ));
     }
-    let states: Vec<&str> = q.state.as_deref().map(|s| s.split(',').collect()).unwrap_or_default();
+    let states: Vec<&str> = q
+        .state
+        .as_deref()
+        .map(|s| s.split(',').collect())
+        .unwrap_or_default();
     for s in &states {
         if crate::model::RunState::parse(s).is_none() {
-            let words: Vec<&str> = crate::model::RunState::ALL.iter().map(|s| s.as_str()).collect();
+            let words: Vec<&str> = crate::model::RunState::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .collect();
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("`state={s}` is not a run state"),
@@ -217,7 +228,10 @@ pub async fn list_jobs(
         .jobs
         .iter()
         .map(|j| &**j)
-        .filter(|j| q.after.is_none_or(|a| j["run_id"].as_i64().is_some_and(|id| id < a)))
+        .filter(|j| {
+            q.after
+                .is_none_or(|a| j["run_id"].as_i64().is_some_and(|id| id < a))
+        })
         .filter(|j| states.is_empty() || states.iter().any(|s| j["state"] == *s))
         .filter(|j| q.pipeline.as_deref().is_none_or(|p| j["pipeline"] == p))
         .filter(|j| subject.is_none_or(|s| j["subject"] == s))
@@ -294,7 +308,8 @@ fn read_tail(path: &std::path::Path, lines: usize) -> Option<String> {
     let len = file.metadata().ok()?.len();
     // 256 bytes a line is generous for a pipeline's log; capped at 4 MiB.
     let window = (lines as u64 * 256).clamp(16 * 1024, 4 * 1024 * 1024);
-    file.seek(SeekFrom::Start(len.saturating_sub(window))).ok()?;
+    file.seek(SeekFrom::Start(len.saturating_sub(window)))
+        .ok()?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).ok()?;
     let text = String::from_utf8_lossy(&bytes);
@@ -311,8 +326,7 @@ pub async fn job_result(State(state): State<Arc<AppState>>, Path(id): Path<Strin
     let value = blocking(move || {
         let store = read_store(&config)?;
         let run = store.run(id).map_err(|_| ApiError::not_found("such job"))?;
-        let provenance =
-            crate::provenance::document(&store, &run).map_err(anyhow::Error::from)?;
+        let provenance = crate::provenance::document(&store, &run).map_err(anyhow::Error::from)?;
         let prov_file = crate::provenance::file_of(&run.script_path);
         let outputs: Vec<Value> = [
             ("log", run.log_path.clone()),
@@ -356,12 +370,17 @@ pub struct JobsBody {
 
 /// What a submission's problems mean to the API (none: `None`).
 fn submitted_problem(submitted: &engine::Submitted) -> Option<Value> {
-    let err = submitted.failure("the runs that reached the cluster are recorded; the next sync submits the rest")?;
+    let err = submitted.failure(
+        "the runs that reached the cluster are recorded; the next sync submits the rest",
+    )?;
     let f = err.downcast_ref::<Failure>()?;
     Some(json!({"error": f.message, "hint": f.hint, "unreachable": f.code == 2}))
 }
 
-pub async fn create_jobs(State(state): State<Arc<AppState>>, bytes: Result<Bytes, BytesRejection>) -> ApiResult {
+pub async fn create_jobs(
+    State(state): State<Arc<AppState>>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> ApiResult {
     let req: JobsBody = body(bytes)?;
     if let Some(wait) = state.rate_limited() {
         let mut err = ApiError::new(
@@ -512,7 +531,10 @@ async fn retry(
     Ok(json_response(StatusCode::OK, &value))
 }
 
-pub async fn sync(State(state): State<Arc<AppState>>, bytes: Result<Bytes, BytesRejection>) -> ApiResult {
+pub async fn sync(
+    State(state): State<Arc<AppState>>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> ApiResult {
     let _: Empty = body(bytes)?;
     let config = state.config.clone();
     let value = blocking(move || {

@@ -39,7 +39,9 @@ pub fn load_or_create(state_dir: &Path) -> anyhow::Result<String> {
                         "`{}` can be read by other users (mode {mode:o})",
                         path.display()
                     ),
-                    Some("delete it (a new token is made at the next start), or `chmod 600` it if no one else can have read it"),
+                    Some(
+                        "delete it (a new token is made at the next start), or `chmod 600` it if no one else can have read it",
+                    ),
                 ));
             }
             let text = std::fs::read_to_string(&path)?;

@@ -41,6 +41,23 @@ impl AppState {
         self.cache.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// One job as it is now: from the cache, else (created since the
+    /// watcher's last look) from the state.
+    pub async fn job(&self, id: i64) -> Option<Arc<serde_json::Value>> {
+        if let Some(job) = self.cache().job(id) {
+            return Some(job);
+        }
+        let dir = self.config.paths.state_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let store = crate::state::Store::open_read_only(&dir).ok()?;
+            let run = store.run(id).ok()?;
+            Some(Arc::new(crate::views::run_json(&run)))
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     /// `Some(seconds to wait)` when job creation is over its rate.
     fn rate_limited(&self) -> Option<u64> {
         self.rate
@@ -181,8 +198,10 @@ pub fn run(
 
 async fn shutdown() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-    else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };

@@ -59,12 +59,20 @@ struct Seen {
 }
 
 /// Builds the documents from one read of the state.
-fn build(config: &Config, snapshot: &Snapshot, runs: Vec<crate::state::RunRow>) -> (Cache, Vec<Value>) {
+fn build(
+    config: &Config,
+    snapshot: &Snapshot,
+    runs: Vec<crate::state::RunRow>,
+) -> (Cache, Vec<Value>) {
     let now = engine::now();
     let plan = plan::plan(config, snapshot, now, &Request::default());
-    let status = crate::views::status_document_of(config, snapshot, &plan, &Selection::default(), &[]);
+    let status =
+        crate::views::status_document_of(config, snapshot, &plan, &Selection::default(), &[]);
     let units = status["units"].as_array().cloned().unwrap_or_default();
-    let mut jobs: Vec<Arc<Value>> = runs.iter().map(|r| Arc::new(crate::views::run_json(r))).collect();
+    let mut jobs: Vec<Arc<Value>> = runs
+        .iter()
+        .map(|r| Arc::new(crate::views::run_json(r)))
+        .collect();
     jobs.sort_by_key(|j| std::cmp::Reverse(j["run_id"].as_i64().unwrap_or(0)));
     let by_id = jobs
         .iter()

@@ -65,7 +65,7 @@ pub async fn job(
         return ApiError::new(axum::http::StatusCode::NOT_FOUND, "no such job", None)
             .into_response();
     };
-    if state.cache().job(id).is_none() {
+    if state.job(id).await.is_none() {
         return ApiError::new(axum::http::StatusCode::NOT_FOUND, "no such job", None)
             .into_response();
     }
@@ -104,7 +104,7 @@ fn ending(job: &Value) -> Option<String> {
 async fn job_loop(state: Arc<AppState>, id: i64, mut socket: WebSocket) {
     // Subscribe before reading the job: no change falls in between.
     let mut rx = state.events.subscribe();
-    let Some(job) = state.cache().job(id) else {
+    let Some(job) = state.job(id).await else {
         return;
     };
     if !send(&mut socket, &message("status", &job)).await {

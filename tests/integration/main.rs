@@ -17,6 +17,7 @@ mod ops;
 mod provenance;
 mod reference;
 mod schedules;
+mod serve;
 mod slurm;
 mod templates;
 mod views;
