@@ -271,7 +271,7 @@ fn child(what: &str, config_path: &Path) {
     if what == "submit" {
         let renderer = Renderer::new(&config).expect("renderer");
         mark(&mut words, "renderer_ms");
-        let mut executor = RecordingExecutor::new(&config);
+        let mut executor = RecordingExecutor::new();
         let (rows, _) = engine::submit_actions(
             &config,
             &mut store,

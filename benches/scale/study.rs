@@ -210,20 +210,18 @@ impl Study {
 
 /// An executor that calls nothing: it answers every "sbatch" with a fake job
 /// ID and records job IDs in the store exactly as the Slurm executor does in
-/// `jobs` mode (one update per run, written 100 at a time, the rest through
-/// `engine::apply_updates`), so that timing `engine::submit_actions` with it
+/// `jobs` mode (one update per run, recorded in the engine's journal 100 at
+/// a time), so that timing `engine::submit_actions` with it
 /// is the client's own time, outside sbatch.
 pub struct RecordingExecutor {
-    config: Config,
     next_job: u64,
     /// (job name, dependency) of every call, as sbatch would have been given.
     pub calls: Vec<(String, Option<String>)>,
 }
 
 impl RecordingExecutor {
-    pub fn new(config: &Config) -> RecordingExecutor {
+    pub fn new() -> RecordingExecutor {
         RecordingExecutor {
-            config: config.clone(),
             next_job: 5_000_000,
             calls: Vec::new(),
         }
@@ -246,7 +244,7 @@ impl Executor for RecordingExecutor {
 
     fn submit(
         &mut self,
-        store: &mut Store,
+        journal: &mut dyn nfslurm::executor::Journal,
         batch: &[Prepared],
         now: i64,
     ) -> Result<SubmitOutcome, ExecError> {
@@ -272,11 +270,11 @@ impl Executor for RecordingExecutor {
                 ..Default::default()
             });
             if pending.len() >= 100 {
-                store.apply(&pending, &[], now)?;
+                journal.record(&pending)?;
                 pending.clear();
             }
         }
-        engine::apply_updates(&self.config, store, &pending, now)?;
+        journal.record(&pending)?;
         Ok(outcome)
     }
 

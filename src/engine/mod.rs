@@ -58,6 +58,34 @@ fn jitter() -> f64 {
     rand::random_range(-1.0..=1.0)
 }
 
+/// The engine's side of [`crate::executor::Journal`]: what an executor
+/// records goes through [`apply_updates`] and its failure policy.
+pub struct EngineJournal<'a> {
+    config: &'a Config,
+    store: &'a mut Store,
+    now: i64,
+}
+
+impl<'a> EngineJournal<'a> {
+    pub fn new(config: &'a Config, store: &'a mut Store, now: i64) -> EngineJournal<'a> {
+        EngineJournal { config, store, now }
+    }
+}
+
+impl crate::executor::Journal for EngineJournal<'_> {
+    fn store(&self) -> &Store {
+        self.store
+    }
+
+    fn record(&mut self, updates: &[RunUpdate]) -> Result<(), StateError> {
+        apply_updates(self.config, self.store, updates, self.now)
+    }
+
+    fn set_tokens(&mut self, tokens: &[(i64, String)]) -> Result<(), StateError> {
+        self.store.set_tokens(tokens)
+    }
+}
+
 /// Applies run updates and, for runs that just ended, the failure policy.
 pub fn apply_updates(
     config: &Config,
@@ -415,7 +443,8 @@ pub fn submit_actions(
                 .collect(),
         })
         .collect();
-    let mut outcome = executor.submit(store, &prepared, now)?;
+    let mut outcome =
+        executor.submit(&mut EngineJournal::new(config, store, now), &prepared, now)?;
     outcome.deferred += deferred;
     if !outcome.withdrawn.is_empty() {
         store.withdraw_runs(&outcome.withdrawn, "not submitted", now)?;

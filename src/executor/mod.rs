@@ -73,6 +73,19 @@ pub enum ExecError {
     Other(String),
 }
 
+/// The executors' only way to write run state. The engine implements it and
+/// applies the failure policy to the runs that ended; executors record as
+/// they go (a crash loses at most the answers of the call in progress, and
+/// those runs are adopted by token at the next sync).
+pub trait Journal {
+    /// The state, to read (job IDs of runs already in flight).
+    fn store(&self) -> &Store;
+    /// Records what happened to runs: submitted (job IDs), or ended.
+    fn record(&mut self, updates: &[RunUpdate]) -> Result<(), crate::state::StateError>;
+    /// Records runs' tokens before the sbatch call that carries them.
+    fn set_tokens(&mut self, tokens: &[(i64, String)]) -> Result<(), crate::state::StateError>;
+}
+
 pub trait Executor {
     fn kind(&self) -> crate::config::ExecutorKind;
 
@@ -85,10 +98,10 @@ pub trait Executor {
     ) -> Result<Vec<RunUpdate>, ExecError>;
 
     /// Hands the runs over, in order (each after the runs it depends on).
-    /// Records job IDs in the store as it goes.
+    /// Records job IDs in the journal as it goes.
     fn submit(
         &mut self,
-        store: &mut Store,
+        journal: &mut dyn Journal,
         batch: &[Prepared],
         now: i64,
     ) -> Result<SubmitOutcome, ExecError>;

@@ -29,6 +29,7 @@ pub use job::{JobFiles, JobSpec, JobStatus, Probe, run_job};
 
 use crate::config::{Config, ExecutorKind};
 use crate::engine;
+use crate::executor::Journal;
 use crate::executor::{CANCELLED_BY_US, ExecError, Executor, Prepared, SubmitOutcome};
 use crate::model::RunState;
 use crate::state::{self, RunRow, RunUpdate, Store};
@@ -206,7 +207,7 @@ impl Executor for LocalExecutor {
 
     fn submit(
         &mut self,
-        store: &mut Store,
+        journal: &mut dyn Journal,
         batch: &[Prepared],
         now: i64,
     ) -> Result<SubmitOutcome, ExecError> {
@@ -220,7 +221,7 @@ impl Executor for LocalExecutor {
                 ..Default::default()
             })
             .collect();
-        store.apply(&updates, &[], now)?;
+        journal.record(&updates)?;
         if self.autostart {
             ensure_worker(&self.config)?;
         }
@@ -619,7 +620,7 @@ pub fn run_worker(config: &Config, slots: Option<u32>) -> anyhow::Result<()> {
                 }),
             }
         }
-        engine::apply_updates(config, &mut store, &updates, now)?;
+        engine::EngineJournal::new(config, &mut store, now).record(&updates)?;
 
         if watched.is_empty() && (signals > 0 || !waiting) && !submitting {
             // Quiet for a moment: a submit may be adding runs right now.

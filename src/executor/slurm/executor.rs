@@ -15,6 +15,7 @@ use super::directives;
 use super::parse::{self, SACCT_FORMAT, SQUEUE_FORMAT, SacctJob, SlurmState, SqueueRow};
 use crate::config::{Config, Scheduler, SubmissionMode};
 use crate::engine;
+use crate::executor::Journal;
 use crate::executor::{CANCELLED_BY_US, ExecError, Executor, Prepared, Rejected, SubmitOutcome};
 use crate::model::RunState;
 use crate::state::{RunRow, RunUpdate, Store};
@@ -173,7 +174,7 @@ impl SlurmExecutor {
     /// sbatch is called.
     fn write_array_script(
         &self,
-        store: &mut Store,
+        journal: &mut dyn Journal,
         batch: &[Prepared],
         members: &[(usize, u32)],
         token: &str,
@@ -184,7 +185,7 @@ impl SlurmExecutor {
             .iter()
             .map(|&(i, t)| (batch[i].run_id, format!("{token}_{t}")))
             .collect();
-        store.set_tokens(&tokens)?;
+        journal.set_tokens(&tokens)?;
         let pipeline = self.config.pipeline(&first.key.pipeline);
         let throttle = pipeline.and_then(|p| p.max_concurrent);
         let state_dir = &self.config.paths.state_dir;
@@ -590,7 +591,7 @@ impl Executor for SlurmExecutor {
 
     fn submit(
         &mut self,
-        store: &mut Store,
+        journal: &mut dyn Journal,
         batch: &[Prepared],
         now: i64,
     ) -> Result<SubmitOutcome, ExecError> {
@@ -600,7 +601,8 @@ impl Executor for SlurmExecutor {
             .iter()
             .flat_map(|p| p.depends_on.iter().copied())
             .collect();
-        let mut job_of: HashMap<i64, String> = store
+        let mut job_of: HashMap<i64, String> = journal
+            .store()
             .runs_by_ids(&outside)?
             .into_iter()
             .filter(|r| r.state.in_flight())
@@ -695,7 +697,7 @@ impl Executor for SlurmExecutor {
             let script = match submission {
                 Submission::Single(_) => first.script_path.clone(),
                 Submission::Array { members, .. } => {
-                    self.write_array_script(store, batch, members, &token, &args)?
+                    self.write_array_script(journal, batch, members, &token, &args)?
                 }
             };
             args.push(script.to_string_lossy().into_owned());
@@ -728,7 +730,7 @@ impl Executor for SlurmExecutor {
                             });
                         }
                         if pending_updates.len() >= 100 {
-                            store.apply(&pending_updates, &[], now)?;
+                            journal.record(&pending_updates)?;
                             pending_updates.clear();
                         }
                     }
@@ -774,7 +776,7 @@ impl Executor for SlurmExecutor {
             outcome.deferred += outcome.withdrawn.len();
         }
         // Failed submissions go through the failure policy like any failure.
-        engine::apply_updates(&self.config, store, &pending_updates, now)?;
+        journal.record(&pending_updates)?;
         Ok(outcome)
     }
 
