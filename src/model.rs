@@ -284,6 +284,42 @@ impl fmt::Display for RunState {
     }
 }
 
+/// The state a unit's audit line says it came from: a unit state, or the
+/// state of the run that moved it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditFrom {
+    Unit(UnitState),
+    Run(RunState),
+}
+
+impl fmt::Display for AuditFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuditFrom::Unit(s) => s.fmt(f),
+            AuditFrom::Run(s) => s.fmt(f),
+        }
+    }
+}
+
+/// One line of a unit's audit trail: from, to and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitAudit {
+    /// `None`: not known (written `-`).
+    pub from: Option<AuditFrom>,
+    pub to: UnitState,
+    pub why: String,
+}
+
+impl UnitAudit {
+    pub fn new(from: Option<AuditFrom>, to: UnitState, why: impl Into<String>) -> UnitAudit {
+        UnitAudit {
+            from,
+            to,
+            why: why.into(),
+        }
+    }
+}
+
 /// What a user reads for a unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use crate::config::{Config, ExecutorKind};
 use crate::error::Failure;
 use crate::executor::ExecError;
-use crate::model::{Label, UnitKey, UnitState};
+use crate::model::{AuditFrom, Label, UnitAudit, UnitKey, UnitState};
 use crate::plan::{self, Request, Selection};
 use crate::state::{LockGuard, RunRow, Store, UnitUpdate};
 
@@ -133,7 +133,7 @@ pub fn cancel(
             units.push(UnitUpdate {
                 unit_id: r.unit_id,
                 cancelled: Some(true),
-                audit: Some(("-".into(), "cancelled".into(), "nfslurm cancel".into())),
+                audit: Some(UnitAudit::new(None, UnitState::Cancelled, "nfslurm cancel")),
                 ..Default::default()
             });
         }
@@ -145,10 +145,10 @@ pub fn cancel(
             units.push(UnitUpdate {
                 unit_id: *id,
                 cancelled: Some(true),
-                audit: Some((
-                    state.as_str().into(),
-                    "cancelled".into(),
-                    "nfslurm cancel".into(),
+                audit: Some(UnitAudit::new(
+                    Some(AuditFrom::Unit(*state)),
+                    UnitState::Cancelled,
+                    "nfslurm cancel",
                 )),
                 ..Default::default()
             });
@@ -220,10 +220,10 @@ pub fn retry(
                 infra_attempts: Some(0),
                 next_attempt_at: Some(None),
                 cancelled: Some(false),
-                audit: Some((
-                    u.state.as_str().into(),
-                    "waiting".into(),
-                    "nfslurm retry: budget reset".into(),
+                audit: Some(UnitAudit::new(
+                    Some(AuditFrom::Unit(u.state)),
+                    UnitState::Waiting,
+                    "nfslurm retry: budget reset",
                 )),
                 ..Default::default()
             });

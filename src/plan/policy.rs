@@ -2,7 +2,7 @@
 //! its runs ends. Pure: the caller passes the time and the random jitter.
 
 use crate::config::{Pipeline, RetryPolicy};
-use crate::model::RunState;
+use crate::model::{AuditFrom, RunState, UnitAudit, UnitState};
 use crate::state::{RunRow, UnitRow, UnitUpdate};
 
 /// The backoff delay before attempt `attempts + 1`, in seconds:
@@ -61,9 +61,9 @@ pub fn on_run_end(
             let attempts = unit.attempts + 1;
             update.attempts = Some(attempts);
             update.next_attempt_at = Some(None);
-            update.audit = Some((
-                run.state.to_string(),
-                "failed".to_string(),
+            update.audit = Some(UnitAudit::new(
+                Some(AuditFrom::Run(run.state)),
+                UnitState::Failed,
                 format!(
                     "{}: not retried, fix the command or the image, then `nfslurm retry`",
                     crate::model::exit_reason(run.exit_code.unwrap_or(127))
@@ -95,10 +95,14 @@ pub fn on_run_end(
                     change = format!("; time {} s -> {} s", run.time_limit_s, time);
                 }
             }
-            let new = if attempts < max { "retrying" } else { "failed" };
-            update.audit = Some((
-                run.state.to_string(),
-                new.to_string(),
+            let new = if attempts < max {
+                UnitState::Retrying
+            } else {
+                UnitState::Failed
+            };
+            update.audit = Some(UnitAudit::new(
+                Some(AuditFrom::Run(run.state)),
+                new,
                 format!(
                     "{} (failure {attempts} of {max} allowed){change}",
                     run.state
@@ -110,13 +114,13 @@ pub fn on_run_end(
             update.infra_attempts = Some(infra);
             update.next_attempt_at = Some(None);
             let new = if infra > policy.infra_max {
-                "failed"
+                UnitState::Failed
             } else {
-                "retrying"
+                UnitState::Retrying
             };
-            update.audit = Some((
-                run.state.to_string(),
-                new.to_string(),
+            update.audit = Some(UnitAudit::new(
+                Some(AuditFrom::Run(run.state)),
+                new,
                 format!(
                     "infrastructure failure {infra} of {} allowed retries, does not count an attempt",
                     policy.infra_max
@@ -126,10 +130,10 @@ pub fn on_run_end(
         RunState::Cancelled => {
             // Cancelled by a user (scancel or `nfslurm cancel`): no retry until `retry`.
             update.cancelled = Some(true);
-            update.audit = Some((
-                "cancelled".into(),
-                "cancelled".into(),
-                "cancelled by a user: `nfslurm retry` resumes it".into(),
+            update.audit = Some(UnitAudit::new(
+                Some(AuditFrom::Run(RunState::Cancelled)),
+                UnitState::Cancelled,
+                "cancelled by a user: `nfslurm retry` resumes it",
             ));
         }
         _ => {}

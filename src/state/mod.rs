@@ -357,7 +357,7 @@ pub struct UnitUpdate {
     pub cancelled: Option<bool>,
     pub success_run_id: Option<i64>,
     /// Audit line for the unit, if the change is worth one.
-    pub audit: Option<(String, String, String)>,
+    pub audit: Option<crate::model::UnitAudit>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1254,8 +1254,18 @@ impl Store {
                     u.cancelled,
                     u.success_run_id,
                 ])?;
-                if let Some((old, new, why)) = &u.audit {
-                    audit(&tx, now, Some(u.unit_id), None, None, Some(old), new, why)?;
+                if let Some(a) = &u.audit {
+                    let old = a.from.map_or_else(|| "-".to_string(), |f| f.to_string());
+                    audit(
+                        &tx,
+                        now,
+                        Some(u.unit_id),
+                        None,
+                        None,
+                        Some(&old),
+                        a.to.as_str(),
+                        &a.why,
+                    )?;
                 }
             }
         }
