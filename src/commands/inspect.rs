@@ -91,7 +91,7 @@ pub fn show(settings: &Settings, target: &str) -> anyhow::Result<i32> {
             "state": unit.map(|u| u.state.as_str()),
             "reason": unit.and_then(|u| u.reason).map(|r| r.as_str()),
             "detail": unit.and_then(|u| u.detail.clone()),
-            "runs": runs.iter().map(super::status::run_json).collect::<Vec<_>>(),
+            "runs": runs.iter().map(crate::views::run_json).collect::<Vec<_>>(),
             "summarised_runs": summaries,
             "audit": audit.iter().map(|a| json!({"at": output::rfc3339(Some(a.at)), "run_id": a.run_id,
                 "old_state": a.old_state, "new_state": a.new_state, "reason": a.reason})).collect::<Vec<_>>(),

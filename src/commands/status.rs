@@ -18,6 +18,7 @@ use crate::model::{Label, Level, RunState, UnitState};
 use crate::output;
 use crate::plan::{self, Plan, Request, Selection, UnitPlan};
 use crate::state::{RunRow, Store};
+use crate::views;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
@@ -124,6 +125,22 @@ fn render(
     selection: &Selection,
     states: &[String],
 ) -> anyhow::Result<Rendered> {
+    // The JSON documents are built in one place, shared with the server.
+    if settings.json {
+        match view {
+            View::Summary => {
+                return Ok(Rendered::Json(views::status_document(
+                    config, selection, states,
+                )?));
+            }
+            View::Runs => {
+                return Ok(Rendered::Json(views::runs_document(
+                    config, None, selection, states,
+                )?));
+            }
+            View::Matrix => {}
+        }
+    }
     let (store, snapshot) = super::read_snapshot(config)?;
     let now = engine::now();
     let plan = plan::plan(config, &snapshot, now, &Request::default());
@@ -136,18 +153,10 @@ fn render(
                 |k| selection.matches(k),
                 |id| snapshot.runs.get(&id),
             );
-            summary(
-                settings,
-                config,
-                &plan,
-                store.as_ref(),
-                selection,
-                &wanted,
-                &alerts,
-            )
+            summary(config, &plan, store.as_ref(), selection, &wanted, &alerts)
         }
         View::Matrix => matrix(settings, config, &plan, selection, &wanted),
-        View::Runs => runs(settings, config, store.as_ref(), selection, states, now)?,
+        View::Runs => runs(config, store.as_ref(), selection, states, now)?,
     })
 }
 
@@ -243,7 +252,6 @@ fn ago(secs: i64) -> String {
 }
 
 fn summary(
-    settings: &Settings,
     config: &Config,
     plan: &Plan,
     store: Option<&Store>,
@@ -256,34 +264,6 @@ fn summary(
         .iter()
         .filter(|u| selection.matches(&u.key) && wanted(u.state))
         .collect();
-    if settings.json {
-        let mut counts: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
-        for u in &units {
-            *counts
-                .entry(u.key.pipeline.as_str())
-                .or_default()
-                .entry(u.state.as_str())
-                .or_default() += 1;
-        }
-        let list: Vec<_> = units
-            .iter()
-            .map(|u| {
-                json!({
-                    "pipeline": u.key.pipeline,
-                    "subject": u.key.subject,
-                    "session": u.key.session,
-                    "state": u.state.as_str(),
-                    "reason": u.reason.map(|r| r.as_str()),
-                    "detail": u.detail,
-                    "blocked_by": u.blocked_by.as_ref().map(|k| k.to_string()),
-                    "attempts": u.attempts,
-                    "job_id": u.job_id,
-                    "next_attempt_at": output::rfc3339(u.next_attempt_at),
-                })
-            })
-            .collect();
-        return Rendered::Json(json!({ "units": list, "counts": counts, "alerts": alerts }));
-    }
     let mut out = String::new();
     if plan.units.is_empty() {
         out.push_str("no sessions registered yet: run `nfslurm discover` or `nfslurm sync`\n");
@@ -634,33 +614,6 @@ fn efficiency(run: &RunRow) -> Option<u64> {
     (run.mem_mb > 0).then(|| (rss as f64 * 100.0 / run.mem_mb as f64).round() as u64)
 }
 
-pub fn run_json(run: &RunRow) -> serde_json::Value {
-    json!({
-        "run_id": run.id,
-        "pipeline": run.key.pipeline,
-        "subject": run.key.subject,
-        "session": run.key.session,
-        "attempt": run.attempt,
-        "job_id": run.job_id,
-        "token": run.token,
-        "state": run.state.as_str(),
-        "slurm_state": run.slurm_state,
-        "exit_code": run.exit_code,
-        "node": run.node,
-        "submitted_at": output::rfc3339(run.submitted_at),
-        "started_at": output::rfc3339(run.started_at),
-        "ended_at": output::rfc3339(run.ended_at),
-        "elapsed_s": run.elapsed_s,
-        "max_rss_mb": run.max_rss_mb,
-        "mem_mb": run.mem_mb,
-        "cpus": run.cpus,
-        "time_limit_s": run.time_limit_s,
-        "reason": run.reason.clone().or_else(|| Some(run.plan_reason.to_string())),
-        "script": run.script_path,
-        "log": run.log_path,
-    })
-}
-
 /// Elapsed time: as recorded, or so far for a running job.
 fn elapsed(run: &RunRow, now: i64) -> Option<i64> {
     run.elapsed_s.or_else(|| {
@@ -691,27 +644,16 @@ fn run_reason(run: &RunRow) -> String {
 }
 
 fn runs(
-    settings: &Settings,
     config: &Config,
     store: Option<&Store>,
     selection: &Selection,
     states: &[String],
     now: i64,
 ) -> anyhow::Result<Rendered> {
-    let all = match store {
-        Some(s) => s.all_runs()?,
+    let runs = match store {
+        Some(store) => views::select_runs(config, Some(store), selection, states)?,
         None => Vec::new(),
     };
-    let runs: Vec<_> = all
-        .into_iter()
-        .filter(|r| selection.matches(&r.key))
-        .filter(|r| states.is_empty() || states.iter().any(|s| s == r.state.as_str()))
-        .collect();
-    if settings.json {
-        return Ok(Rendered::Json(
-            json!({ "runs": runs.iter().map(run_json).collect::<Vec<_>>() }),
-        ));
-    }
     let mut out = String::new();
     if runs.is_empty() {
         out.push_str("no runs\n");

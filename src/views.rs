@@ -1,0 +1,140 @@
+//! The study's state as JSON documents, read-only: what `status --json` and
+//! `status runs --json` print, and what the dashboard and the server read.
+//!
+//! One place builds each document so that every reader sees the same fields
+//! (a contract: docs/json.md). Nothing here writes to the state.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::engine;
+use crate::output;
+use crate::plan::{self, Request, Selection, UnitPlan};
+use crate::state::{RunRow, Store};
+
+/// The document of `status --json`: every selected unit with its state,
+/// counts per pipeline and state, and the alerts found in failed runs' logs.
+/// `states` keeps only units in those states (unit state words); empty keeps all.
+pub fn status_document(
+    config: &Config,
+    selection: &Selection,
+    states: &[String],
+) -> anyhow::Result<Value> {
+    let (_store, snapshot) = crate::commands::read_snapshot(config)?;
+    let plan = plan::plan(config, &snapshot, engine::now(), &Request::default());
+    let alerts = crate::alerts::tally(
+        config,
+        &plan,
+        |k| selection.matches(k),
+        |id| snapshot.runs.get(&id),
+    );
+    let units: Vec<&UnitPlan> = plan
+        .units
+        .iter()
+        .filter(|u| selection.matches(&u.key))
+        .filter(|u| states.is_empty() || states.iter().any(|s| s == u.state.as_str()))
+        .collect();
+    let mut counts: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
+    for u in &units {
+        *counts
+            .entry(u.key.pipeline.as_str())
+            .or_default()
+            .entry(u.state.as_str())
+            .or_default() += 1;
+    }
+    let list: Vec<_> = units
+        .iter()
+        .map(|u| {
+            json!({
+                "pipeline": u.key.pipeline,
+                "subject": u.key.subject,
+                "session": u.key.session,
+                "state": u.state.as_str(),
+                "reason": u.reason.map(|r| r.as_str()),
+                "detail": u.detail,
+                "blocked_by": u.blocked_by.as_ref().map(|k| k.to_string()),
+                "attempts": u.attempts,
+                "job_id": u.job_id,
+                "next_attempt_at": output::rfc3339(u.next_attempt_at),
+            })
+        })
+        .collect();
+    Ok(json!({ "units": list, "counts": counts, "alerts": alerts }))
+}
+
+/// The document of `status runs --json`: `{"runs": [...]}`, oldest first.
+pub fn runs_document(
+    config: &Config,
+    store: Option<&Store>,
+    selection: &Selection,
+    states: &[String],
+) -> anyhow::Result<Value> {
+    Ok(json!({ "runs": runs_list(config, store, selection, states)? }))
+}
+
+/// The items of [`runs_document`], each the object of [`run_json`].
+pub fn runs_list(
+    config: &Config,
+    store: Option<&Store>,
+    selection: &Selection,
+    states: &[String],
+) -> anyhow::Result<Vec<Value>> {
+    Ok(select_runs(config, store, selection, states)?
+        .iter()
+        .map(run_json)
+        .collect())
+}
+
+/// The runs kept by `selection` and `states` (run or unit state words;
+/// empty keeps all), oldest first. `store` is the study's open state; with
+/// `None` the study's state is read if there is one (a study that never
+/// ran has no runs).
+pub fn select_runs(
+    config: &Config,
+    store: Option<&Store>,
+    selection: &Selection,
+    states: &[String],
+) -> anyhow::Result<Vec<RunRow>> {
+    let all = match store {
+        Some(s) => s.all_runs()?,
+        None => match Store::open_existing(&config.paths.state_dir)? {
+            Some(s) => s.all_runs()?,
+            None => Vec::new(),
+        },
+    };
+    Ok(all
+        .into_iter()
+        .filter(|r| selection.matches(&r.key))
+        .filter(|r| states.is_empty() || states.iter().any(|s| s == r.state.as_str()))
+        .collect())
+}
+
+/// One run as JSON: an item of `status runs --json`, a job of the server.
+pub fn run_json(run: &RunRow) -> Value {
+    json!({
+        "run_id": run.id,
+        "pipeline": run.key.pipeline,
+        "subject": run.key.subject,
+        "session": run.key.session,
+        "attempt": run.attempt,
+        "job_id": run.job_id,
+        "token": run.token,
+        "state": run.state.as_str(),
+        "slurm_state": run.slurm_state,
+        "exit_code": run.exit_code,
+        "node": run.node,
+        "submitted_at": output::rfc3339(run.submitted_at),
+        "started_at": output::rfc3339(run.started_at),
+        "ended_at": output::rfc3339(run.ended_at),
+        "elapsed_s": run.elapsed_s,
+        "max_rss_mb": run.max_rss_mb,
+        "mem_mb": run.mem_mb,
+        "cpus": run.cpus,
+        "time_limit_s": run.time_limit_s,
+        "reason": run.reason.clone().or_else(|| Some(run.plan_reason.to_string())),
+        "script": run.script_path,
+        "log": run.log_path,
+    })
+}
