@@ -388,3 +388,188 @@ fn the_report_shows_the_matrix_failures_with_their_logs_and_a_units_history() {
         browser.close().await;
     });
 }
+
+/// A stand-in for `nfslurm serve`'s side of the page's contract: `/` (the
+/// live page), `/api/v1/status`, `/api/v1/jobs`, `/api/v1/jobs/{id}/log`
+/// from a real study's documents, and `/ws/events`, whose sockets are
+/// handed to the test to send events on.
+struct StandIn {
+    port: u16,
+    status_reads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// When set, `/api/v1/status` answers after 2 s (a busy server).
+    slow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sockets: tokio::sync::mpsc::UnboundedReceiver<
+        tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl StandIn {
+    async fn start(study: &Study) -> StandIn {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let status = study.json(&["status"]).to_string();
+        let mut runs = study.runs();
+        runs.reverse();
+        let logs: std::collections::HashMap<String, PathBuf> = runs
+            .iter()
+            .map(|r| {
+                (
+                    r["run_id"].to_string(),
+                    PathBuf::from(r["log"].as_str().unwrap()),
+                )
+            })
+            .collect();
+        let jobs = json!({ "jobs": runs }).to_string();
+        let page = nfslurm::dashboard::page(None);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let status_reads = Arc::new(AtomicUsize::new(0));
+        let (tx, sockets) = tokio::sync::mpsc::unbounded_channel();
+        let reads = status_reads.clone();
+        let slow = Arc::new(AtomicBool::new(false));
+        let slow_reads = slow.clone();
+        let routes = Arc::new((page, status, jobs, logs));
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (routes, reads, tx) = (routes.clone(), reads.clone(), tx.clone());
+                let slow = slow_reads.clone();
+                tokio::spawn(async move {
+                    // The request head, peeked: a WebSocket handshake is read
+                    // again by tungstenite.
+                    let mut buf = vec![0u8; 8192];
+                    let mut head = String::new();
+                    for _ in 0..200 {
+                        let n = stream.peek(&mut buf).await.unwrap_or(0);
+                        head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        if head.contains("\r\n\r\n") {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    if path == "/ws/events" {
+                        if let Ok(ws) = tokio_tungstenite::accept_async(stream).await {
+                            let _ = tx.send(ws);
+                        }
+                        return;
+                    }
+                    let _ = stream.read(&mut buf[..head.len()]).await;
+                    let (page, status, jobs, logs) = &*routes;
+                    let (code, kind, body) = if path == "/" {
+                        ("200 OK", "text/html; charset=utf-8", page.clone())
+                    } else if path == "/api/v1/status" {
+                        reads.fetch_add(1, Ordering::SeqCst);
+                        if slow.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                        }
+                        ("200 OK", "application/json", status.clone())
+                    } else if path.starts_with("/api/v1/jobs?") {
+                        ("200 OK", "application/json", jobs.clone())
+                    } else if let Some(log) = path
+                        .strip_prefix("/api/v1/jobs/")
+                        .and_then(|rest| rest.split_once("/log?tail="))
+                        .and_then(|(id, _)| logs.get(id))
+                    {
+                        let text = std::fs::read_to_string(log).unwrap_or_default();
+                        let lines: Vec<&str> = text.lines().collect();
+                        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+                        ("200 OK", "text/plain; charset=utf-8", tail)
+                    } else {
+                        ("404 Not Found", "text/plain", "not found".to_string())
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 {code}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(reply.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        StandIn {
+            port,
+            status_reads,
+            slow,
+            sockets,
+        }
+    }
+
+    fn status_reads(&self) -> usize {
+        self.status_reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The next event socket the page opens (at most [`WAIT`]).
+    async fn socket(&mut self) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+        tokio::time::timeout(WAIT, self.sockets.recv())
+            .await
+            .expect("the page opened no event socket")
+            .expect("the stand-in server stopped")
+    }
+}
+
+#[test]
+fn the_live_page_reads_the_api_patches_cells_from_events_and_reconnects() {
+    use futures_util::SinkExt;
+
+    let study = failing_study();
+    runtime().block_on(async {
+        let mut server = StandIn::start(&study).await;
+        let browser = Browser::start().await;
+        browser
+            .goto(&format!("http://127.0.0.1:{}/", server.port))
+            .await;
+        let mut socket = server.socket().await;
+        browser.wait_for(r#"#indicator[data-mode="live"]"#).await;
+        assert_eq!(browser.text("#indicator").await, "live");
+        let cell = r#"#matrix button.cell[data-unit="bids/sub-02/ses-2"][data-state="failed"]"#;
+        browser.wait_for(cell).await;
+        // The failure's log, read from the log endpoint.
+        let log = browser.text("#failures .failure pre.log").await;
+        assert_eq!(log.lines().last(), Some(LAST_LOG_LINE), "{log}");
+
+        // A unit event patches its cells (both rows of a subject-level
+        // unit) at once, then the page reads the status again (answered
+        // slowly here, so that the patch is seen before the redraw).
+        server.slow.store(true, std::sync::atomic::Ordering::SeqCst);
+        let reads = server.status_reads();
+        let event = json!({"type": "unit", "unit": "qsiprep/sub-02", "pipeline": "qsiprep",
+            "subject": "02", "session": null, "state": "running"});
+        socket
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                event.to_string().into(),
+            ))
+            .await
+            .unwrap();
+        browser
+            .wait_for(r#"#matrix button.cell[data-unit="qsiprep/sub-02"][data-state="running"]"#)
+            .await;
+        let patched = browser
+            .all(r#"#matrix button.cell[data-unit="qsiprep/sub-02"][data-state="running"]"#)
+            .await;
+        assert_eq!(patched.len(), 2);
+        let deadline = Instant::now() + WAIT;
+        while server.status_reads() == reads {
+            assert!(Instant::now() < deadline, "no refetch after an event");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The refetch redraws from the server, which still says blocked.
+        browser
+            .wait_for(r#"#matrix button.cell[data-unit="qsiprep/sub-02"][data-state="blocked"]"#)
+            .await;
+        browser.screenshot("live").await;
+
+        // The socket closes: the page says so, and connects again.
+        socket.close(None).await.unwrap();
+        browser
+            .wait_for(r#"#indicator[data-mode="reconnecting"]"#)
+            .await;
+        let _again = server.socket().await;
+        browser.wait_for(r#"#indicator[data-mode="live"]"#).await;
+        browser.close().await;
+    });
+}
