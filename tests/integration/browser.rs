@@ -7,6 +7,7 @@
 //! save screenshots under `target/screenshots/` (their paths are printed).
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,11 +34,28 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Headless Chromium under its own chromedriver, with a fresh profile.
-/// chromedriver (and with it the browser) ends when this is dropped.
+/// chromedriver and the browser end when this is dropped, even when the
+/// test panics.
 pub(crate) struct Browser {
     pub(crate) client: Client,
-    driver: Child,
+    _driver: Driver,
     _profile: tempfile::TempDir,
+}
+
+/// chromedriver, leading a process group of its own that the browsers it
+/// starts join: killed together when dropped, so that a failed test
+/// leaves no browser behind.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let group = -(self.0.id() as i32);
+        // SAFETY: kill(2) with a process group ID: no memory is involved.
+        unsafe {
+            libc::kill(group, libc::SIGKILL);
+        }
+        let _ = self.0.wait();
+    }
 }
 
 impl Browser {
@@ -58,25 +76,27 @@ impl Browser {
             .unwrap();
         let port = free_port();
         let log = profile.path().join("chromedriver.log");
-        let mut driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .arg(format!("--log-path={}", log.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `{CHROMEDRIVER}`: {e}"));
+        let mut driver = Driver(
+            Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .arg(format!("--log-path={}", log.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start `{CHROMEDRIVER}`: {e}")),
+        );
         let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = driver.try_wait() {
+            if let Ok(Some(status)) = driver.0.try_wait() {
                 panic!(
                     "`{CHROMEDRIVER}` exited ({status}) before listening on port {port}:\n{}",
                     std::fs::read_to_string(&log).unwrap_or_default()
                 );
             }
             if Instant::now() > deadline {
-                let _ = driver.kill();
                 panic!("`{CHROMEDRIVER}` did not listen on port {port} within 30s");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -111,7 +131,6 @@ impl Browser {
         let client = match client {
             Ok(client) => client,
             Err(e) => {
-                let _ = driver.kill();
                 panic!(
                     "chromedriver could not start `{CHROMIUM}`: {e}\n{}",
                     std::fs::read_to_string(&log).unwrap_or_default()
@@ -120,7 +139,7 @@ impl Browser {
         };
         Browser {
             client,
-            driver,
+            _driver: driver,
             _profile: profile,
         }
     }
@@ -192,17 +211,9 @@ impl Browser {
         path
     }
 
-    pub(crate) async fn close(mut self) {
+    /// Ends the session (chromedriver quits the browser), then chromedriver.
+    pub(crate) async fn close(self) {
         let _ = self.client.clone().close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
 
