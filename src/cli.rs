@@ -153,8 +153,7 @@ pub enum Command {
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "5")]
         watch: Option<u64>,
     },
-    /// Write the dashboard as one self-contained HTML file: the summary, the
-    /// sessions x pipelines matrix, runs, timeline, memory and failures
+    /// Write the dashboard (matrix, runs, failures and their logs) as one HTML file
     #[command(
         after_help = "Examples:\n  nfslurm report -o study.html\n  nfslurm report -o /shared/www/study.html --json\n\nIt only reads the state, so cron can refresh it as often as it runs `sync`.\nThe file opens in any browser, with no server and no network."
     )]

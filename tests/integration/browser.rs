@@ -471,7 +471,7 @@ impl StandIn {
                     }
                     let _ = stream.read(&mut buf[..head.len()]).await;
                     let (page, status, jobs, logs) = &*routes;
-                    let (code, kind, body) = if path == "/" {
+                    let (code, kind, body) = if path == "/" || path.starts_with("/?") {
                         ("200 OK", "text/html; charset=utf-8", page.clone())
                     } else if path == "/api/v1/status" {
                         reads.fetch_add(1, Ordering::SeqCst);
@@ -531,12 +531,15 @@ fn the_live_page_reads_the_api_patches_cells_from_events_and_reconnects() {
     runtime().block_on(async {
         let mut server = StandIn::start(&study).await;
         let browser = Browser::start().await;
-        browser
-            .goto(&format!("http://127.0.0.1:{}/", server.port))
-            .await;
+        // Opened as `nfslurm serve` prints it: with the token, which the
+        // page then takes out of the address bar.
+        let home = format!("http://127.0.0.1:{}/", server.port);
+        browser.goto(&format!("{home}?token=not-a-secret")).await;
         let mut socket = server.socket().await;
         browser.wait_for(r#"#indicator[data-mode="live"]"#).await;
         assert_eq!(browser.text("#indicator").await, "live");
+        let url = browser.client.current_url().await.unwrap();
+        assert_eq!(url.as_str(), home);
         let cell = r#"#matrix button.cell[data-unit="bids/sub-02/ses-2"][data-state="failed"]"#;
         browser.wait_for(cell).await;
         // The failure's log, read from the log endpoint.

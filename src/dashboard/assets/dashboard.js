@@ -610,6 +610,11 @@
   // ---- live: the server's API and its event socket ---------------------------------
 
   live = true;
+  // The token that opened the page is now the server's cookie: keep it out
+  // of the address bar, bookmarks and screenshots.
+  if (/[?&]token=/.test(location.search) && window.history && history.replaceState) {
+    history.replaceState(null, '', location.pathname + location.hash);
+  }
   var logCache = new Map();   // run id -> the end of its log (a failed run's log is final)
   var timer = null;
   var busy = false;
