@@ -664,8 +664,11 @@
     });
   }
 
+  // One read of the API for a burst of events: 300 ms after the first one.
+  // (Not pushed back by each new event, so a steady stream of events still
+  // redraws the page; events during a read make one more read after it.)
   function schedule() {
-    if (timer) clearTimeout(timer);
+    if (timer) return;
     timer = setTimeout(function () { timer = null; refresh(); }, 300);
   }
 
