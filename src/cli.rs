@@ -166,6 +166,15 @@ pub enum Command {
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "5")]
         watch: Option<u64>,
     },
+    /// Write the dashboard (matrix, runs, failures and their logs) as one HTML file
+    #[command(
+        after_help = "Examples:\n  nfslurm report -o study.html\n  nfslurm report -o /shared/www/study.html --json\n\nIt only reads the state, so cron can refresh it as often as it runs `sync`.\nThe file opens in any browser, with no server and no network."
+    )]
+    Report {
+        /// The HTML file to write (replaced atomically)
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+    },
     /// The history of a unit (`qsiprep/sub-01`), a run (its job ID or `run:N`), a subject (`sub-01`) or a session (`sub-01/ses-1`)
     #[command(
         after_help = "Examples:\n  nfslurm show qsiprep/sub-01\n  nfslurm show bids/sub-01/ses-1\n  nfslurm show 12345\n  nfslurm show sub-01           the subject: its sessions and units\n  nfslurm show sub-01/ses-1     the session: folder, series, units\n  nfslurm show 12345 --provenance"

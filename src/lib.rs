@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod dashboard;
 pub mod engine;
 pub mod error;
 pub mod executor;

@@ -252,6 +252,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             commands::status::run(&settings, view, &selection(&s), &states, watch)
         }
+        Command::Report { output } => commands::report::run(&settings, &output),
         Command::Show { target, provenance } => match provenance {
             true => commands::provenance_view::show(&settings, &target),
             false => commands::inspect::show(&settings, &target),

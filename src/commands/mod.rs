@@ -11,6 +11,7 @@ pub mod init;
 pub mod inspect;
 pub mod manage;
 pub mod provenance_view;
+pub mod report;
 pub mod serve;
 pub mod session_view;
 pub mod site;

@@ -109,6 +109,7 @@ pub struct Options {
 /// The router, every path behind the token but the health check.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/api/v1/health", get(api::health))
         .route("/api/v1/status", get(api::status))
         .route("/api/v1/jobs", get(api::list_jobs).post(api::create_jobs))
@@ -134,6 +135,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
+}
+
+/// The dashboard: the page of `nfslurm report`, reading the API live.
+async fn dashboard() -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ],
+        crate::dashboard::page(None),
+    )
+        .into_response()
 }
 
 /// What the server says at start, for the user and a script.

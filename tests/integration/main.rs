@@ -4,6 +4,7 @@
 
 mod alerts;
 mod arrays;
+mod browser;
 mod chaos;
 mod clean;
 mod common;

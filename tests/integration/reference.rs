@@ -8,7 +8,8 @@ fn man_prints_a_roff_page_of_every_command_and_one_per_command() {
     let page = study.ok(&["man"]);
     assert!(page.contains(".TH nfslurm 1"), "{page}");
     for command in [
-        "submit", "sync", "status", "show", "log", "clean", "worker", "cron", "site", "doctor",
+        "submit", "sync", "status", "report", "show", "log", "clean", "worker", "cron", "site",
+        "doctor",
     ] {
         assert!(
             page.contains(&format!("nfslurm\\-{command}(1)")),

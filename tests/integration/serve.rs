@@ -45,12 +45,17 @@ impl Answer {
 
 impl Server {
     pub fn start(study: &Study, extra: &[&str]) -> Server {
+        Server::start_at(study, "127.0.0.1:0", extra)
+    }
+
+    /// On `listen` (a port of the test's choosing).
+    pub fn start_at(study: &Study, listen: &str, extra: &[&str]) -> Server {
         let stderr_path = study.path().join("serve.stderr");
         let mut child = Command::new(assert_cmd::cargo::cargo_bin("nfslurm"))
             .current_dir(study.path())
             .env_remove("NFSLURM_CONFIG")
             .env("NO_COLOR", "1")
-            .args(["--json", "serve", "--listen", "127.0.0.1:0"])
+            .args(["--json", "serve", "--listen", listen])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).unwrap())

@@ -143,3 +143,49 @@ fn submit_ends_with_the_queue_and_a_forced_upstream_says_what_it_made_stale() {
     let open = queue["pending"].as_u64().unwrap() + queue["running"].as_u64().unwrap();
     assert!(open <= 1, "{json}");
 }
+
+#[test]
+fn report_of_a_study_that_never_ran_is_written_without_creating_its_state() {
+    let study = chain_study("local", 1, 1, "");
+    let json = study.json(&["report", "-o", "report.html"]);
+    let path = study.path().join("report.html");
+    assert_eq!(
+        json["report"].as_str().map(std::path::PathBuf::from),
+        Some(path.canonicalize().unwrap()),
+        "{json}"
+    );
+    let page = std::fs::read_to_string(&path).unwrap();
+    assert!(page.starts_with("<!doctype html>"), "{page}");
+    assert!(page.contains(r#"<script type="application/json" id="nfslurm-data">"#));
+    assert!(page.contains(r#""units":[]"#) && page.contains(r#""jobs":[]"#));
+    // A report only reads: it leaves no state and no temporary file behind.
+    assert!(!study.path().join(".nfslurm").join("state.db").exists());
+    let names: Vec<String> = std::fs::read_dir(study.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("report"))
+        .collect();
+    assert_eq!(names, ["report.html"]);
+    // Written again, it keeps the permissions it was given.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    study.ok(&["report", "-o", "report.html"]);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+
+    // A folder that does not exist: the error names the file and the fix.
+    let out = study.run(&["report", "-o", "nowhere/report.html"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot write the report `nowhere/report.html`"),
+        "{err}"
+    );
+    assert!(err.contains("hint: check that its folder exists"), "{err}");
+}
