@@ -1,8 +1,7 @@
 //! `plan`, `submit` and `sync`: the planner's verdict, and acting on it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -337,65 +336,48 @@ pub fn report_problems(settings: &Settings, submitted: &engine::Submitted) {
     }
 }
 
-/// A retry due within this long is waited for by `--wait`.
-const MAX_RETRY_WAIT_S: i64 = 15 * 60;
+/// What a person sees while `--wait` follows the runs: one bar per
+/// pipeline on a terminal, one line per change elsewhere (cron, CI logs).
+struct Progress {
+    multi: indicatif::MultiProgress,
+    style: indicatif::ProgressStyle,
+    /// One bar per pipeline, in config order.
+    bars: BTreeMap<usize, indicatif::ProgressBar>,
+    pipelines: Vec<String>,
+    lines: bool,
+    seen: std::collections::HashMap<i64, crate::model::RunState>,
+    quiet: bool,
+}
 
-/// Follows runs until they have all ended, submitting the retries that come
-/// due (and waiting for those due within 15 minutes) on the way. Exit 3 when
-/// a followed unit did not end `done`.
-pub fn follow(
-    settings: &Settings,
-    config: &Config,
-    store: &mut Store,
-    request: &Request,
-    mut ids: Vec<i64>,
-) -> anyhow::Result<i32> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    // A forced request is consumed by the submission that carried it: from
-    // here on only retries of what is followed are submitted, or a `--force
-    // --wait` would submit the forced units again each time their runs end.
-    let request = &Request {
-        selection: request.selection.clone(),
-        force: false,
-    };
-    let multi = if settings.quiet || settings.json {
-        indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
-    } else {
-        indicatif::MultiProgress::new()
-    };
-    let style = indicatif::ProgressStyle::with_template("{prefix:>12} {bar:30} {pos}/{len} {msg}")
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    // One bar per pipeline, in config order.
-    let mut bars: BTreeMap<usize, (String, indicatif::ProgressBar)> = BTreeMap::new();
-    // Slurm: from the site's poll_interval, growing by half while nothing
-    // changes, up to 8 times it (squeue and sacct are RPCs on a shared
-    // controller). Local: the state is a file here, look often.
-    let local = config.executor == ExecutorKind::Local;
-    let base = if local {
-        Duration::from_millis(500)
-    } else {
-        Duration::from_secs(config.site.scheduler.poll_interval_s.max(1))
-    };
-    let cap = if local { base * 2 } else { base * 8 };
-    let mut interval = base;
-    let mut last_done = 0;
-    // Off a terminal (cron, a pipe, CI logs) bars are hidden: say each change
-    // on a line of its own instead.
-    let lines =
-        !settings.quiet && !settings.json && !std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut seen: std::collections::HashMap<i64, crate::model::RunState> =
-        std::collections::HashMap::new();
-    loop {
-        {
-            let _lock = engine::plan_lock(config, true)?;
-            engine::reconcile_all(config, store)?;
+impl Progress {
+    fn new(settings: &Settings, config: &Config) -> Progress {
+        let hidden = settings.quiet || settings.json;
+        let multi = if hidden {
+            indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
+        } else {
+            indicatif::MultiProgress::new()
+        };
+        let style =
+            indicatif::ProgressStyle::with_template("{prefix:>12} {bar:30} {pos}/{len} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        Progress {
+            multi,
+            style,
+            bars: BTreeMap::new(),
+            pipelines: config.pipelines.iter().map(|p| p.name.clone()).collect(),
+            // Off a terminal bars are hidden: say each change on a line instead.
+            lines: !hidden && !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            seen: std::collections::HashMap::new(),
+            quiet: settings.quiet,
         }
-        let runs = store.runs_by_ids(&ids)?;
-        if lines {
-            for r in &runs {
-                if seen.insert(r.id, r.state) != Some(r.state) {
+    }
+}
+
+impl engine::wait::Observer for Progress {
+    fn runs(&mut self, runs: &[crate::state::RunRow]) {
+        if self.lines {
+            for r in runs {
+                if self.seen.insert(r.id, r.state) != Some(r.state) {
                     let mut line = format!("{}: {}", r.key, r.state);
                     if let Some(job) = &r.job_id {
                         line.push_str(&format!(" (job {job})"));
@@ -409,20 +391,19 @@ pub fn follow(
                 }
             }
         }
-        let done = runs.iter().filter(|r| !r.state.in_flight()).count();
-        for (index, pipeline) in config.pipelines.iter().enumerate() {
+        for (index, pipeline) in self.pipelines.iter().enumerate() {
             let mine: Vec<_> = runs
                 .iter()
-                .filter(|r| r.key.pipeline == pipeline.name)
+                .filter(|r| &r.key.pipeline == pipeline)
                 .collect();
             if mine.is_empty() {
                 continue;
             }
-            let (_, bar) = bars.entry(index).or_insert_with(|| {
-                let bar = multi.add(indicatif::ProgressBar::new(0));
-                bar.set_style(style.clone());
-                bar.set_prefix(pipeline.name.clone());
-                (pipeline.name.clone(), bar)
+            let bar = self.bars.entry(index).or_insert_with(|| {
+                let bar = self.multi.add(indicatif::ProgressBar::new(0));
+                bar.set_style(self.style.clone());
+                bar.set_prefix(pipeline.clone());
+                bar
             });
             let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
             for r in &mine {
@@ -438,92 +419,51 @@ pub fn follow(
                     .join(", "),
             );
         }
-        let mut wait_until: Option<Instant> = None;
-        if done == runs.len() {
-            let now = engine::now();
-            let followed: HashSet<&UnitKey> = runs.iter().map(|r| &r.key).collect();
-            let plan = plan::plan(config, &store.snapshot()?, now, request);
-            // Retries (and their chains) of what is followed, and units of
-            // the selection held until an upstream on another cluster was
-            // done, are due: submit them and go on.
-            if plan
-                .actions
-                .iter()
-                .any(|a| followed.contains(&a.key) || request.selection.matches(&a.key))
-            {
-                let submitted = {
-                    let _lock = engine::plan_lock(config, true)?;
-                    engine::submit_request(config, store, request)?
-                };
-                report_problems(settings, &submitted);
-                if let Some(err) = submitted
-                    .failure("the runs already submitted go on; `nfslurm sync` picks up the rest")
-                {
-                    multi.clear().ok();
-                    return Err(err);
-                }
-                if !submitted.rows.is_empty() {
-                    ids.extend(submitted.rows.iter().map(|r| r.run_id));
-                    continue;
-                }
-            }
-            let next_retry = plan
-                .units
-                .iter()
-                .filter(|u| {
-                    followed.contains(&u.key) && u.state == crate::model::UnitState::Retrying
-                })
-                .filter_map(|u| u.next_attempt_at)
-                .filter(|&t| t - now <= MAX_RETRY_WAIT_S)
-                .min();
-            match next_retry {
-                Some(t) => {
-                    for (_, bar) in bars.values() {
-                        bar.set_message(format!("next retry at {}", output::local_time(t)));
-                    }
-                    wait_until =
-                        Some(Instant::now() + Duration::from_secs((t - now).max(1) as u64));
-                }
-                None => {
-                    multi.clear().ok();
-                    return Ok(finish_follow(settings, store, &plan, &followed));
-                }
-            }
+    }
+
+    fn retry_at(&mut self, at: i64) {
+        for bar in self.bars.values() {
+            bar.set_message(format!("next retry at {}", output::local_time(at)));
         }
-        // Poll less often while nothing changes, never slower than 8 poll intervals.
-        interval = if done == last_done {
-            (interval * 3 / 2).min(cap)
-        } else {
-            base
-        };
-        last_done = done;
-        let until = wait_until.unwrap_or_else(|| Instant::now() + interval);
-        while Instant::now() < until {
-            for (_, bar) in bars.values() {
-                bar.tick();
-            }
-            std::thread::sleep(Duration::from_millis(100));
+    }
+
+    fn tick(&mut self) {
+        for bar in self.bars.values() {
+            bar.tick();
+        }
+    }
+
+    fn submitted(&mut self, submitted: &engine::Submitted) {
+        for line in submitted.problem_lines(self.quiet) {
+            self.multi.suspend(|| eprintln!("{line}"));
         }
     }
 }
 
-/// The end of `--wait`: how the followed units ended; 3 if any is not done.
-fn finish_follow(
+/// Follows runs until they have all ended (the `wait` use case), showing
+/// progress. Exit 3 when a followed unit did not end `done`.
+pub fn follow(
     settings: &Settings,
-    store: &Store,
-    plan: &Plan,
-    followed: &HashSet<&UnitKey>,
-) -> i32 {
-    let units: Vec<_> = plan
-        .units
-        .iter()
-        .filter(|u| followed.contains(&u.key))
-        .collect();
+    config: &Config,
+    store: &mut Store,
+    request: &Request,
+    ids: Vec<i64>,
+) -> anyhow::Result<i32> {
+    let mut progress = Progress::new(settings, config);
+    let waited = engine::wait::wait(config, store, request, ids, &mut progress);
+    progress.multi.clear().ok();
+    let report = waited?;
+    Ok(finish_follow(settings, store, &report))
+}
+
+/// The end of `--wait`: how the followed units ended; 3 if any is not done.
+fn finish_follow(settings: &Settings, store: &Store, report: &engine::wait::WaitReport) -> i32 {
+    let units = &report.units;
     let not_done: Vec<_> = units
         .iter()
         .filter(|u| u.state != crate::model::UnitState::Done)
         .collect();
-    if !settings.quiet && !settings.json {
+    if !settings.quiet && !settings.json && !units.is_empty() {
         println!(
             "{} of {} units done",
             units.len() - not_done.len(),

@@ -7,6 +7,7 @@ pub mod lock;
 pub mod manage;
 pub mod submit;
 pub mod sync;
+pub mod wait;
 
 pub use discover::discover_and_register;
 pub use lock::plan_lock;
