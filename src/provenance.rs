@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use std::collections::HashMap;
 
-use crate::config::{Config, Pipeline};
+use crate::config::Config;
 use crate::state::{NewRun, RunRow, StateError, Store};
 
 /// What is fixed when a run is submitted.
@@ -139,31 +139,6 @@ fn hash_file(path: &Path) -> Option<String> {
     Some(hex(&hasher.finalize()))
 }
 
-/// The fixed part for one run about to be submitted. `config_sha256` and
-/// the image are computed once per submission by the caller.
-pub fn submitted(
-    config_sha256: &str,
-    config: &Config,
-    pipeline: &Pipeline,
-    script: &str,
-    image: Option<Image>,
-    executor: &str,
-    resources_asked: Asked,
-) -> Submitted {
-    Submitted {
-        nfslurm_version: env!("CARGO_PKG_VERSION").to_string(),
-        config_file: config.file.clone(),
-        config_sha256: config_sha256.to_string(),
-        pipeline_fingerprint: pipeline.config_hash.clone(),
-        template: pipeline.template_name.clone(),
-        template_sha256: sha256_hex(pipeline.template.as_bytes()),
-        script_sha256: sha256_hex(script.as_bytes()),
-        image,
-        executor: executor.to_string(),
-        resources_asked,
-    }
-}
-
 /// Records the provenance of the runs a submission just created (`ids` in
 /// the order of `runs`, `scripts` their rendered text): called by the
 /// engine after the intents are written, before the executor runs.
@@ -176,6 +151,8 @@ pub fn record_submission(
 ) -> Result<(), StateError> {
     let config_sha = config_sha256(config);
     let mut images: HashMap<String, Image> = HashMap::new();
+    // Hashed once per pipeline, not once per run.
+    let mut template_shas: HashMap<&str, String> = HashMap::new();
     let mut out = Vec::with_capacity(runs.len());
     for ((run, &id), script) in runs.iter().zip(ids).zip(scripts) {
         let Some(pipeline) = config.pipeline(&run.key.pipeline) else {
@@ -210,15 +187,21 @@ pub fn record_submission(
         out.push((
             id,
             run.script_path.as_path(),
-            submitted(
-                &config_sha,
-                config,
-                pipeline,
-                script,
+            Submitted {
+                nfslurm_version: env!("CARGO_PKG_VERSION").to_string(),
+                config_file: config.file.clone(),
+                config_sha256: config_sha.clone(),
+                pipeline_fingerprint: pipeline.config_hash.clone(),
+                template: pipeline.template_name.clone(),
+                template_sha256: template_shas
+                    .entry(pipeline.name.as_str())
+                    .or_insert_with(|| sha256_hex(pipeline.template.as_bytes()))
+                    .clone(),
+                script_sha256: sha256_hex(script.as_bytes()),
                 image,
-                run.executor.as_str(),
-                asked,
-            ),
+                executor: run.executor.as_str().to_string(),
+                resources_asked: asked,
+            },
         ));
     }
     record(store, &out)
@@ -237,9 +220,8 @@ pub fn record(store: &mut Store, runs: &[(i64, &Path, Submitted)]) -> Result<(),
         })
         .collect();
     store.save_provenance(&rows)?;
-    for (run_id, script, _) in runs {
-        let _ = refresh_file(store, *run_id, script);
-    }
+    let ids: Vec<i64> = runs.iter().map(|(id, _, _)| *id).collect();
+    let _ = refresh_files(store, &ids);
     Ok(())
 }
 
@@ -257,8 +239,21 @@ pub fn file_of(script: &Path) -> PathBuf {
 /// The whole provenance of a run: the fixed part and what the run rows say.
 pub fn document(store: &Store, run: &RunRow) -> Result<serde_json::Value, StateError> {
     let submitted = submitted_of(store, run.id)?;
-    let chain: Vec<serde_json::Value> = store
-        .runs_of_unit(run.unit_id)?
+    Ok(document_of(
+        run,
+        submitted,
+        &store.runs_of_unit(run.unit_id)?,
+    ))
+}
+
+/// [`document`] from what was read already: the run, what was fixed at its
+/// submission, and every run of its unit (oldest first).
+fn document_of(
+    run: &RunRow,
+    submitted: Option<Submitted>,
+    unit_runs: &[RunRow],
+) -> serde_json::Value {
+    let chain: Vec<serde_json::Value> = unit_runs
         .iter()
         .map(|r| {
             json!({"run_id": r.id, "attempt": r.attempt, "job_id": r.job_id,
@@ -267,7 +262,7 @@ pub fn document(store: &Store, run: &RunRow) -> Result<serde_json::Value, StateE
                    "this": r.id == run.id})
         })
         .collect();
-    Ok(json!({
+    json!({
         "run_id": run.id,
         "unit": run.key.to_string(),
         "attempt": run.attempt,
@@ -286,15 +281,27 @@ pub fn document(store: &Store, run: &RunRow) -> Result<serde_json::Value, StateE
         "script": run.script_path,
         "log": run.log_path,
         "attempt_chain": chain,
-    }))
+    })
 }
 
-/// Writes (again) the provenance file of one run.
-pub fn refresh_file(store: &Store, run_id: i64, script: &Path) -> Result<(), StateError> {
-    let run = store.run(run_id)?;
-    let doc = document(store, &run)?;
-    let text = serde_json::to_string_pretty(&doc).expect("provenance serialises");
-    let _ = fs::write(file_of(script), text + "\n");
+/// Writes again the provenance files of runs that ended, reading their
+/// rows and their units' runs in two queries for all of them.
+pub fn refresh_files(store: &Store, run_ids: &[i64]) -> Result<(), StateError> {
+    let runs = store.runs_by_ids(run_ids)?;
+    let mut unit_ids: Vec<i64> = runs.iter().map(|r| r.unit_id).collect();
+    unit_ids.sort_unstable();
+    unit_ids.dedup();
+    let mut by_unit: std::collections::HashMap<i64, Vec<RunRow>> = Default::default();
+    for r in store.runs_of_units(&unit_ids)? {
+        by_unit.entry(r.unit_id).or_default().push(r);
+    }
+    for run in &runs {
+        let submitted = submitted_of(store, run.id)?;
+        let chain = by_unit.get(&run.unit_id).map(Vec::as_slice).unwrap_or(&[]);
+        let doc = document_of(run, submitted, chain);
+        let text = serde_json::to_string_pretty(&doc).expect("provenance serialises");
+        let _ = fs::write(file_of(&run.script_path), text + "\n");
+    }
     Ok(())
 }
 

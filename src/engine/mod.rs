@@ -137,12 +137,13 @@ pub fn apply_updates(
     }
     store.apply(updates, &unit_updates, now)?;
     // Each ended run's provenance file gets its job, nodes and resources used.
-    for update in updates {
-        if let (Some(run), Some(state)) = (before.get(&update.run_id), update.state)
-            && !state.in_flight()
-        {
-            let _ = crate::provenance::refresh_file(store, run.id, &run.script_path);
-        }
+    let ended: Vec<i64> = updates
+        .iter()
+        .filter(|u| before.contains_key(&u.run_id) && u.state.is_some_and(|s| !s.in_flight()))
+        .map(|u| u.run_id)
+        .collect();
+    if !ended.is_empty() {
+        let _ = crate::provenance::refresh_files(store, &ended);
     }
     Ok(())
 }

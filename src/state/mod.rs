@@ -10,6 +10,7 @@
 //! serialises the short write transactions, and readers (`status`) never wait
 //! for more than one of them.
 
+mod chains;
 pub mod complete;
 mod headers;
 pub mod health;
@@ -981,7 +982,7 @@ impl Store {
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM runs r JOIN units u ON u.id = r.unit_id {filter} ORDER BY r.id"
         );
-        let mut stmt = self.conn.prepare(&sql)?;
+        let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(args, run_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
