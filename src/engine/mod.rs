@@ -5,6 +5,7 @@
 pub mod discover;
 pub mod lock;
 pub mod manage;
+pub mod selection;
 pub mod submit;
 pub mod sync;
 pub mod wait;
