@@ -19,3 +19,4 @@ pub mod provenance;
 pub mod render;
 pub mod state;
 pub mod study;
+pub mod templating;
