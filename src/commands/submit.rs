@@ -14,7 +14,7 @@ use crate::model::UnitKey;
 use crate::output;
 use crate::plan::{self, Dependency, Plan, Request};
 use crate::render::Renderer;
-use crate::state::{self, LockGuard, Store};
+use crate::state::{self, LockGuard, Store, fingerprint};
 
 /// The plan lock: only its holder plans and submits, so nothing is submitted twice.
 pub fn plan_lock(config: &Config, wait: bool) -> anyhow::Result<Option<LockGuard>> {
@@ -767,6 +767,22 @@ pub(super) fn describe_change(key: &UnitKey, row: &state::AuditRow) -> String {
 /// Where the previous sync stopped reporting changes (meta `sync.audit_cursor`).
 const AUDIT_CURSOR: &str = "sync.audit_cursor";
 
+/// What a sync with nothing to do prints: what [`run_sync`] prints when no
+/// change, submission or problem came of it.
+fn print_unchanged(settings: &Settings, unmapped: &[String], problems: &[String]) {
+    if settings.json {
+        output::print_json(&json!({"changes": [], "submitted": 0, "deferred": 0,
+            "unmapped": unmapped.len(), "unreachable": null}));
+    } else if !settings.quiet && settings.verbose > 0 {
+        for scan_id in unmapped {
+            println!("unmapped session folder `{scan_id}`: add it to the mapping CSV");
+        }
+        for p in problems {
+            println!("mapping: {p}");
+        }
+    }
+}
+
 pub fn run_sync(settings: &Settings) -> anyhow::Result<i32> {
     let config = super::load_config(settings)?;
     let Some(lock) = plan_lock(&config, false)? else {
@@ -785,6 +801,14 @@ pub fn run_sync(settings: &Settings) -> anyhow::Result<i32> {
         None => store.last_audit_id()?,
     };
     let now = engine::now();
+    let check = fingerprint::check(&config, &store, now)?;
+    if let Some(mark) = check.unchanged() {
+        tracing::info!("nothing changed since the last sync: nothing to reconcile or plan");
+        print_unchanged(settings, &mark.unmapped, &mark.problems);
+        let last_sync = (crate::notify::META_LAST_SYNC.into(), Some(now.to_string()));
+        fingerprint::skipped(&mut store, &check, &[last_sync])?;
+        return Ok(0);
+    }
     // Reconcile first: what Slurm did is recorded even when the mapping sheet
     // or a template is broken and the rest of the sync stops with an error.
     let reconciled = reconcile_all(&config, &mut store);
@@ -819,6 +843,18 @@ pub fn run_sync(settings: &Settings) -> anyhow::Result<i32> {
         store.set_meta(AUDIT_CURSOR, &cursor.to_string())?;
     }
     crate::notify::after_sync(&config, &store, submitted.unreachable.as_deref());
+    let end = fingerprint::SyncEnd {
+        quiet: submitted.rows.is_empty()
+            && submitted.deferred == 0
+            && submitted.rejected.is_empty()
+            && submitted.unreachable.is_none(),
+        audit_seen: audit.last().map_or(cursor, |(id, _)| *id),
+        unmapped: report.unmapped.iter().map(|u| u.scan_id.clone()).collect(),
+        problems: report.problems.iter().map(ToString::to_string).collect(),
+    };
+    if let Err(e) = fingerprint::record(&mut store, check, end) {
+        tracing::warn!("the next sync plans in full: {e:#}");
+    }
     if settings.json {
         let changes_json: Vec<_> = audit
             .iter()

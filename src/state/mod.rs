@@ -14,11 +14,13 @@
 //! directory and its lock files), `meta` (key/value records, pragmas),
 //! `sessions`, `units`, `runs`, `audit`, `snapshot` (what the planner
 //! reads, in one transaction), `headers` (kept DICOM summaries) and
-//! `housekeeping` (`clean`). `schema` migrates, `health` refuses a damaged
+//! `housekeeping` (`clean`); `fingerprint` lets a sync with nothing to do
+//! skip its planning. `schema` migrates, `health` refuses a damaged
 //! database, `complete` serves shell completion.
 
 mod audit;
 pub mod complete;
+pub mod fingerprint;
 mod headers;
 pub mod health;
 mod housekeeping;
@@ -71,6 +73,12 @@ pub enum StateError {
     },
     #[error("state database error")]
     Sql(#[from] rusqlite::Error),
+    #[error("cannot read the state database `{path}`")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot use the lock file `{path}`")]
     Lock {
         path: PathBuf,

@@ -29,6 +29,7 @@
 //! while a folder is being copied), ordered by scan ID as plain strings.
 
 pub mod dicom;
+mod fingerprint;
 mod mapping;
 mod scan;
 mod validate;
@@ -43,6 +44,7 @@ use regex::Regex;
 use crate::config::{DicomMode, Discovery, ScanIdFrom};
 use crate::model::Label;
 
+pub use fingerprint::study_fingerprint;
 pub use mapping::{Mapping, MappingProblem, MappingRow, load_mapping, parse_mapping};
 
 use dicom::{HeaderKey, HeaderSummary, KnownHeaders};
