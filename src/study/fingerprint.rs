@@ -1,8 +1,8 @@
 //! A fingerprint of everything a sync reads outside the state: the config
 //! (as loaded: commands, templates, resolved variables, site settings), the
-//! nfslurm binary, the mapping sheet, and the session folders as discovery
-//! sees them (each file's path, size and mtime, its series, the folders the
-//! listing skipped and why).
+//! nfslurm binary, the mapping sheet, and every folder discovery lists,
+//! mapped or not (each file's path, size and mtime, its series; the entries
+//! the listing skipped and why).
 //!
 //! Two equal fingerprints mean discovery would report the same sessions and
 //! the planner would read the same config, so a sync that changed nothing
@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
+use super::StudyError;
 use super::scan::{self, Walk};
-use super::{StudyError, load_mapping};
 use crate::config::{Config, ScanIdFrom};
 
 /// The fingerprint (hex sha256), or `None` when a session folder is still
@@ -57,14 +57,11 @@ pub fn study_fingerprint(config: &Config, now: SystemTime) -> Result<Option<Stri
         part(s.folder.as_os_str().as_encoded_bytes());
         part(s.why.as_bytes());
     }
-    let (mapping, _) = load_mapping(&discovery.mapping)?;
-    let mut folders: Vec<&Path> = Vec::with_capacity(candidates.len());
-    for c in &candidates {
-        part(c.folder.as_os_str().as_encoded_bytes());
-        if by_header || mapping.get(&c.scan_id).is_some() {
-            folders.push(&c.folder);
-        }
-    }
+    // Every candidate is walked, mapped or not (discovery walks only the
+    // mapped ones): parsing the sheet would cost more than the few unmapped
+    // folders a study has, and a change in one of them only makes the sync
+    // run in full.
+    let folders: Vec<&Path> = candidates.iter().map(|c| c.folder.as_path()).collect();
     let cutoff = now
         .checked_sub(Duration::from_secs(discovery.settle_s))
         .unwrap_or(SystemTime::UNIX_EPOCH);
