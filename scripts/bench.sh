@@ -9,7 +9,10 @@
 #   scripts/bench.sh --slurm-only         # the Slurm cluster part only
 #   scripts/bench.sh --modes jobs         # one submission mode (jobs, arrays)
 #   scripts/bench.sh --subjects 20        # a smaller Slurm study (default 100 x 2 sessions)
-#   scripts/bench.sh --reps 3 --only sync # passed to the scale benchmark
+#   scripts/bench.sh --reps 3 --only sync # passed to the scale benchmark; `sync`
+#                                         # alone gives the three figures of a
+#                                         # study at rest (no-op sync, status,
+#                                         # status --json at 10,000 sessions)
 #   scripts/bench.sh --only dicom,sync-dicom --baseline dd380cc
 #                                         # DICOM figures; a no-op sync timed
 #                                         # against the nfslurm of commit REV too
@@ -40,7 +43,7 @@ while [ $# -gt 0 ]; do
         --timeout) timeout_s="$2"; shift ;;
         --reps | --only) lib_args+=("$1" "$2"); shift ;;
         --baseline) baseline="$2"; shift ;;
-        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument \`$1\`" >&2; exit 1 ;;
     esac
     shift
@@ -252,10 +255,21 @@ fi
 [ -f "$work/slurm.tsv" ] && cat "$work/slurm.tsv" >> "$table"
 
 # --- the table ----------------------------------------------------------------
+print_rows() {
+    awk -F '\t' '
+        BEGIN { printf "%-72s %14s  %-14s %s\n", "figure", "value", "target", "status" }
+        {
+            target = ($4 == "") ? "" : (($4 ~ /^[<>]/) ? $4 : "<= " $4) " " $3
+            printf "%-72s %10s %-3s  %-14s %s\n", $1, $2, $3, target, $5
+        }'
+}
 echo
-awk -F '\t' '
-    BEGIN { printf "%-72s %14s  %-14s %s\n", "figure", "value", "target", "status" }
-    {
-        target = ($4 == "") ? "" : (($4 ~ /^[<>]/) ? $4 : "<= " $4) " " $3
-        printf "%-72s %10s %-3s  %-14s %s\n", $1, $2, $3, target, $5
-    }' "$table"
+print_rows < "$table"
+
+# The three figures of a study at rest (10,000 sessions, 35,000 done units)
+# against their targets, apart: a no-op `sync`, `status`, `status --json`.
+if grep -q '^sync 10k: `nfslurm' "$table"; then
+    echo
+    echo "a study at rest, 10,000 sessions / 35,000 done units:"
+    grep -E '^sync 10k: `nfslurm (sync`, nothing to do|status`|status --json`)' "$table" | print_rows
+fi

@@ -22,4 +22,5 @@ pub mod render;
 pub mod serve;
 pub mod state;
 pub mod study;
+pub mod templating;
 pub mod views;

@@ -519,7 +519,7 @@ fn bench_sync(report: &mut Report, dir: &Path, reps: usize) {
         "sync 10k: `nfslurm sync`, nothing to do",
         ms(usage.wall),
         "ms",
-        Some(250.0),
+        Some(100.0),
     );
     report.add(
         "sync 10k: `nfslurm sync` peak RSS",
@@ -532,14 +532,14 @@ fn bench_sync(report: &mut Report, dir: &Path, reps: usize) {
         "sync 10k: `nfslurm status`",
         ms(usage.wall),
         "ms",
-        Some(250.0),
+        Some(100.0),
     );
     let (usage, _) = median_run(reps, || nfslurm(&study, &["status", "--json"]));
     report.add(
         "sync 10k: `nfslurm status --json`",
         ms(usage.wall),
         "ms",
-        Some(250.0),
+        Some(100.0),
     );
     let _ = std::fs::remove_dir_all(dir);
 }

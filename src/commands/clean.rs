@@ -42,23 +42,6 @@ fn size_of(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64;
-    let mut unit = "B";
-    for u in UNITS {
-        if value < 1024.0 {
-            break;
-        }
-        value /= 1024.0;
-        unit = u;
-    }
-    format!("{value:.1} {unit}")
-}
-
 struct Item {
     what: String,
     path: PathBuf,
@@ -200,7 +183,7 @@ pub fn run(settings: &Settings, older_than: Option<&str>, dry_run: bool) -> anyh
             println!("{}:", if dry_run { "would remove" } else { "removed" });
         }
         for item in &items {
-            println!("  {:>9}  {}", human(item.bytes), item.what);
+            println!("  {:>9}  {}", output::bytes(item.bytes), item.what);
             println!("             `{}`", display_path(&item.path));
         }
         let dirs = items.iter().filter(|i| i.dir).count();
@@ -210,7 +193,7 @@ pub fn run(settings: &Settings, older_than: Option<&str>, dry_run: bool) -> anyh
             if dry_run { "dry run" } else { "cleaned" },
             output::count(dirs, "work dir", "work dirs"),
             output::count(files, "file", "files"),
-            human(freed),
+            output::bytes(freed),
             if dry_run { "would be freed" } else { "freed" }
         );
         if summarised > 0 {

@@ -623,7 +623,7 @@ fn show(settings: &Settings, file: &Path, config: Option<&Config>) -> anyhow::Re
         (Some(log), Some(m)) => println!(
             "log: `{}` ({}, rotated past 1 MiB)",
             log.display(),
-            human_bytes(m.len())
+            output::bytes(m.len())
         ),
         (Some(log), None) => println!("log: `{}` (not written yet)", log.display()),
         (None, _) => println!("log: unknown: the config does not load here"),
@@ -689,14 +689,6 @@ fn remove(settings: &Settings, file: &Path) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
-}
-
-fn human_bytes(n: u64) -> String {
-    match n {
-        0..1024 => format!("{n} B"),
-        1024..1_048_576 => format!("{} KiB", n / 1024),
-        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
-    }
 }
 
 // ---------------------------------------------------------------------------

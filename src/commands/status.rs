@@ -33,21 +33,6 @@ enum Rendered {
     Json(serde_json::Value),
 }
 
-/// The width views try to fit: the terminal's, else 80.
-fn width() -> usize {
-    terminal_width().unwrap_or(80)
-}
-
-fn terminal_width() -> Option<usize> {
-    if !std::io::stdout().is_terminal() {
-        return None;
-    }
-    // SAFETY: TIOCGWINSZ fills a winsize struct; the result is checked.
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    let ok = unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) } == 0;
-    (ok && ws.ws_col > 0).then_some(ws.ws_col as usize)
-}
-
 pub fn run(
     settings: &Settings,
     view: View,
@@ -192,45 +177,6 @@ fn short_header(state: UnitState) -> &'static str {
     }
 }
 
-/// The widest line of a table as printed.
-fn table_width(table: &Table) -> usize {
-    table
-        .to_string()
-        .lines()
-        .map(|l| strip_ansi(l.trim_end()).chars().count())
-        .max()
-        .unwrap_or(0)
-}
-
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// A table as text, each line right-trimmed and without the one space of
-/// padding before the first column.
-fn table_text(table: &Table) -> String {
-    let mut out = String::new();
-    for line in table.to_string().lines() {
-        let line = line.trim_end();
-        out.push_str(line.strip_prefix(' ').unwrap_or(line));
-        out.push('\n');
-    }
-    out
-}
-
 /// Cuts `text` to `max` characters with `…` (on a terminal only).
 fn fit(text: &str, max: Option<usize>) -> String {
     match max {
@@ -324,17 +270,17 @@ fn summary(
         }
         table
     };
-    let max = width();
+    let max = output::width();
     let table = [(false, true), (false, false), (true, false)]
         .into_iter()
         .map(|(short, level)| build(short, level))
-        .find(|t| table_width(t) <= max)
+        .find(|t| output::table_width(t) <= max)
         .unwrap_or_else(|| build(true, false));
-    out.push_str(&table_text(&table));
+    out.push_str(&output::table_text(&table));
 
     // What needs a person: failures one per line, blocked units grouped by
     // the unit that blocks them, retries with their time.
-    let fit_to = terminal_width();
+    let fit_to = output::terminal_width();
     let mut notes: Vec<String> = Vec::new();
     for u in units.iter().filter(|u| u.state == UnitState::Failed) {
         notes.push(format!(
@@ -575,7 +521,7 @@ fn matrix(
             col.set_cell_alignment(CellAlignment::Center);
         }
     }
-    out.push_str(&table_text(&table));
+    out.push_str(&output::table_text(&table));
     // The legend: the states on screen, in the documented order, wrapped to fit.
     let entries: Vec<String> = UnitState::ALL
         .iter()
@@ -583,11 +529,11 @@ fn matrix(
         .map(|&s| format!("{} {}", output::unit_symbol(s), s.as_str()))
         .collect();
     out.push('\n');
-    let max = width();
+    let max = output::width();
     let mut line = String::new();
     let mut line_width = 0;
     for e in entries {
-        let w = strip_ansi(&e).chars().count();
+        let w = output::text_width(&e);
         if line_width > 0 && line_width + 2 + w > max {
             out.push_str(&line);
             out.push('\n');
@@ -643,6 +589,99 @@ fn run_reason(run: &RunRow) -> String {
     reason
 }
 
+/// The columns of the runs table, in order.
+const RUN_COLUMNS: [&str; 7] = ["job", "unit", "try", "state", "elapsed", "memory", "reason"];
+
+/// MaxRSS against the memory asked for, and the share (red for an OOM).
+fn run_memory(r: &RunRow) -> String {
+    let memory = match (r.max_rss_mb, efficiency(r)) {
+        (Some(rss), Some(eff)) => format!(
+            "{}/{} {eff:>3}%",
+            output::megabytes(rss),
+            output::megabytes(r.mem_mb as i64)
+        ),
+        _ => format!("-/{}", output::megabytes(r.mem_mb as i64)),
+    };
+    if r.state == RunState::Oom {
+        output::red(&memory)
+    } else {
+        memory
+    }
+}
+
+/// The runs table with the first `columns` of [`RUN_COLUMNS`].
+fn runs_table(runs: &[RunRow], now: i64, columns: usize) -> Table {
+    let mut table = output::table(&RUN_COLUMNS[..columns]);
+    for r in runs {
+        let mut row = vec![
+            r.job_id.clone().unwrap_or_else(|| "-".into()),
+            r.key.to_string(),
+            r.attempt.to_string(),
+            output::run_state(r.state),
+            elapsed(r, now).map(output::duration).unwrap_or_default(),
+            run_memory(r),
+            run_reason(r),
+        ];
+        row.truncate(columns);
+        table.add_row(row);
+    }
+    for i in [2, 4, 5].into_iter().filter(|&i| i < columns) {
+        if let Some(col) = table.column_mut(i) {
+            col.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    table
+}
+
+/// The reason column is never narrower than this: below it, each reason
+/// goes on its own line under its run.
+const MIN_REASON_WIDTH: usize = 24;
+
+/// The runs table as text for a terminal `width` columns wide (`None`: no
+/// limit). The reason is the last column, wrapped at word boundaries to fit.
+/// When the other columns leave it less than [`MIN_REASON_WIDTH`], each
+/// run's reason goes on the lines under it instead, indented, and when the
+/// table is still too wide, its memory too. Nothing is cut.
+fn runs_text(runs: &[RunRow], now: i64, width: Option<usize>) -> String {
+    let Some(width) = width else {
+        return output::table_text(&runs_table(runs, now, 7));
+    };
+    if output::table_width(&runs_table(runs, now, 6)) + 2 + MIN_REASON_WIDTH <= width {
+        let mut table = runs_table(runs, now, 7);
+        output::wrap_to_width(&mut table, 6, Some(width));
+        return output::table_text(&table);
+    }
+    let mut columns = 6;
+    let mut table = runs_table(runs, now, columns);
+    if output::table_width(&table) > width {
+        columns = 5;
+        table = runs_table(runs, now, columns);
+    }
+    // No column wraps, so each run is one line of the table, after the header's.
+    let text = output::table_text(&table);
+    let mut lines = text.lines();
+    let mut out = String::new();
+    if let Some(header) = lines.next() {
+        out.push_str(header);
+        out.push('\n');
+    }
+    for (line, run) in lines.zip(runs) {
+        out.push_str(line);
+        out.push('\n');
+        let below = if columns == 5 {
+            format!("memory {}; {}", run_memory(run), run_reason(run))
+        } else {
+            run_reason(run)
+        };
+        for part in output::wrap_words(&below, width.saturating_sub(4).max(20)) {
+            out.push_str("    ");
+            out.push_str(&part);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 fn runs(
     config: &Config,
     store: Option<&Store>,
@@ -659,38 +698,7 @@ fn runs(
         out.push_str("no runs\n");
         return Ok(Rendered::Text(out));
     }
-    let mut table = output::table(&["job", "unit", "try", "state", "elapsed", "memory", "reason"]);
-    let reason_width = terminal_width().map(|w| w.saturating_sub(70).max(12));
-    for r in &runs {
-        let memory = match (r.max_rss_mb, efficiency(r)) {
-            (Some(rss), Some(eff)) => format!(
-                "{}/{} {eff:>3}%",
-                output::megabytes(rss),
-                output::megabytes(r.mem_mb as i64)
-            ),
-            _ => format!("-/{}", output::megabytes(r.mem_mb as i64)),
-        };
-        let memory = if r.state == RunState::Oom {
-            output::red(&memory)
-        } else {
-            memory
-        };
-        table.add_row(vec![
-            r.job_id.clone().unwrap_or_else(|| "-".into()),
-            r.key.to_string(),
-            r.attempt.to_string(),
-            output::run_state(r.state),
-            elapsed(r, now).map(output::duration).unwrap_or_default(),
-            memory,
-            fit(&run_reason(r), reason_width),
-        ]);
-    }
-    for i in [2, 4, 5] {
-        if let Some(col) = table.column_mut(i) {
-            col.set_cell_alignment(CellAlignment::Right);
-        }
-    }
-    out.push_str(&table_text(&table));
+    out.push_str(&runs_text(&runs, now, output::terminal_width()));
     // Per pipeline: the most memory a successful run used, against the ask.
     let mut peaks: Vec<(&str, i64, u64)> = Vec::new();
     for p in &config.pipelines {
@@ -736,4 +744,65 @@ fn runs(
         out.push('\n');
     }
     Ok(Rendered::Text(out))
+}
+
+#[cfg(test)]
+mod runs_layout_tests {
+    use super::*;
+    use crate::model::UnitKey;
+
+    fn key(text: &str) -> UnitKey {
+        UnitKey::parse(text).unwrap()
+    }
+
+    /// The widest runs a study shows: array task IDs, a long unit key,
+    /// `upstream_failed`, an OOM with its memory figures, a long reason.
+    fn wide_runs() -> Vec<RunRow> {
+        let mut oom = RunRow::example(1, key("bids/sub-0001/ses-2"));
+        oom.job_id = Some("1234567_12".into());
+        oom.state = RunState::Oom;
+        oom.exit_code = Some(253);
+        oom.elapsed_s = Some(3725);
+        oom.max_rss_mb = Some(7900);
+        oom.mem_mb = 8192;
+        oom.reason = Some("out of memory (requested 8192 MB, MaxRSS 7900 MB)".into());
+        let mut failed = RunRow::example(2, key("qsirecon/sub-0001/ses-2"));
+        failed.job_id = Some("1234570".into());
+        failed.state = RunState::UpstreamFailed;
+        failed.attempt = 10;
+        let mut missing = RunRow::example(3, key("qsiprep/sub-0001"));
+        missing.state = RunState::Failed;
+        missing.exit_code = Some(127);
+        missing.reason = Some("exit code 127: bash: line 3: qsiprpe: command not found".into());
+        vec![oom, failed, missing]
+    }
+
+    fn words(text: &str) -> Vec<String> {
+        text.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn the_runs_table_fits_80_columns_and_cuts_no_reason() {
+        let runs = wide_runs();
+        for width in [80, 100, 132] {
+            let text = runs_text(&runs, 0, Some(width));
+            for line in text.lines() {
+                assert!(
+                    output::text_width(line) <= width,
+                    "{width}: {line:?}\n{text}"
+                );
+            }
+            let all = words(&text);
+            for reason in runs.iter().map(run_reason) {
+                for w in words(&reason) {
+                    assert!(all.contains(&w), "{width}: `{w}` of `{reason}` in\n{text}");
+                }
+            }
+            assert!(!text.contains('…'), "{text}");
+        }
+        // Off a terminal: one line per run, the reason last.
+        let text = runs_text(&runs, 0, None);
+        assert_eq!(text.lines().count(), 1 + runs.len(), "{text}");
+        assert!(text.lines().nth(3).unwrap().ends_with("command not found"));
+    }
 }

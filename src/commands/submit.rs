@@ -513,7 +513,7 @@ pub fn sync_json(done: &engine::sync::SyncReport) -> serde_json::Value {
         .collect();
     let submitted = &done.submitted;
     json!({"changes": changes, "submitted": submitted.rows.len(),
-        "deferred": submitted.deferred, "unmapped": done.discovery.unmapped.len(),
+        "deferred": submitted.deferred, "unmapped": done.unmapped.len(),
         "unreachable": submitted.unreachable})
 }
 
@@ -535,8 +535,10 @@ pub fn run_sync(settings: &Settings) -> anyhow::Result<i32> {
     let engine::sync::SyncReport {
         changes: audit,
         keys,
-        discovery: report,
+        unmapped,
+        problems,
         submitted,
+        ..
     } = done;
     if !settings.json && !settings.quiet {
         for a in &audit {
@@ -552,13 +554,10 @@ pub fn run_sync(settings: &Settings) -> anyhow::Result<i32> {
         }
         // Standing conditions are not changes: shown with -v (and by `discover`).
         if settings.verbose > 0 {
-            for u in &report.unmapped {
-                println!(
-                    "unmapped session folder `{}`: add it to the mapping CSV",
-                    u.scan_id
-                );
+            for scan_id in &unmapped {
+                println!("unmapped session folder `{scan_id}`: add it to the mapping CSV");
             }
-            for p in &report.problems {
+            for p in &problems {
                 println!("mapping: {p}");
             }
         }

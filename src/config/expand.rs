@@ -5,8 +5,7 @@
 //! variable is an error, never an empty string: `/scratch/$USER/work` under a
 //! cron job without `USER` must not become `/scratch//work`.
 
-use super::error::{ConfigError, Loc};
-use super::yaml::Ctx;
+use super::error::{ConfigError, Loc, Source};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ExpandError {
@@ -16,9 +15,9 @@ pub(crate) enum ExpandError {
 }
 
 impl ExpandError {
-    pub fn into_config_error(self, ctx: &Ctx, loc: Loc, path: &str) -> ConfigError {
+    pub fn into_config_error(self, src: &Source, loc: Loc, path: &str) -> ConfigError {
         match self {
-            ExpandError::Undefined(name) => ctx.src.at(
+            ExpandError::Undefined(name) => src.at(
                 loc,
                 path,
                 format!("`{path}` uses `${name}`, which is not set in the environment"),
@@ -27,13 +26,13 @@ impl ExpandError {
                      `${{{name}:-value}}`, or write `$$` for a literal `$`"
                 )),
             ),
-            ExpandError::Unclosed => ctx.src.at(
+            ExpandError::Unclosed => src.at(
                 loc,
                 path,
                 format!("`{path}` has a `${{` without its closing `}}`"),
                 Some("write `${NAME}`, or `$$` for a literal `$`".to_string()),
             ),
-            ExpandError::BadName(inner) => ctx.src.at(
+            ExpandError::BadName(inner) => src.at(
                 loc,
                 path,
                 format!("`{path}` has `${{{inner}}}`, which is not a variable reference"),
@@ -66,7 +65,7 @@ pub(crate) fn expand_vars(
                 Some((n, d)) => (n, Some(d)),
                 None => (inner, None),
             };
-            if !super::yaml::is_env_name(name) {
+            if !is_env_name(name) {
                 return Err(ExpandError::BadName(inner.to_string()));
             }
             match (env(name), default) {
@@ -95,6 +94,13 @@ pub(crate) fn expand_vars(
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// A shell variable name: a letter or `_`, then letters, digits and `_`.
+pub(crate) fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]

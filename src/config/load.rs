@@ -831,10 +831,12 @@ fn read_pipeline(
         )
     })?;
 
-    if let Some(p) =
-        crate::render::outside_value_placements(&command, crate::render::TemplateKind::Command)
-            .into_iter()
-            .next()
+    if let Some(p) = crate::templating::outside_value_placements(
+        &command,
+        crate::templating::TemplateKind::Command,
+    )
+    .into_iter()
+    .next()
     {
         let loc =
             find_line(ctx.text, command_val.loc().line, &p.excerpt).unwrap_or(command_val.loc());

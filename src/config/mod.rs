@@ -37,8 +37,7 @@ pub use load::{CONFIG_VERSION, DEFAULT_PATTERN, config_hash};
 pub use site::{BUNDLED_SITES, BUNDLED_TEMPLATE_NAME, bundled_site};
 pub use types::*;
 pub use units::{
-    DURATION_FORMS, MEMORY_FORMS, format_duration_short, format_memory, format_slurm_time,
-    parse_duration, parse_memory,
+    DURATION_FORMS, MEMORY_FORMS, format_memory, format_slurm_time, parse_duration, parse_memory,
 };
 
 use yaml::{Ctx, Val};

@@ -68,7 +68,7 @@ pub(crate) fn default_scheduler() -> Scheduler {
         requeue: false,
         sacct_chunk: 200,
         submission: SubmissionMode::Arrays,
-        array_job_name: crate::render::DEFAULT_ARRAY_JOB_NAME.to_string(),
+        array_job_name: crate::templating::DEFAULT_ARRAY_JOB_NAME.to_string(),
         tool_timeout_s: 120,
     }
 }
@@ -140,7 +140,7 @@ pub(crate) fn apply_scheduler_keys(
             }
             "array_job_name" => {
                 let text = val.raw_str(ctx)?;
-                crate::render::array_job_name(text, "study", "pipeline").map_err(|e| {
+                crate::templating::array_job_name(text, "study", "pipeline").map_err(|e| {
                     ctx.src.at(
                         val.loc(),
                         val.path,
@@ -384,7 +384,7 @@ pub(crate) fn read_template(
         )
     })?;
     if let Some(p) =
-        crate::render::outside_value_placements(&text, crate::render::TemplateKind::Script)
+        crate::templating::outside_value_placements(&text, crate::templating::TemplateKind::Script)
             .into_iter()
             .next()
     {

@@ -1,5 +1,5 @@
 //! Tera syntax checks at load time, with the Tera environment nfslurm renders
-//! with ([`crate::render::new_tera`]: `<# … #>` comments, because bash's
+//! with ([`crate::templating::new_tera`]: `<# … #>` comments, because bash's
 //! `${#array[@]}` would open a Tera comment with the default `{#`), so that
 //! what loads here renders there.
 
@@ -16,7 +16,7 @@ pub(crate) struct TemplateSyntaxError {
 
 /// Parses `text` as a Tera template named `name`, without rendering it.
 pub(crate) fn check_tera(name: &str, text: &str) -> Result<(), TemplateSyntaxError> {
-    let mut tera = crate::render::new_tera();
+    let mut tera = crate::templating::new_tera();
     tera.add_raw_template(name, text)
         .map_err(|e| match e.kind() {
             tera::ErrorKind::SyntaxError(report) => {

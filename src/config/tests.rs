@@ -396,12 +396,10 @@ fn submission_arrays_is_accepted() {
 fn array_job_names_say_study_and_pipeline_and_are_configurable() {
     let c = ok(MINIMAL);
     assert_eq!(
-        crate::render::array_job_name(&c.site.scheduler.array_job_name, "study", "qsiprep")
+        crate::templating::array_job_name(&c.site.scheduler.array_job_name, "study", "qsiprep")
             .unwrap(),
         "nf-study-qsiprep"
     );
-    // The study is the config folder's name (`/study/nfslurm.yaml` here).
-    assert_eq!(crate::render::study_name(&c), "study");
     let c = ok(&format!(
         "{MINIMAL}scheduler:\n  array_job_name: \"{{{{ pipeline }}}}@{{{{ study }}}}\"\n"
     ));

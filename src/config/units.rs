@@ -137,26 +137,6 @@ pub fn format_slurm_time(secs: u64) -> String {
     }
 }
 
-/// Formats seconds for people: `1h30m`, `45s`, `2d`.
-pub fn format_duration_short(secs: u64) -> String {
-    if secs == 0 {
-        return "0s".to_string();
-    }
-    let mut out = String::new();
-    let parts = [
-        (secs / 86400, "d"),
-        ((secs % 86400) / 3600, "h"),
-        ((secs % 3600) / 60, "m"),
-        (secs % 60, "s"),
-    ];
-    for (value, unit) in parts {
-        if value > 0 {
-            out.push_str(&format!("{value}{unit}"));
-        }
-    }
-    out
-}
-
 /// Parses a memory size into megabytes (MiB, as Slurm counts them).
 ///
 /// `K`, `M`, `G`, `T` are binary multiples, as in Slurm (`1G` = 1024 M); the
@@ -259,13 +239,6 @@ mod tests {
         assert_eq!(format_slurm_time(86399), "23:59:59");
         assert_eq!(format_slurm_time(93600), "1-02:00:00");
         assert_eq!(format_slurm_time(72 * 3600), "3-00:00:00");
-    }
-
-    #[test]
-    fn short_duration_formatting() {
-        assert_eq!(format_duration_short(0), "0s");
-        assert_eq!(format_duration_short(5400), "1h30m");
-        assert_eq!(format_duration_short(93601), "1d2h1s");
     }
 
     #[test]

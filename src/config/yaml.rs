@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_saphyr::granit_parser::{Event, Marker, Parser, ScalarStyle, Span, Tag};
 
 use super::error::{ConfigError, Loc, Source, backticked, closest};
-use super::expand::expand_vars;
+use super::expand::{expand_vars, is_env_name};
 use super::units::{
     DURATION_FORMS, MAX_MEM_MB, MAX_TIME_S, MEMORY_FORMS, parse_duration, parse_memory,
 };
@@ -578,7 +578,8 @@ impl<'a> Val<'a> {
     }
 
     pub fn expand(&self, ctx: &Ctx, raw: &str) -> Result<String, ConfigError> {
-        expand_vars(raw, ctx.env).map_err(|e| e.into_config_error(ctx, self.node.loc, self.path))
+        expand_vars(raw, ctx.env)
+            .map_err(|e| e.into_config_error(&ctx.src, self.node.loc, self.path))
     }
 
     /// A non-negative whole number.
@@ -844,7 +845,7 @@ impl<'a> Val<'a> {
         self.raw_list(ctx)?
             .into_iter()
             .map(|(text, loc, path)| {
-                expand_vars(text, ctx.env).map_err(|e| e.into_config_error(ctx, loc, &path))
+                expand_vars(text, ctx.env).map_err(|e| e.into_config_error(&ctx.src, loc, &path))
             })
             .collect()
     }
@@ -875,7 +876,7 @@ impl<'a> Val<'a> {
             }
             let value = match &entry.value.kind {
                 Kind::Scalar { text, .. } => expand_vars(text, ctx.env)
-                    .map_err(|e| e.into_config_error(ctx, entry.value.loc, &path))?,
+                    .map_err(|e| e.into_config_error(&ctx.src, entry.value.loc, &path))?,
                 Kind::Null => String::new(),
                 other => {
                     return Err(ctx.src.at(
@@ -905,12 +906,6 @@ impl<'a> Val<'a> {
             _ => None,
         }
     }
-}
-
-pub(crate) fn is_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]

@@ -7,8 +7,7 @@ use crate::config::Config;
 use crate::error::Failure;
 use crate::model::UnitKey;
 use crate::plan::Request;
-use crate::state::{AuditRow, Store};
-use crate::study::DiscoveryReport;
+use crate::state::{AuditRow, Store, fingerprint};
 
 use super::Submitted;
 
@@ -23,8 +22,15 @@ pub struct SyncReport {
     pub changes: Vec<AuditRow>,
     /// Unit keys of the units the changes name.
     pub keys: HashMap<i64, UnitKey>,
-    pub discovery: DiscoveryReport,
+    /// Session folders the mapping sheet does not name (scan IDs).
+    pub unmapped: Vec<String>,
+    /// Problems of the mapping sheet.
+    pub problems: Vec<String>,
     pub submitted: Submitted,
+    /// Nothing had changed since the last sync (no folder, sheet, config or
+    /// template, no run in flight, no backoff ended, no write by anyone):
+    /// nothing was reconciled, discovered or planned.
+    pub skipped: bool,
 }
 
 /// One sync, under the plan lock the caller took (a cron `sync` does not
@@ -42,6 +48,22 @@ pub fn sync(
         None => store.last_audit_id()?,
     };
     let now = super::now();
+    let check = fingerprint::check(config, store, now)?;
+    if let Some(mark) = check.unchanged() {
+        tracing::info!("nothing changed since the last sync: nothing to reconcile or plan");
+        let (unmapped, problems) = (mark.unmapped.clone(), mark.problems.clone());
+        let last_sync = (crate::notify::META_LAST_SYNC.into(), Some(now.to_string()));
+        fingerprint::skipped(store, &check, &[last_sync])?;
+        drop(lock);
+        return Ok(SyncReport {
+            changes: Vec::new(),
+            keys: HashMap::new(),
+            unmapped,
+            problems,
+            submitted: Submitted::default(),
+            skipped: true,
+        });
+    }
     // Reconcile first: what Slurm did is recorded even when the mapping sheet
     // or a template is broken and the rest of the sync stops with an error.
     let unreachable = match super::reconcile_all(config, store) {
@@ -77,10 +99,30 @@ pub fn sync(
         store.set_meta(AUDIT_CURSOR, &cursor.to_string())?;
     }
     crate::notify::after_sync(config, store, submitted.unreachable.as_deref());
+    let unmapped: Vec<String> = discovery
+        .unmapped
+        .iter()
+        .map(|u| u.scan_id.clone())
+        .collect();
+    let problems: Vec<String> = discovery.problems.iter().map(ToString::to_string).collect();
+    let end = fingerprint::SyncEnd {
+        quiet: submitted.rows.is_empty()
+            && submitted.deferred == 0
+            && submitted.rejected.is_empty()
+            && submitted.unreachable.is_none(),
+        audit_seen: last.unwrap_or(cursor),
+        unmapped: unmapped.clone(),
+        problems: problems.clone(),
+    };
+    if let Err(e) = fingerprint::record(store, check, end) {
+        tracing::warn!("the next sync plans in full: {e:#}");
+    }
     Ok(SyncReport {
         changes,
         keys,
-        discovery,
+        unmapped,
+        problems,
         submitted,
+        skipped: false,
     })
 }

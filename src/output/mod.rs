@@ -103,7 +103,7 @@ pub fn unit_symbol(state: UnitState) -> String {
     paint(unit_color(state), symbol)
 }
 
-/// A plain table: no borders, fits a terminal, readable in a cron log.
+/// A plain table: no borders, readable in a cron log.
 pub fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table
@@ -115,9 +115,85 @@ pub fn table(header: &[&str]) -> Table {
 
 /// Prints a table with its rows left-trimmed of comfy-table's padding.
 pub fn print_table(table: &Table) {
-    for line in table.to_string().lines() {
-        println!("{}", line.trim_end());
+    print!("{}", table_text(table));
+}
+
+/// A table as text, each line right-trimmed and without the one space of
+/// padding before the first column.
+pub fn table_text(table: &Table) -> String {
+    let mut out = String::new();
+    for line in table.lines() {
+        let line = line.trim_end();
+        out.push_str(line.strip_prefix(' ').unwrap_or(line));
+        out.push('\n');
     }
+    out
+}
+
+/// The widest line of a table as [`table_text`] prints it, in columns.
+pub fn table_width(table: &Table) -> usize {
+    table_text(table).lines().map(text_width).max().unwrap_or(0)
+}
+
+/// How many terminal columns `text` takes: colour codes take none, and
+/// wide characters two.
+pub fn text_width(text: &str) -> usize {
+    console::measure_text_width(text)
+}
+
+/// The width of the terminal stdout is, or `None` off a terminal (a pipe,
+/// a cron log), where nothing is cut to fit.
+pub fn terminal_width() -> Option<usize> {
+    console::Term::stdout()
+        .size_checked()
+        .map(|(_, cols)| usize::from(cols))
+        .filter(|&cols| cols > 0)
+}
+
+/// The width views fit into: the terminal's, else 80.
+pub fn width() -> usize {
+    terminal_width().unwrap_or(80)
+}
+
+/// Fits a table to `width` columns by wrapping the text of column
+/// `wrapped` (at word boundaries) over several lines; every other column
+/// keeps its content's width. Nothing is cut. Off a terminal (`None`) the
+/// table is left as wide as its content.
+pub fn wrap_to_width(table: &mut Table, wrapped: usize, width: Option<usize>) {
+    let Some(width) = width else { return };
+    let columns = table.column_count();
+    for i in 0..columns {
+        if i != wrapped
+            && let Some(col) = table.column_mut(i)
+        {
+            col.set_constraint(comfy_table::ColumnConstraint::ContentWidth);
+        }
+    }
+    // comfy-table counts the padding space before the first column, which
+    // `table_text` removes.
+    table
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_width(u16::try_from(width + 1).unwrap_or(u16::MAX));
+}
+
+/// `text` in lines of at most `width` columns, broken between words (a
+/// word longer than a line is a line of its own, not cut).
+pub fn wrap_words(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && text_width(&line) + 1 + text_width(word) > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
 }
 
 /// A Unix time as local `YYYY-MM-DD HH:MM:SS`.
@@ -137,16 +213,40 @@ pub fn rfc3339(ts: Option<i64>) -> Option<String> {
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
-/// Seconds as `1h02m`, `3m05s`, `12s`.
+/// Seconds for people, everywhere: the two largest units, the second
+/// zero-padded and left out when zero: `12s`, `3m05s`, `3m`, `1h02m`, `1h`,
+/// `2d03h`.
 pub fn duration(secs: i64) -> String {
     let s = secs.max(0);
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    let (big, big_unit, small, small_unit) = if s >= 86_400 {
+        (s / 86_400, "d", (s % 86_400) / 3600, "h")
+    } else if s >= 3600 {
+        (s / 3600, "h", (s % 3600) / 60, "m")
     } else if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
+        (s / 60, "m", s % 60, "s")
     } else {
-        format!("{s}s")
+        return format!("{s}s");
+    };
+    if small == 0 {
+        format!("{big}{big_unit}")
+    } else {
+        format!("{big}{big_unit}{small:02}{small_unit}")
     }
+}
+
+/// A file size for people: `512 B`, `3.6 KiB`, `1.2 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// `1 run`, `3 runs`.
@@ -229,11 +329,62 @@ mod tests {
 
     #[test]
     fn durations_and_sizes_read_naturally() {
+        assert_eq!(duration(0), "0s");
         assert_eq!(duration(5), "5s");
+        assert_eq!(duration(180), "3m");
         assert_eq!(duration(185), "3m05s");
+        assert_eq!(duration(1800), "30m");
+        assert_eq!(duration(3600), "1h");
         assert_eq!(duration(3720), "1h02m");
+        assert_eq!(duration(3600 + 300 + 7), "1h05m");
+        assert_eq!(duration(90_000), "1d01h");
+        assert_eq!(duration(86_400 + 7), "1d");
+        assert_eq!(duration(-3), "0s");
         assert_eq!(megabytes(512), "512M");
         assert_eq!(megabytes(8192), "8.0G");
+        assert_eq!(bytes(7), "7 B");
+        assert_eq!(bytes(3735), "3.6 KiB");
+        assert_eq!(bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
+    }
+
+    #[test]
+    fn words_wrap_between_words_and_are_never_cut() {
+        assert_eq!(
+            wrap_words("exit code 127: command not found", 14),
+            vec!["exit code 127:", "command not", "found"]
+        );
+        assert_eq!(
+            wrap_words("a-very-long-word b", 5),
+            vec!["a-very-long-word", "b"]
+        );
+        assert!(wrap_words("  ", 10).is_empty());
+    }
+
+    #[test]
+    fn widths_ignore_colour_and_count_wide_characters() {
+        assert_eq!(text_width("\x1b[32mdone\x1b[0m"), 4);
+        assert_eq!(text_width("✓ done"), 6);
+    }
+
+    #[test]
+    fn a_wrapped_table_fits_and_keeps_every_word() {
+        let mut t = table(&["job", "unit", "reason"]);
+        t.add_row(vec![
+            "103",
+            "qsiprep/sub-0001",
+            "exit code 127: bash: line 3: qsiprpe: command not found",
+        ]);
+        wrap_to_width(&mut t, 2, Some(40));
+        let text = table_text(&t);
+        assert!(table_width(&t) <= 40, "{text}");
+        let words: Vec<&str> = text.split_whitespace().collect();
+        for w in ["127:", "qsiprpe:", "found", "qsiprep/sub-0001"] {
+            assert!(words.contains(&w), "{w} in {text}");
+        }
+        let mut t = table(&["job", "reason"]);
+        t.add_row(vec!["1", "exit code 127: command not found"]);
+        wrap_to_width(&mut t, 1, None);
+        assert_eq!(table_text(&t).lines().count(), 2, "no limit off a terminal");
     }
 
     #[test]

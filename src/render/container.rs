@@ -107,7 +107,7 @@ pub fn container_argv(input: &ScriptInput) -> Vec<String> {
 /// (runtime and options; each bind; each variable; the image), joined with
 /// ` \` continuations. Empty when the command runs on the host.
 pub fn container_prefix(argv: &[String]) -> String {
-    use super::quote::shell_quote;
+    use crate::templating::shell_quote;
     let Some(image) = argv.last() else {
         return String::new();
     };

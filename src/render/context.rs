@@ -5,14 +5,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use tera::{Context, Error, ErrorKind, Kwargs, State, TeraResult, Value};
+use tera::{Context, Value};
 
 use crate::config::{Config, ExecutorKind};
 use crate::model::{Label, UnitKey};
 
 use super::container::{Runtime, container_argv, container_prefix};
-use super::quote::shell_quote;
 use super::{RenderError, ScriptInput, SessionInfo};
+use crate::templating::shell_quote;
 
 /// The unit's work dir: `<paths.work_dir>/<pipeline>/sub-<label>` for a
 /// subject-level unit, `…/sub-<label>/ses-<label>` for a session-level one.
@@ -43,36 +43,6 @@ pub fn slurm_time(secs: u64) -> String {
     } else {
         format!("{h:02}:{m:02}:{s:02}")
     }
-}
-
-/// The `shell_quote` filter: quotes a value as one shell word.
-///
-/// Safe values pass through untouched: the command context's pre-quoted
-/// strings (so they are never quoted twice), numbers and booleans. An array
-/// gives its elements quoted and joined by spaces. `undefined` and `none` are
-/// errors rather than an empty word that would silently shift arguments.
-pub(crate) fn shell_quote_filter(value: &Value, _: Kwargs, _: &State) -> TeraResult<Value> {
-    quote_value(value)
-}
-
-fn quote_value(value: &Value) -> TeraResult<Value> {
-    if value.is_undefined() || value.is_none() {
-        return Err(Error::new(ErrorKind::InvalidArgument {
-            expected_type: "a defined value".to_string(),
-            actual_type: if value.is_none() { "none" } else { "undefined" }.to_string(),
-        }));
-    }
-    if let Some(items) = value.as_array() {
-        let mut words = Vec::with_capacity(items.len());
-        for item in items {
-            words.push(quote_value(item)?.to_string());
-        }
-        return Ok(Value::safe_string(&words.join(" ")));
-    }
-    if value.is_safe() {
-        return Ok(value.clone());
-    }
-    Ok(Value::safe_string(&shell_quote(&value.to_string())))
 }
 
 /// A string for the command context: quoted, and marked safe.

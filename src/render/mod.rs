@@ -45,8 +45,6 @@
 
 mod container;
 mod context;
-mod placement;
-mod quote;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -56,10 +54,13 @@ use tera::{Context, Tera};
 use crate::config::{Config, ExecutorKind, Pipeline, Resources};
 use crate::model::{Label, Level, UnitKey};
 
+use crate::templating::describe;
+pub use crate::templating::{
+    DEFAULT_ARRAY_JOB_NAME, Placement, TemplateKind, array_job_name, new_tera,
+    outside_value_placements, shell_join, shell_quote, tera_delimiters,
+};
 pub use container::{Runtime, container_argv, container_prefix};
 pub use context::{slurm_time, work_dir_for};
-pub use placement::{Placement, TemplateKind, outside_value_placements};
-pub use quote::{shell_join, shell_quote};
 
 /// One session of a subject, as a template sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,30 +147,6 @@ pub enum RenderError {
         "pipeline `{pipeline}`: `{name}` is not a valid environment variable name (letters, digits and `_`, not starting with a digit)"
     )]
     BadEnvName { pipeline: String, name: String },
-}
-
-/// The Tera delimiters nfslurm uses everywhere: the defaults, except comments,
-/// which are `<#` … `#>` so that bash's `${#x}` does not open a comment.
-pub fn tera_delimiters() -> tera::Delimiters {
-    tera::Delimiters {
-        comment_start: "<#".into(),
-        comment_end: "#>".into(),
-        ..tera::Delimiters::default()
-    }
-}
-
-/// A Tera environment configured as nfslurm renders: `<# #>` comments
-/// ([`tera_delimiters`]), no HTML autoescape, the `shell_quote` filter. Use
-/// it to check templates elsewhere (config loading, `doctor`), so that what
-/// passes there renders here: a bare `Tera` rejects `| shell_quote` as an
-/// unknown filter.
-pub fn new_tera() -> Tera {
-    let mut tera = Tera::new();
-    tera.set_delimiters(tera_delimiters())
-        .expect("the delimiters are two bytes each and distinct, and no template is loaded yet");
-    tera.autoescape_on(Vec::<&str>::new());
-    tera.register_filter("shell_quote", context::shell_quote_filter);
-    tera
 }
 
 /// Compiled templates for one config: every pipeline's command and script
@@ -313,40 +290,6 @@ impl Renderer {
     }
 }
 
-/// The default `scheduler.array_job_name`: whose study, which pipeline.
-pub const DEFAULT_ARRAY_JOB_NAME: &str = "nf-{{ study }}-{{ pipeline }}";
-
-/// The name of an array job: `template` (Tera, with `study` and `pipeline`)
-/// rendered, whitespace and control characters made `_` (sbatch takes the
-/// name as one argument; squeue prints it in a column). An error when the
-/// template does not parse, uses another variable, or renders to nothing.
-pub fn array_job_name(template: &str, study: &str, pipeline: &str) -> Result<String, String> {
-    let mut tera = new_tera();
-    tera.add_raw_template("array_job_name", template)
-        .map_err(|e| describe(&e).0)?;
-    let mut ctx = Context::new();
-    ctx.insert("study", study);
-    ctx.insert("pipeline", pipeline);
-    let text = tera
-        .render("array_job_name", &ctx)
-        .map_err(|e| describe(&e).0)?;
-    let name: String = text
-        .trim()
-        .chars()
-        .map(|c| {
-            if c.is_whitespace() || c.is_control() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
-    if name.is_empty() {
-        return Err("it renders to an empty name".into());
-    }
-    Ok(name)
-}
-
 /// The study's name for job names: the config folder's name, reduced to
 /// letters, digits, `.`, `_` and `-`.
 pub fn study_name(config: &Config) -> String {
@@ -434,31 +377,6 @@ fn is_env_name(name: &str) -> bool {
     let mut bytes = name.bytes();
     matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-/// A Tera error as (one-line message, located report on the following lines).
-fn describe(err: &tera::Error) -> (String, String) {
-    match err.kind() {
-        tera::ErrorKind::SyntaxError(report) | tera::ErrorKind::RenderingError(report) => {
-            let full = err.to_string();
-            // The report repeats the message on its first line; keep the
-            // location and the source excerpt that follow.
-            let location = full
-                .split_once('\n')
-                .map(|(_, rest)| format!("\n{rest}"))
-                .unwrap_or_default();
-            (report.message().to_string(), location)
-        }
-        _ => {
-            let mut message = err.to_string();
-            let mut source = std::error::Error::source(err);
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            (message, String::new())
-        }
-    }
 }
 
 #[cfg(test)]

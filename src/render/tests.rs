@@ -83,7 +83,7 @@ fn pipeline(name: &str, level: Level, command: &str) -> Pipeline {
     }
 }
 
-/// A config as the loader would produce it: the SPEC's `bids` and `qsiprep`.
+/// A config as the loader would produce it: the user guide's `bids` and `qsiprep`.
 fn config(runtime: ContainerRuntime) -> Config {
     let mut bids = pipeline("bids", Level::Session, BIDS_COMMAND);
     bids.binds
@@ -598,4 +598,18 @@ fn command_context_values() {
         "sub-01 ses-1 '/data/My Study/bids' 2 8 02:00:00 7200 0 1 bids bids/sub-01/ses-1 slurm \
          /scratch/alice/nfslurm/bids/sub-01/ses-1"
     );
+}
+
+#[test]
+fn the_bundled_script_template_guards_the_command() {
+    let bundled = outside_value_placements(crate::config::BUNDLED_TEMPLATE, TemplateKind::Script);
+    assert!(bundled.is_empty(), "{bundled:?}");
+}
+
+#[test]
+fn the_study_name_is_the_config_folders_name() {
+    let mut c = config(ContainerRuntime::None);
+    assert_eq!(study_name(&c), "study");
+    c.dir = PathBuf::from("/data/my study#2");
+    assert_eq!(study_name(&c), "my_study_2");
 }

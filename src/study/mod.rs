@@ -29,6 +29,7 @@
 //! while a folder is being copied), ordered by scan ID as plain strings.
 
 pub mod dicom;
+mod fingerprint;
 mod mapping;
 mod scan;
 mod validate;
@@ -43,6 +44,7 @@ use regex::Regex;
 use crate::config::{DicomMode, Discovery, ScanIdFrom};
 use crate::model::Label;
 
+pub use fingerprint::study_fingerprint;
 pub use mapping::{Mapping, MappingProblem, MappingRow, load_mapping, parse_mapping};
 
 use dicom::{HeaderKey, HeaderSummary, KnownHeaders};
@@ -635,41 +637,17 @@ fn other_folders(sessions: &[FoundSession], indices: &[usize], me: usize) -> Str
 }
 
 fn settling_reason(modified: Option<SystemTime>, now: SystemTime, settle_s: u64) -> String {
-    let settle = human_duration(settle_s);
+    let settle = crate::output::duration(settle_s as i64);
     match modified {
         Some(t) => match now.duration_since(t) {
             Ok(ago) => format!(
                 "settling (modified {} ago, settle {settle})",
-                human_duration(ago.as_secs())
+                crate::output::duration(ago.as_secs() as i64)
             ),
             Err(_) => format!("settling (modified in the future: clock skew?, settle {settle})"),
         },
         None => format!("settling (files changed during the scan, settle {settle})"),
     }
-}
-
-/// `45s`, `3m`, `2h5m`, `1d3h`: the two largest units, rounded down.
-pub(crate) fn human_duration(secs: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
-    if secs == 0 {
-        return "0s".to_string();
-    }
-    let mut out = String::new();
-    let mut rest = secs;
-    let mut shown = 0;
-    for (size, unit) in UNITS {
-        if rest >= size {
-            out.push_str(&format!("{}{unit}", rest / size));
-            rest %= size;
-            shown += 1;
-        } else if shown > 0 {
-            shown += 1;
-        }
-        if shown == 2 {
-            break;
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -1059,17 +1037,6 @@ mod tests {
                 ),
             ]
         );
-    }
-
-    #[test]
-    fn human_durations() {
-        assert_eq!(human_duration(0), "0s");
-        assert_eq!(human_duration(45), "45s");
-        assert_eq!(human_duration(180), "3m");
-        assert_eq!(human_duration(1800), "30m");
-        assert_eq!(human_duration(3600 + 300 + 7), "1h5m");
-        assert_eq!(human_duration(86_400 + 7), "1d");
-        assert_eq!(human_duration(90_000), "1d1h");
     }
 }
 

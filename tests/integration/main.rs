@@ -9,6 +9,7 @@ mod chaos;
 mod clean;
 mod common;
 mod dicom;
+mod docs;
 mod failures;
 mod hardening;
 mod local;

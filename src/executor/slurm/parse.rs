@@ -586,7 +586,7 @@ mod tests {
         for maybe_queued in [
             "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation",
             "sbatch: error: Batch job submission failed: Zero Bytes were transmitted or received",
-            "`sbatch` did not answer within 2m00s: killed",
+            "`sbatch` did not answer within 2m: killed",
         ] {
             assert!(!is_safe_to_resubmit(maybe_queued), "{maybe_queued}");
         }
