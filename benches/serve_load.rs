@@ -412,6 +412,29 @@ impl Server {
         Some((kb("VmHWM:")? / 1024.0, kb("VmRSS:")? / 1024.0))
     }
 
+    /// Samples the resident set size every 100 ms until `stop`: its
+    /// highest value in MB, the memory under load (VmHWM also counts the
+    /// first look at the study, before the server answers).
+    fn sample_rss(&self, stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<f64> {
+        let path = format!("/proc/{}/status", self.child.id());
+        std::thread::spawn(move || {
+            let mut highest: f64 = 0.0;
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(status) = std::fs::read_to_string(&path)
+                    && let Some(kb) = status
+                        .lines()
+                        .find(|l| l.starts_with("VmRSS:"))
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|v| v.parse::<f64>().ok())
+                {
+                    highest = highest.max(kb / 1024.0);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            highest
+        })
+    }
+
     /// SIGTERM, then SIGKILL if it has not ended within 5 s.
     fn stop(mut self) {
         let pid = self.child.id() as libc::pid_t;
@@ -678,6 +701,9 @@ fn run(options: &Options) -> Result<Report, String> {
     eprintln!("starting nfslurm serve");
     let server = Server::start(nfslurm, &study)?;
     let (addr, token) = (server.addr.clone(), server.token.clone());
+    let rss_before_load = server.rss_mb();
+    let stop_sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = server.sample_rss(stop_sampling.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -756,6 +782,8 @@ fn run(options: &Options) -> Result<Report, String> {
         Ok::<_, String>((samples, syncs, logs, failed_clients))
     });
     let rss = server.rss_mb();
+    stop_sampling.store(true, Ordering::Relaxed);
+    let sampled = sampler.join().unwrap_or(f64::NAN);
     server.stop();
     drop(runtime);
     let (samples, syncs, logs, failed_clients) = outcome?;
@@ -859,7 +887,21 @@ fn run(options: &Options) -> Result<Report, String> {
 
     // The server's memory.
     let (peak, now) = rss.ok_or("cannot read the server's /proc status")?;
-    report.add("server RSS peak (VmHWM)", peak, "MB", Some((100.0, false)));
+    report.add(
+        "server RSS peak (VmHWM, with the first look)",
+        peak,
+        "MB",
+        Some((100.0, false)),
+    );
+    if let Some((_, at_start)) = rss_before_load {
+        report.add("server RSS after the first look", at_start, "MB", None);
+    }
+    report.add(
+        "server RSS, highest sample under load (100 ms)",
+        sampled,
+        "MB",
+        Some((100.0, false)),
+    );
     report.add("server RSS at the end", now, "MB", None);
 
     // The syncs.

@@ -18,6 +18,8 @@ use crate::state::{Snapshot, Store};
 
 /// How often the watcher looks for a write.
 pub const POLL: Duration = Duration::from_millis(200);
+/// How long the watcher waits for a writer to stop before it reads anyway.
+const SETTLE: Duration = Duration::from_secs(1);
 /// How often the documents are rebuilt with no write (states that depend on
 /// the time, a retry's backoff that passed, move on their own).
 const REFRESH: Duration = Duration::from_secs(15);
@@ -92,6 +94,8 @@ struct Seen {
     units: HashMap<String, (String, u64)>,
     runs: HashMap<i64, Arc<Job>>,
     seq: u64,
+    /// The status document's size, to allocate the next one at once.
+    status_len: usize,
 }
 
 /// Builds the documents from one read of the state, and the changes since
@@ -114,15 +118,35 @@ fn build(
         .collect();
     let now = engine::now();
     let plan = plan::plan(config, &snapshot, now, &Request::default());
-    let status =
-        crate::views::status_document_of(config, &snapshot, &plan, &Selection::default(), &[]);
+    let (units, counts, alerts) =
+        crate::views::status_parts(config, &snapshot, &plan, &Selection::default(), &[]);
+    // `status --json`'s document (keys in order), written one unit at a time
+    // rather than built whole: tens of thousands of units as `Value`s are
+    // tens of MB.
+    let mut out = Vec::with_capacity(seen.status_len + 4096);
+    out.extend_from_slice(b"{\"alerts\":");
+    let _ = serde_json::to_writer(&mut out, &alerts);
+    out.extend_from_slice(b",\"counts\":");
+    let _ = serde_json::to_writer(&mut out, &counts);
+    out.extend_from_slice(b",\"units\":[");
+    for (i, u) in units.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let unit = crate::views::status_unit_json(u);
+        let start = out.len();
+        let _ = serde_json::to_writer(&mut out, &unit);
+        let hash = hash_of(&out[start..]);
+        if let Some(event) = diff_unit(seen, unit, hash, announce) {
+            events.push(event);
+        }
+    }
+    out.extend_from_slice(b"]}");
     drop(plan);
     drop(snapshot);
-    if let Some(units) = status["units"].as_array() {
-        events.extend(diff_units(seen, units, announce));
-    }
+    seen.status_len = out.len();
     let cache = Cache {
-        status: axum::body::Bytes::from(status.to_string()),
+        status: axum::body::Bytes::from(out),
         jobs,
         by_id,
     };
@@ -138,10 +162,10 @@ fn unit_key(u: &Value) -> String {
     }
 }
 
-fn hash_of(value: &Value) -> u64 {
+fn hash_of(bytes: &[u8]) -> u64 {
     use std::hash::{Hash as _, Hasher as _};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    value.to_string().hash(&mut hasher);
+    bytes.hash(&mut hasher);
     hasher.finish()
 }
 
@@ -179,49 +203,51 @@ fn diff_runs(seen: &mut Seen, jobs: &mut [Arc<Job>], announce: bool) -> Vec<Even
     events
 }
 
-/// The units whose state changed since `seen`, in the document's order.
-fn diff_units(seen: &mut Seen, units: &[Value], announce: bool) -> Vec<Event> {
-    let mut events = Vec::new();
-    for unit in units {
-        let key = unit_key(unit);
-        let state = unit["state"].as_str().unwrap_or("").to_string();
-        let hash = hash_of(unit);
-        let old = seen.units.get(&key);
-        if old.is_some_and(|(s, h)| *s == state && *h == hash) {
-            continue;
-        }
-        let old_state = old.map(|(s, _)| json!(s)).unwrap_or(Value::Null);
-        let state_changed = old.is_none_or(|(s, _)| *s != state);
-        seen.units.insert(key.clone(), (state, hash));
-        if !announce || !state_changed {
-            continue;
-        }
-        seen.seq += 1;
-        let mut msg = unit.clone();
-        msg["type"] = json!("unit");
-        msg["unit"] = json!(key);
-        msg["seq"] = json!(seen.seq);
-        msg["old_state"] = old_state;
-        events.push(Event {
-            run_id: None,
-            text: Arc::from(msg.to_string()),
-            run: None,
-        });
+/// The unit's event if its state changed since `seen` (`hash`: of its
+/// object serialized).
+fn diff_unit(seen: &mut Seen, mut unit: Value, hash: u64, announce: bool) -> Option<Event> {
+    let key = unit_key(&unit);
+    let state = unit["state"].as_str().unwrap_or("").to_string();
+    let old = seen.units.get(&key);
+    if old.is_some_and(|(s, h)| *s == state && *h == hash) {
+        return None;
     }
-    events
+    let old_state = old.map(|(s, _)| json!(s)).unwrap_or(Value::Null);
+    let state_changed = old.is_none_or(|(s, _)| *s != state);
+    seen.units.insert(key.clone(), (state, hash));
+    if !announce || !state_changed {
+        return None;
+    }
+    seen.seq += 1;
+    unit["type"] = json!("unit");
+    unit["unit"] = json!(key);
+    unit["seq"] = json!(seen.seq);
+    unit["old_state"] = old_state;
+    Some(Event {
+        run_id: None,
+        text: Arc::from(unit.to_string()),
+        run: None,
+    })
 }
 
-/// Reads the state once: every run, as served (a run unchanged since
-/// `seen` is the one seen), then the snapshot.
+/// Reads the state once: every run, then the snapshot. The rows are read
+/// as they are and made into what is served afterwards, so that the read
+/// (which keeps writers from committing) is as short as it can be; a run
+/// unchanged since `seen` is the one seen.
 fn read(store: &Store, seen: &Seen) -> anyhow::Result<(Snapshot, Vec<Arc<Job>>)> {
-    let mut jobs = Vec::with_capacity(seen.runs.len() + 64);
-    store.each_run(|run| {
-        let job = Job::of(&run);
-        jobs.push(match seen.runs.get(&job.run_id) {
-            Some(old) if old.json == job.json => old.clone(),
-            _ => Arc::new(job),
-        });
-    })?;
+    // The rows are dropped before the snapshot is read: the two at once
+    // would be twice the runs in memory.
+    let jobs = store
+        .all_runs()?
+        .iter()
+        .map(|run| {
+            let job = Job::of(run);
+            match seen.runs.get(&job.run_id) {
+                Some(old) if old.json == job.json => old.clone(),
+                _ => Arc::new(job),
+            }
+        })
+        .collect();
     Ok((store.snapshot()?, jobs))
 }
 
@@ -293,6 +319,18 @@ pub fn watch(state: Arc<AppState>, start: WatchStart) {
         };
         if version == Some(now_version) && refreshed.elapsed() < REFRESH {
             continue;
+        }
+        // A writer (a sync) commits several times in a row: wait until it
+        // stops, up to SETTLE, so that the read does not hold up its next
+        // commit, and one rebuild covers them all.
+        let mut now_version = now_version;
+        let settling = Instant::now();
+        while settling.elapsed() < SETTLE {
+            std::thread::sleep(POLL);
+            match s.data_version() {
+                Ok(v) if v != now_version => now_version = v,
+                _ => break,
+            }
         }
         let started = Instant::now();
         let (snapshot, jobs) = match read(s, &seen) {

@@ -995,19 +995,6 @@ impl Store {
         self.query_runs("", &[])
     }
 
-    /// Every run, in ID order, given to `f` one at a time: a reader of a
-    /// large study that keeps something smaller than the rows.
-    pub fn each_run(&self, mut f: impl FnMut(RunRow)) -> Result<()> {
-        let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs r JOIN units u ON u.id = r.unit_id ORDER BY r.id"
-        );
-        let mut stmt = self.conn.prepare(&sql)?;
-        for run in stmt.query_map([], run_from_row)? {
-            f(run?);
-        }
-        Ok(())
-    }
-
     pub fn runs_of_unit(&self, unit_id: i64) -> Result<Vec<RunRow>> {
         self.query_runs("WHERE r.unit_id = ?1", &[&unit_id])
     }
