@@ -90,7 +90,9 @@ target_dir=${CARGO_TARGET_DIR:-$root/target}
 nfslurm="$target_dir/release/nfslurm"
 
 # pydicom is the speed anchor of the header-reading figure.
-scripts/test-deps.sh
+if [ "$run_lib" = 1 ]; then
+    scripts/test-deps.sh
+fi
 
 if [ -n "$baseline" ]; then
     echo "building the baseline nfslurm of $baseline (release)..." >&2
