@@ -4,7 +4,7 @@
 # study on the Slurm test cluster in each submission mode. Figures with a
 # target are marked `met` or `not met`; nothing is asserted.
 #
-#   scripts/bench.sh                      # everything (about 8 minutes here)
+#   scripts/bench.sh                      # everything (about 11 minutes here)
 #   scripts/bench.sh --no-slurm           # the synthetic benchmarks only
 #   scripts/bench.sh --slurm-only         # the Slurm cluster part only
 #   scripts/bench.sh --modes jobs         # one submission mode (jobs, arrays)
