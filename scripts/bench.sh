@@ -4,7 +4,7 @@
 # study on the Slurm test cluster in each submission mode. Figures with a
 # target are marked `met` or `not met`; nothing is asserted.
 #
-#   scripts/bench.sh                      # everything (about 8 minutes here)
+#   scripts/bench.sh                      # everything (about 11 minutes here)
 #   scripts/bench.sh --no-slurm           # the synthetic benchmarks only
 #   scripts/bench.sh --slurm-only         # the Slurm cluster part only
 #   scripts/bench.sh --modes jobs         # one submission mode (jobs, arrays)
@@ -16,6 +16,12 @@
 #   scripts/bench.sh --only dicom,sync-dicom --baseline dd380cc
 #                                         # DICOM figures; a no-op sync timed
 #                                         # against the nfslurm of commit REV too
+#   scripts/bench.sh --no-slurm --only serve --serve-duration 20
+#                                         # `nfslurm serve` under load (default
+#                                         # 60 s: 200 WebSocket clients, 100
+#                                         # status requests/s, a sync every 10 s
+#                                         # on a 10,000-session study); a
+#                                         # shorter run to try it out
 #
 # Generated studies live under a temporary folder and are deleted at the end.
 # Release build; CARGO_TARGET_DIR is honoured.
@@ -32,6 +38,9 @@ sessions=2
 sync_every=3
 timeout_s=2400
 lib_args=()
+only=""
+run_serve=1
+serve_duration=60
 baseline=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -41,13 +50,32 @@ while [ $# -gt 0 ]; do
         --subjects) subjects="$2"; shift ;;
         --sync-every) sync_every="$2"; shift ;;
         --timeout) timeout_s="$2"; shift ;;
-        --reps | --only) lib_args+=("$1" "$2"); shift ;;
+        --reps) lib_args+=("$1" "$2"); shift ;;
+        --only) only="$2"; shift ;;
+        --serve-duration) serve_duration="$2"; shift ;;
         --baseline) baseline="$2"; shift ;;
-        -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument \`$1\`" >&2; exit 1 ;;
     esac
     shift
 done
+
+# `--only`: `serve` is the load benchmark of `nfslurm serve`; the other names
+# go to the scale benchmark (none left: it does not run).
+if [ -n "$only" ]; then
+    IFS=, read -ra only_list <<< "$only"
+    lib_only=()
+    run_serve=0
+    for name in "${only_list[@]}"; do
+        if [ "$name" = serve ]; then run_serve=1; else lib_only+=("$name"); fi
+    done
+    if [ ${#lib_only[@]} -eq 0 ]; then
+        run_lib=0
+    else
+        lib_args+=(--only "$(IFS=,; echo "${lib_only[*]}")")
+    fi
+fi
+[ "$run_lib" = 0 ] && [ -z "$only" ] && run_serve=0
 
 work=$(mktemp -d /tmp/nfslurm-bench-sh.XXXXXX)
 cleanup() { rm -rf "$work"; }
@@ -56,7 +84,8 @@ table="$work/figures.tsv"
 : > "$table"
 
 echo "building (release)..." >&2
-if ! { cargo build --release && cargo bench --bench scale --no-run; } > "$work/build.log" 2>&1; then
+if ! { cargo build --release && cargo bench --bench scale --no-run \
+    && cargo bench --bench serve_load --no-run; } > "$work/build.log" 2>&1; then
     cat "$work/build.log" >&2
     exit 1
 fi
@@ -64,7 +93,9 @@ target_dir=${CARGO_TARGET_DIR:-$root/target}
 nfslurm="$target_dir/release/nfslurm"
 
 # pydicom is the speed anchor of the header-reading figure.
-scripts/test-deps.sh
+if [ "$run_lib" = 1 ]; then
+    scripts/test-deps.sh
+fi
 
 if [ -n "$baseline" ]; then
     echo "building the baseline nfslurm of $baseline (release)..." >&2
@@ -85,6 +116,19 @@ fi
 if [ "$run_lib" = 1 ]; then
     cargo bench --quiet --bench scale -- --tsv "$work/lib.tsv" "${lib_args[@]}" >&2
     cat "$work/lib.tsv" >> "$table"
+fi
+
+# --- nfslurm serve under load ------------------------------------------------
+# The 10,000-session study of the no-op sync figure, switched to the local
+# executor by the benchmark; loopback only, and it stops by itself.
+if [ "$run_serve" = 1 ]; then
+    echo "serve load: generating the 10,000-session study..." >&2
+    cargo bench --quiet --bench scale -- --setup sync "$work/serve-study" > /dev/null
+    cargo bench --quiet --bench serve_load -- --nfslurm "$nfslurm" \
+        --study "$work/serve-study" --duration "$serve_duration" \
+        --tsv "$work/serve.tsv" >&2
+    cat "$work/serve.tsv" >> "$table"
+    rm -rf "$work/serve-study"
 fi
 
 

@@ -37,6 +37,21 @@ pub fn status_document_of(
     selection: &Selection,
     states: &[String],
 ) -> Value {
+    let (units, counts, alerts) = status_parts(config, snapshot, plan, selection, states);
+    let list: Vec<Value> = units.iter().map(|u| status_unit_json(u)).collect();
+    json!({ "units": list, "counts": counts, "alerts": alerts })
+}
+
+/// The parts of [`status_document_of`]: the units kept, in order, and the
+/// `counts` and `alerts` values (for a writer that serializes the units one
+/// at a time).
+pub fn status_parts<'p>(
+    config: &Config,
+    snapshot: &Snapshot,
+    plan: &'p plan::Plan,
+    selection: &Selection,
+    states: &[String],
+) -> (Vec<&'p UnitPlan>, Value, Value) {
     let alerts = crate::alerts::tally(
         config,
         plan,
@@ -57,24 +72,23 @@ pub fn status_document_of(
             .entry(u.state.as_str())
             .or_default() += 1;
     }
-    let list: Vec<_> = units
-        .iter()
-        .map(|u| {
-            json!({
-                "pipeline": u.key.pipeline,
-                "subject": u.key.subject,
-                "session": u.key.session,
-                "state": u.state.as_str(),
-                "reason": u.reason.map(|r| r.as_str()),
-                "detail": u.detail,
-                "blocked_by": u.blocked_by.as_ref().map(|k| k.to_string()),
-                "attempts": u.attempts,
-                "job_id": u.job_id,
-                "next_attempt_at": output::rfc3339(u.next_attempt_at),
-            })
-        })
-        .collect();
-    json!({ "units": list, "counts": counts, "alerts": alerts })
+    (units, json!(counts), json!(alerts))
+}
+
+/// One unit's object in [`status_document_of`].
+pub fn status_unit_json(u: &UnitPlan) -> Value {
+    json!({
+        "pipeline": u.key.pipeline,
+        "subject": u.key.subject,
+        "session": u.key.session,
+        "state": u.state.as_str(),
+        "reason": u.reason.map(|r| r.as_str()),
+        "detail": u.detail,
+        "blocked_by": u.blocked_by.as_ref().map(|k| k.to_string()),
+        "attempts": u.attempts,
+        "job_id": u.job_id,
+        "next_attempt_at": output::rfc3339(u.next_attempt_at),
+    })
 }
 
 /// The document of `status runs --json`: `{"runs": [...]}`, oldest first.

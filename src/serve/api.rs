@@ -224,19 +224,16 @@ pub async fn list_jobs(
     let subject = q.subject.as_deref().map(|s| bare(s, "sub-"));
     let session = q.session.as_deref().map(|s| bare(s, "ses-"));
     let cache = state.cache();
-    let jobs: Vec<&Value> = cache
+    let jobs: Vec<Value> = cache
         .jobs
         .iter()
-        .map(|j| &**j)
-        .filter(|j| {
-            q.after
-                .is_none_or(|a| j["run_id"].as_i64().is_some_and(|id| id < a))
-        })
-        .filter(|j| states.is_empty() || states.iter().any(|s| j["state"] == *s))
-        .filter(|j| q.pipeline.as_deref().is_none_or(|p| j["pipeline"] == p))
-        .filter(|j| subject.is_none_or(|s| j["subject"] == s))
-        .filter(|j| session.is_none_or(|s| j["session"] == s))
+        .filter(|j| q.after.is_none_or(|a| j.run_id < a))
+        .filter(|j| states.is_empty() || states.iter().any(|s| j.state == *s))
+        .filter(|j| q.pipeline.as_deref().is_none_or(|p| j.pipeline == p))
+        .filter(|j| subject.is_none_or(|s| j.subject == s))
+        .filter(|j| session.is_none_or(|s| j.session.as_deref() == Some(s)))
         .take(limit)
+        .map(|j| j.value())
         .collect();
     Ok(json_response(StatusCode::OK, &json!({ "jobs": jobs })))
 }

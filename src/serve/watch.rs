@@ -18,6 +18,8 @@ use crate::state::{Snapshot, Store};
 
 /// How often the watcher looks for a write.
 pub const POLL: Duration = Duration::from_millis(200);
+/// How long the watcher waits for a writer to stop before it reads anyway.
+const SETTLE: Duration = Duration::from_secs(1);
 /// How often the documents are rebuilt with no write (states that depend on
 /// the time, a retry's backoff that passed, move on their own).
 const REFRESH: Duration = Duration::from_secs(15);
@@ -28,14 +30,48 @@ pub struct Cache {
     /// `status --json`, serialized.
     pub status: axum::body::Bytes,
     /// Every run as in `status runs --json`, newest first.
-    pub jobs: Vec<Arc<Value>>,
+    pub jobs: Vec<Arc<Job>>,
     /// Index into `jobs` by run ID.
     pub by_id: HashMap<i64, usize>,
 }
 
 impl Cache {
     pub fn job(&self, id: i64) -> Option<Arc<Value>> {
-        self.by_id.get(&id).map(|&i| self.jobs[i].clone())
+        self.by_id.get(&id).map(|&i| Arc::new(self.jobs[i].value()))
+    }
+}
+
+/// One run as the API serves it: its object serialized (a study's tens of
+/// thousands of runs as `Value`s would take over 100 MB), and the fields
+/// the job list filters on.
+#[derive(Debug)]
+pub struct Job {
+    pub run_id: i64,
+    pub state: String,
+    pub pipeline: String,
+    pub subject: String,
+    pub session: Option<String>,
+    /// `status runs --json`'s object for the run, serialized.
+    pub json: Box<str>,
+}
+
+impl Job {
+    fn of(run: &crate::state::RunRow) -> Job {
+        let value = crate::views::run_json(run);
+        let text = |key: &str| value[key].as_str().map(str::to_string);
+        Job {
+            run_id: run.id,
+            state: text("state").unwrap_or_default(),
+            pipeline: text("pipeline").unwrap_or_default(),
+            subject: text("subject").unwrap_or_default(),
+            session: text("session"),
+            json: value.to_string().into_boxed_str(),
+        }
+    }
+
+    /// The run's object.
+    pub fn value(&self) -> Value {
+        serde_json::from_str(&self.json).unwrap_or(Value::Null)
     }
 }
 
@@ -50,41 +86,71 @@ pub struct Event {
     pub run: Option<Arc<Value>>,
 }
 
-/// What the watcher remembers between looks, to send only what changed.
+/// What the watcher remembers between looks, to send only what changed:
+/// each run as cached (shared with the cache), each unit's state and a
+/// hash of its object.
 #[derive(Default)]
 struct Seen {
-    units: HashMap<String, (String, Value)>,
-    runs: HashMap<i64, Arc<Value>>,
+    units: HashMap<String, (String, u64)>,
+    runs: HashMap<i64, Arc<Job>>,
     seq: u64,
+    /// The status document's size, to allocate the next one at once.
+    status_len: usize,
 }
 
-/// Builds the documents from one read of the state.
+/// Builds the documents from one read of the state, and the changes since
+/// `seen`, in order: runs first (a unit's change follows from its run's).
+/// The large intermediate documents are dropped as soon as they are
+/// serialized, so that a rebuild of a large study stays small.
 fn build(
     config: &Config,
-    snapshot: &Snapshot,
-    runs: Vec<crate::state::RunRow>,
-) -> (Cache, Vec<Value>) {
-    let now = engine::now();
-    let plan = plan::plan(config, snapshot, now, &Request::default());
-    let status =
-        crate::views::status_document_of(config, snapshot, &plan, &Selection::default(), &[]);
-    let units = status["units"].as_array().cloned().unwrap_or_default();
-    let mut jobs: Vec<Arc<Value>> = runs
-        .iter()
-        .map(|r| Arc::new(crate::views::run_json(r)))
-        .collect();
-    jobs.sort_by_key(|j| std::cmp::Reverse(j["run_id"].as_i64().unwrap_or(0)));
+    snapshot: Snapshot,
+    mut jobs: Vec<Arc<Job>>,
+    seen: &mut Seen,
+    announce: bool,
+) -> (Cache, Vec<Event>) {
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.run_id));
+    let mut events = diff_runs(seen, &mut jobs, announce);
     let by_id = jobs
         .iter()
         .enumerate()
-        .filter_map(|(i, j)| j["run_id"].as_i64().map(|id| (id, i)))
+        .map(|(i, j)| (j.run_id, i))
         .collect();
+    let now = engine::now();
+    let plan = plan::plan(config, &snapshot, now, &Request::default());
+    let (units, counts, alerts) =
+        crate::views::status_parts(config, &snapshot, &plan, &Selection::default(), &[]);
+    // `status --json`'s document (keys in order), written one unit at a time
+    // rather than built whole: tens of thousands of units as `Value`s are
+    // tens of MB.
+    let mut out = Vec::with_capacity(seen.status_len + 4096);
+    out.extend_from_slice(b"{\"alerts\":");
+    let _ = serde_json::to_writer(&mut out, &alerts);
+    out.extend_from_slice(b",\"counts\":");
+    let _ = serde_json::to_writer(&mut out, &counts);
+    out.extend_from_slice(b",\"units\":[");
+    for (i, u) in units.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let unit = crate::views::status_unit_json(u);
+        let start = out.len();
+        let _ = serde_json::to_writer(&mut out, &unit);
+        let hash = hash_of(&out[start..]);
+        if let Some(event) = diff_unit(seen, unit, hash, announce) {
+            events.push(event);
+        }
+    }
+    out.extend_from_slice(b"]}");
+    drop(plan);
+    drop(snapshot);
+    seen.status_len = out.len();
     let cache = Cache {
-        status: axum::body::Bytes::from(status.to_string()),
+        status: axum::body::Bytes::from(out),
         jobs,
         by_id,
     };
-    (cache, units)
+    (cache, events)
 }
 
 fn unit_key(u: &Value) -> String {
@@ -96,65 +162,93 @@ fn unit_key(u: &Value) -> String {
     }
 }
 
-/// Compares with what was seen and returns the changes, in order: runs
-/// first (a unit's change follows from its run's).
-fn diff(seen: &mut Seen, cache: &Cache, units: Vec<Value>, announce: bool) -> Vec<Event> {
+fn hash_of(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The runs that changed since `seen`, oldest first. An unchanged run's
+/// entry in `jobs` is replaced by the one already seen, so that the two
+/// share it.
+fn diff_runs(seen: &mut Seen, jobs: &mut [Arc<Job>], announce: bool) -> Vec<Event> {
     let mut events = Vec::new();
-    for job in cache.jobs.iter().rev() {
-        let Some(id) = job["run_id"].as_i64() else {
-            continue;
-        };
+    for job in jobs.iter_mut().rev() {
+        let id = job.run_id;
         let old = seen.runs.get(&id);
-        if old.is_some_and(|o| o == job) {
+        if let Some(old) = old
+            && old.json == job.json
+        {
+            *job = old.clone();
             continue;
         }
-        let old_state = old.map(|o| o["state"].clone()).unwrap_or(Value::Null);
+        let old_state = old.map(|o| json!(o.state)).unwrap_or(Value::Null);
         seen.runs.insert(id, job.clone());
         if !announce {
             continue;
         }
         seen.seq += 1;
-        let mut msg = (**job).clone();
+        let run = Arc::new(job.value());
+        let mut msg = (*run).clone();
         msg["type"] = json!("run");
         msg["seq"] = json!(seen.seq);
         msg["old_state"] = old_state;
         events.push(Event {
             run_id: Some(id),
             text: Arc::from(msg.to_string()),
-            run: Some(job.clone()),
-        });
-    }
-    for unit in units {
-        let key = unit_key(&unit);
-        let state = unit["state"].as_str().unwrap_or("").to_string();
-        let old = seen.units.get(&key);
-        if old.is_some_and(|(s, u)| *s == state && *u == unit) {
-            continue;
-        }
-        let old_state = old.map(|(s, _)| json!(s)).unwrap_or(Value::Null);
-        let state_changed = old.is_none_or(|(s, _)| *s != state);
-        seen.units.insert(key.clone(), (state, unit.clone()));
-        if !announce || !state_changed {
-            continue;
-        }
-        seen.seq += 1;
-        let mut msg = unit;
-        msg["type"] = json!("unit");
-        msg["unit"] = json!(key);
-        msg["seq"] = json!(seen.seq);
-        msg["old_state"] = old_state;
-        events.push(Event {
-            run_id: None,
-            text: Arc::from(msg.to_string()),
-            run: None,
+            run: Some(run),
         });
     }
     events
 }
 
-/// Reads the state once: its snapshot and every run.
-fn read(store: &Store) -> anyhow::Result<(Snapshot, Vec<crate::state::RunRow>)> {
-    Ok((store.snapshot()?, store.all_runs()?))
+/// The unit's event if its state changed since `seen` (`hash`: of its
+/// object serialized).
+fn diff_unit(seen: &mut Seen, mut unit: Value, hash: u64, announce: bool) -> Option<Event> {
+    let key = unit_key(&unit);
+    let state = unit["state"].as_str().unwrap_or("").to_string();
+    let old = seen.units.get(&key);
+    if old.is_some_and(|(s, h)| *s == state && *h == hash) {
+        return None;
+    }
+    let old_state = old.map(|(s, _)| json!(s)).unwrap_or(Value::Null);
+    let state_changed = old.is_none_or(|(s, _)| *s != state);
+    seen.units.insert(key.clone(), (state, hash));
+    if !announce || !state_changed {
+        return None;
+    }
+    seen.seq += 1;
+    unit["type"] = json!("unit");
+    unit["unit"] = json!(key);
+    unit["seq"] = json!(seen.seq);
+    unit["old_state"] = old_state;
+    Some(Event {
+        run_id: None,
+        text: Arc::from(unit.to_string()),
+        run: None,
+    })
+}
+
+/// Reads the state once: every run, then the snapshot. The rows are read
+/// as they are and made into what is served afterwards, so that the read
+/// (which keeps writers from committing) is as short as it can be; a run
+/// unchanged since `seen` is the one seen.
+fn read(store: &Store, seen: &Seen) -> anyhow::Result<(Snapshot, Vec<Arc<Job>>)> {
+    // The rows are dropped before the snapshot is read: the two at once
+    // would be twice the runs in memory.
+    let jobs = store
+        .all_runs()?
+        .iter()
+        .map(|run| {
+            let job = Job::of(run);
+            match seen.runs.get(&job.run_id) {
+                Some(old) if old.json == job.json => old.clone(),
+                _ => Arc::new(job),
+            }
+        })
+        .collect();
+    Ok((store.snapshot()?, jobs))
 }
 
 /// The first look, before the server answers: the documents, and what the
@@ -166,14 +260,14 @@ pub fn first_look(config: &Config) -> anyhow::Result<(Cache, WatchStart)> {
     } else {
         None
     };
-    let (snapshot, runs) = match &store {
-        Some(s) => read(s)?,
+    let mut seen = Seen::default();
+    let (snapshot, jobs) = match &store {
+        Some(s) => read(s, &seen)?,
         None => Default::default(),
     };
     let version = store.as_ref().map(|s| s.data_version()).transpose()?;
-    let (cache, units) = build(config, &snapshot, runs);
-    let mut seen = Seen::default();
-    diff(&mut seen, &cache, units, false);
+    let (cache, _) = build(config, snapshot, jobs, &mut seen, false);
+    release_freed_memory();
     Ok((
         cache,
         WatchStart {
@@ -226,7 +320,20 @@ pub fn watch(state: Arc<AppState>, start: WatchStart) {
         if version == Some(now_version) && refreshed.elapsed() < REFRESH {
             continue;
         }
-        let (snapshot, runs) = match read(s) {
+        // A writer (a sync) commits several times in a row: wait until it
+        // stops, up to SETTLE, so that the read does not hold up its next
+        // commit, and one rebuild covers them all.
+        let mut now_version = now_version;
+        let settling = Instant::now();
+        while settling.elapsed() < SETTLE {
+            std::thread::sleep(POLL);
+            match s.data_version() {
+                Ok(v) if v != now_version => now_version = v,
+                _ => break,
+            }
+        }
+        let started = Instant::now();
+        let (snapshot, jobs) = match read(s, &seen) {
             Ok(r) => r,
             Err(e) => {
                 // Locked for longer than the busy timeout: look again.
@@ -236,13 +343,35 @@ pub fn watch(state: Arc<AppState>, start: WatchStart) {
         };
         version = Some(now_version);
         refreshed = Instant::now();
-        let (cache, units) = build(&config, &snapshot, runs);
-        let events = diff(&mut seen, &cache, units, true);
+        let read_ms = started.elapsed().as_millis();
+        let (cache, events) = build(&config, snapshot, jobs, &mut seen, true);
+        tracing::debug!(
+            "serve: documents rebuilt in {} ms (reading the state {read_ms} ms), {} changes",
+            started.elapsed().as_millis(),
+            events.len()
+        );
         // The documents first: a client that refetches on an event sees it.
-        *state.cache.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(cache);
+        let old = std::mem::replace(
+            &mut *state.cache.write().unwrap_or_else(|e| e.into_inner()),
+            Arc::new(cache),
+        );
+        drop(old);
+        release_freed_memory();
         for event in events {
             // No receiver is not an error: no one is listening.
             let _ = state.events.send(Arc::new(event));
         }
+    }
+}
+
+/// Gives the memory a rebuild freed back to the system: glibc keeps what a
+/// thread freed in that thread's arena, and the watcher's rebuilds of a
+/// large study would otherwise keep the server's RSS at several times what
+/// it holds.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's heaps.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

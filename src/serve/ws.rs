@@ -17,6 +17,11 @@ use super::api::ApiError;
 /// others are not held up by it).
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Each socket's read and write buffers: the messages are small (a client
+/// sends nothing but pings), and 200 clients with tungstenite's 128 KiB
+/// defaults would hold tens of MB.
+const BUFFER: usize = 4096;
+
 async fn send(socket: &mut WebSocket, text: &str) -> bool {
     matches!(
         tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await,
@@ -26,6 +31,8 @@ async fn send(socket: &mut WebSocket, text: &str) -> bool {
 
 pub async fn events(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
     ws.max_message_size(4096)
+        .read_buffer_size(BUFFER)
+        .write_buffer_size(BUFFER)
         .on_upgrade(move |socket| events_loop(state, socket))
 }
 
@@ -70,6 +77,8 @@ pub async fn job(
             .into_response();
     }
     ws.max_message_size(4096)
+        .read_buffer_size(BUFFER)
+        .write_buffer_size(BUFFER)
         .on_upgrade(move |socket| job_loop(state, id, socket))
 }
 
