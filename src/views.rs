@@ -22,7 +22,7 @@ pub fn status_document(
     selection: &Selection,
     states: &[String],
 ) -> anyhow::Result<Value> {
-    let (_store, snapshot) = crate::commands::read_snapshot(config)?;
+    let (_store, snapshot) = crate::engine::read_snapshot(config)?;
     let plan = plan::plan(config, &snapshot, engine::now(), &Request::default());
     Ok(status_document_of(
         config, &snapshot, &plan, selection, states,
@@ -164,4 +164,59 @@ pub fn run_json(run: &RunRow) -> Value {
         "script": run.script_path,
         "log": run.log_path,
     })
+}
+
+/// The `cancelled` list of `cancel --json` (and of the server's cancel).
+pub fn cancel_json(report: &engine::manage::CancelReport) -> Vec<serde_json::Value> {
+    let mut cancelled: Vec<serde_json::Value> = report
+        .runs
+        .iter()
+        .map(|r| {
+            json!({"pipeline": r.key.pipeline, "subject": r.key.subject,
+                "session": r.key.session, "run_id": r.id, "job_id": r.job_id,
+                "was": r.state.as_str()})
+        })
+        .collect();
+    cancelled.extend(report.idle.iter().map(|(key, state)| {
+        json!({"pipeline": key.pipeline, "subject": key.subject,
+            "session": key.session, "run_id": null, "job_id": null, "was": state.as_str()})
+    }));
+    cancelled
+}
+
+/// The document of `retry --json` (and of the server's retry).
+pub fn retry_json(report: &engine::manage::RetryReport) -> serde_json::Value {
+    let retried: Vec<_> = report
+        .retried
+        .iter()
+        .map(|k| json!({"pipeline": k.pipeline, "subject": k.subject, "session": k.session}))
+        .collect();
+    let submitted: Vec<_> = report
+        .submitted
+        .rows
+        .iter()
+        .map(|r| {
+            json!({"run_id": r.run_id, "pipeline": r.key.pipeline,
+                "subject": r.key.subject, "session": r.key.session, "job_id": r.job_id,
+                "reason": r.reason})
+        })
+        .collect();
+    json!({"retried": retried, "submitted": submitted})
+}
+
+/// The document of `sync --json` (and of the server's sync).
+pub fn sync_json(done: &engine::sync::SyncReport) -> serde_json::Value {
+    let changes: Vec<_> = done
+        .changes
+        .iter()
+        .map(|a| {
+            json!({"unit": a.unit_id.and_then(|u| done.keys.get(&u)).map(|k| k.to_string()),
+                   "scan_id": a.scan_id, "run_id": a.run_id, "old_state": a.old_state,
+                   "new_state": a.new_state, "reason": a.reason, "at": output::rfc3339(Some(a.at))})
+        })
+        .collect();
+    let submitted = &done.submitted;
+    json!({"changes": changes, "submitted": submitted.rows.len(),
+        "deferred": submitted.deferred, "unmapped": done.unmapped.len(),
+        "unreachable": submitted.unreachable})
 }

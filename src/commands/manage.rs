@@ -26,7 +26,7 @@ pub fn cancel(
     let report = engine::manage::cancel(&config, &mut store, &lock, runs, sel)?;
     drop(lock);
     if settings.json {
-        output::print_json(&json!({ "cancelled": cancel_json(&report) }));
+        output::print_json(&json!({ "cancelled": crate::views::cancel_json(&report) }));
     } else if !settings.quiet {
         for r in &report.runs {
             println!(
@@ -43,44 +43,6 @@ pub fn cancel(
         }
     }
     Ok(0)
-}
-
-/// The `cancelled` list of `cancel --json` (and of the server's cancel).
-pub fn cancel_json(report: &engine::manage::CancelReport) -> Vec<serde_json::Value> {
-    let mut cancelled: Vec<serde_json::Value> = report
-        .runs
-        .iter()
-        .map(|r| {
-            json!({"pipeline": r.key.pipeline, "subject": r.key.subject,
-                "session": r.key.session, "run_id": r.id, "job_id": r.job_id,
-                "was": r.state.as_str()})
-        })
-        .collect();
-    cancelled.extend(report.idle.iter().map(|(key, state)| {
-        json!({"pipeline": key.pipeline, "subject": key.subject,
-            "session": key.session, "run_id": null, "job_id": null, "was": state.as_str()})
-    }));
-    cancelled
-}
-
-/// The document of `retry --json` (and of the server's retry).
-pub fn retry_json(report: &engine::manage::RetryReport) -> serde_json::Value {
-    let retried: Vec<_> = report
-        .retried
-        .iter()
-        .map(|k| json!({"pipeline": k.pipeline, "subject": k.subject, "session": k.session}))
-        .collect();
-    let submitted: Vec<_> = report
-        .submitted
-        .rows
-        .iter()
-        .map(|r| {
-            json!({"run_id": r.run_id, "pipeline": r.key.pipeline,
-                "subject": r.key.subject, "session": r.key.session, "job_id": r.job_id,
-                "reason": r.reason})
-        })
-        .collect();
-    json!({"retried": retried, "submitted": submitted})
 }
 
 /// `all`: every failed, cancelled or retrying unit (`--all`), as a
@@ -110,7 +72,7 @@ pub fn retry(
     };
     let report = engine::manage::retry(&config, &mut store, lock, &request)?;
     if settings.json {
-        output::print_json(&retry_json(&report));
+        output::print_json(&crate::views::retry_json(&report));
     } else if !settings.quiet {
         if report.retried.is_empty() {
             println!("nothing to retry");

@@ -20,12 +20,11 @@ pub mod submit;
 pub mod sync_dry;
 pub mod worker;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 
 use crate::config::{self, Config, ExecutorKind};
-use crate::state::{Snapshot, Store};
 
 /// Global settings, resolved from flags and environment before any command runs.
 #[derive(Debug, Clone, Default)]
@@ -40,8 +39,9 @@ pub struct Settings {
 }
 
 pub use crate::engine::selection::{SelectionSpec, read_participant_file, resolve_selection};
-pub use crate::engine::{executor_of, make_executor, open_store};
+pub use crate::engine::{executor_of, make_executor, open_store, read_snapshot};
 pub use crate::error::{Failure, error_chain};
+pub use crate::output::{display_path, json_path};
 
 /// Finds and loads the config; errors are user errors (exit 1).
 pub fn load_config(settings: &Settings) -> anyhow::Result<Config> {
@@ -82,36 +82,4 @@ fn config_failure(err: config::ConfigError) -> anyhow::Error {
         hint: hint.map(str::to_string),
     }
     .into()
-}
-
-/// A snapshot of the state, or an empty one when the study never ran.
-pub fn read_snapshot(config: &Config) -> anyhow::Result<(Option<Store>, Snapshot)> {
-    match Store::open_existing(&config.paths.state_dir)? {
-        Some(store) => {
-            let snap = store.snapshot()?;
-            Ok((Some(store), snap))
-        }
-        None => Ok((None, Snapshot::default())),
-    }
-}
-
-/// A path for people: relative to the working directory when inside it,
-/// with control characters escaped (folder names come from outside).
-pub fn display_path(path: &Path) -> String {
-    let cwd = std::env::current_dir().unwrap_or_default();
-    let shown = if cwd.parent().is_none() {
-        // At `/` every absolute path would lose its leading slash.
-        path.display().to_string()
-    } else {
-        path.strip_prefix(&cwd)
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| path.display().to_string())
-    };
-    crate::output::escape_controls(&shown).into_owned()
-}
-
-/// A path as a JSON string: lossy for a name that is not UTF-8 (serde
-/// refuses those, and `--json` output must always be JSON).
-pub fn json_path(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
 }

@@ -500,23 +500,6 @@ pub(super) fn describe_change(key: &UnitKey, row: &state::AuditRow) -> String {
     }
 }
 
-/// The document of `sync --json` (and of the server's sync).
-pub fn sync_json(done: &engine::sync::SyncReport) -> serde_json::Value {
-    let changes: Vec<_> = done
-        .changes
-        .iter()
-        .map(|a| {
-            json!({"unit": a.unit_id.and_then(|u| done.keys.get(&u)).map(|k| k.to_string()),
-                   "scan_id": a.scan_id, "run_id": a.run_id, "old_state": a.old_state,
-                   "new_state": a.new_state, "reason": a.reason, "at": output::rfc3339(Some(a.at))})
-        })
-        .collect();
-    let submitted = &done.submitted;
-    json!({"changes": changes, "submitted": submitted.rows.len(),
-        "deferred": submitted.deferred, "unmapped": done.unmapped.len(),
-        "unreachable": submitted.unreachable})
-}
-
 pub fn run_sync(settings: &Settings) -> anyhow::Result<i32> {
     let config = super::load_config(settings)?;
     let Some(lock) = engine::plan_lock(&config, false)? else {
@@ -530,7 +513,7 @@ pub fn run_sync(settings: &Settings) -> anyhow::Result<i32> {
     let mut store = super::open_store(&config)?;
     let done = engine::sync::sync(&config, &mut store, lock)?;
     if settings.json {
-        output::print_json(&sync_json(&done));
+        output::print_json(&crate::views::sync_json(&done));
     }
     let engine::sync::SyncReport {
         changes: audit,

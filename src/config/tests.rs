@@ -36,7 +36,7 @@ fn err(text: &str) -> String {
 const MINIMAL: &str = "version: 1\npaths:\n  dicom_root: dicom\n";
 
 /// The documented example config, with the two pipelines it elides written out.
-const SPEC_CONFIG: &str = r#"version: 1
+const REFERENCE_CONFIG: &str = r#"version: 1
 site: generic              # bundled site config (site-configs/<name>.yaml) or a path
 executor: slurm            # default; --executor overrides
 
@@ -111,7 +111,7 @@ retry:
 
 #[test]
 fn spec_config_loads() {
-    let c = ok(SPEC_CONFIG);
+    let c = ok(REFERENCE_CONFIG);
     assert_eq!(c.file, PathBuf::from("/study/nfslurm.yaml"));
     assert_eq!(c.dir, PathBuf::from("/study"));
     assert_eq!(c.version, 1);

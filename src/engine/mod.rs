@@ -39,6 +39,17 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
     })
 }
 
+/// A snapshot of the state, or an empty one when the study never ran.
+pub fn read_snapshot(config: &Config) -> anyhow::Result<(Option<Store>, Snapshot)> {
+    match Store::open_existing(&config.paths.state_dir)? {
+        Some(store) => {
+            let snap = store.snapshot()?;
+            Ok((Some(store), snap))
+        }
+        None => Ok((None, Snapshot::default())),
+    }
+}
+
 pub fn make_executor(config: &Config) -> Box<dyn Executor> {
     executor_of(config, config.executor)
 }

@@ -60,7 +60,7 @@ pub fn read_participant_file(file: &Path) -> anyhow::Result<Vec<Label>> {
         Failure::user(
             format!(
                 "`--participant-file {}`: {e}",
-                crate::commands::display_path(file)
+                crate::output::display_path(file)
             ),
             Some("a text file with one participant label per line"),
         )
@@ -76,7 +76,7 @@ pub fn read_participant_file(file: &Path) -> anyhow::Result<Vec<Label>> {
                 Failure::user(
                     format!(
                         "`{}` line {}: {e}",
-                        crate::commands::display_path(file),
+                        crate::output::display_path(file),
                         n + 1
                     ),
                     Some("labels are alphanumeric, as BIDS requires: `01` or `sub-01`"),
@@ -88,7 +88,7 @@ pub fn read_participant_file(file: &Path) -> anyhow::Result<Vec<Label>> {
         return Err(Failure::user(
             format!(
                 "`{}` lists no participant",
-                crate::commands::display_path(file)
+                crate::output::display_path(file)
             ),
             Some("one label per line, e.g. `01` or `sub-01`"),
         ));

@@ -4,6 +4,7 @@
 //! stdout is data, logs and progress go to stderr.
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use comfy_table::{ContentArrangement, Table, presets};
@@ -440,4 +441,25 @@ mod escape_tests {
             "a\\u{1b}[2Jb\\nc\\u{9b}"
         );
     }
+}
+
+/// A path for people: relative to the working directory when inside it,
+/// with control characters escaped (folder names come from outside).
+pub fn display_path(path: &Path) -> String {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let shown = if cwd.parent().is_none() {
+        // At `/` every absolute path would lose its leading slash.
+        path.display().to_string()
+    } else {
+        path.strip_prefix(&cwd)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| path.display().to_string())
+    };
+    escape_controls(&shown).into_owned()
+}
+
+/// A path as a JSON string: lossy for a name that is not UTF-8 (serde
+/// refuses those, and `--json` output must always be JSON).
+pub fn json_path(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
 }

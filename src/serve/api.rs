@@ -14,9 +14,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use crate::commands::SelectionSpec;
 use crate::config::Config;
 use crate::engine;
+use crate::engine::selection::{SelectionSpec, resolve_selection};
 use crate::error::Failure;
 use crate::model::Level;
 use crate::plan::Request;
@@ -396,7 +396,7 @@ pub async fn create_jobs(
             sessions: req.session,
             ..Default::default()
         };
-        let selection = crate::commands::resolve_selection(&config, &spec)?;
+        let selection = resolve_selection(&config, &spec)?;
         let request = Request {
             selection,
             force: req.force,
@@ -461,7 +461,7 @@ pub async fn cancel_job(
         let mut store = engine::open_store(&config)?;
         let report =
             engine::manage::cancel(&config, &mut store, &lock, &[format!("run:{id}")], None)?;
-        Ok(json!({ "cancelled": crate::commands::manage::cancel_json(&report) }))
+        Ok(json!({ "cancelled": crate::views::cancel_json(&report) }))
     })
     .await?;
     Ok(json_response(StatusCode::OK, &value))
@@ -510,8 +510,8 @@ async fn retry(
             sessions: session.into_iter().collect(),
             ..Default::default()
         };
-        let selection = crate::commands::resolve_selection(&config, &spec)
-            .map_err(|_| ApiError::not_found("such unit"))?;
+        let selection =
+            resolve_selection(&config, &spec).map_err(|_| ApiError::not_found("such unit"))?;
         let lock = lock(&config)?;
         let mut store = engine::open_store(&config)?;
         let request = engine::manage::RetryRequest {
@@ -520,7 +520,7 @@ async fn retry(
             ..Default::default()
         };
         let report = engine::manage::retry(&config, &mut store, lock, &request)?;
-        let mut doc = crate::commands::manage::retry_json(&report);
+        let mut doc = crate::views::retry_json(&report);
         doc["problem"] = submitted_problem(&report.submitted).unwrap_or(Value::Null);
         Ok(doc)
     })
@@ -538,7 +538,7 @@ pub async fn sync(
         let lock = lock(&config)?;
         let mut store = engine::open_store(&config)?;
         let report = engine::sync::sync(&config, &mut store, lock)?;
-        Ok(crate::commands::submit::sync_json(&report))
+        Ok(crate::views::sync_json(&report))
     })
     .await?;
     Ok(json_response(StatusCode::OK, &value))

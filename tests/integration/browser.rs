@@ -40,7 +40,12 @@ pub(crate) struct Browser {
     pub(crate) client: Client,
     _driver: Driver,
     _profile: tempfile::TempDir,
+    /// One browser at a time: two Chromiums starting at once on a 2-core
+    /// machine under a busy test run can miss chromedriver's start deadline.
+    _one: tokio::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// chromedriver, leading a process group of its own that the browsers it
 /// starts join: killed together when dropped, so that a failed test
@@ -62,6 +67,7 @@ impl Browser {
     /// Starts chromedriver on a free port and opens a session; panics, saying
     /// what to install, when Chromium or chromedriver is missing.
     pub(crate) async fn start() -> Browser {
+        let one = ONE_BROWSER.lock().await;
         for (path, package) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")] {
             assert!(
                 Path::new(path).exists(),
@@ -110,6 +116,8 @@ impl Browser {
             "--disable-background-networking".into(),
             "--disable-component-update".into(),
             "--disable-sync".into(),
+            // /dev/shm is small in containers: Chromium crashes there without it.
+            "--disable-dev-shm-usage".into(),
             "--window-size=1280,900".into(),
             format!(
                 "--user-data-dir={}",
@@ -123,24 +131,33 @@ impl Browser {
         );
         // Plain HTTP to the driver on loopback: no TLS (and no choice of
         // TLS provider to make) in the way.
-        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        let client = ClientBuilder::new(connector)
-            .capabilities(caps)
-            .connect(&url)
-            .await;
-        let client = match client {
-            Ok(client) => client,
-            Err(e) => {
-                panic!(
+        // Starting the browser is the harness, not what is tested: on a
+        // loaded machine it is given a second and third chance, each said.
+        let mut attempt = 0;
+        let client = loop {
+            attempt += 1;
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(client) => break client,
+                Err(e) if attempt < 3 => {
+                    eprintln!("chromedriver could not start `{CHROMIUM}` (attempt {attempt}): {e}");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                Err(e) => panic!(
                     "chromedriver could not start `{CHROMIUM}`: {e}\n{}",
                     std::fs::read_to_string(&log).unwrap_or_default()
-                );
+                ),
             }
         };
         Browser {
             client,
             _driver: driver,
             _profile: profile,
+            _one: one,
         }
     }
 

@@ -105,7 +105,7 @@ impl Study {
     }
 }
 
-/// The four-pipeline chain of SPEC §5 with shell stand-ins that read their
+/// The four-pipeline chain (bids, qsiprep, qsirecon, qsiparc) with shell stand-ins that read their
 /// upstream's output, so an order mistake fails.
 pub fn chain_config(executor: &str, extra_bids: &str) -> String {
     format!(

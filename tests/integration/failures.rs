@@ -1,4 +1,4 @@
-//! The failure policy (SPEC §3) on the real Slurm test cluster: backoff between
+//! The failure policy (docs/user-guide.md, "what happens on failure") on the real Slurm test cluster: backoff between
 //! cron runs, dead letters, OOM and TIMEOUT escalation, infrastructure retries.
 
 use std::time::Duration;

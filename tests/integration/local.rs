@@ -210,7 +210,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// The config of SPEC §5, key for key, with `site: local` and commands that
+/// The reference config of docs/config-reference.md, key for key, with `site: local` and commands that
 /// print what the real tools would be called with.
 const SPEC_CONFIG: &str = r#"
 version: 1

@@ -718,7 +718,7 @@ fn status_views_for_people() {
     assert_eq!(err.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&err.stderr).contains("hint: unit states: waiting, queued"));
 
-    // The JSON contract (SPEC §4) is unchanged.
+    // The JSON contract (docs/json.md) is unchanged.
     let v = study.json(&["status"]);
     let unit = &v["units"][0];
     for key in [
