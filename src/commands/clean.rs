@@ -178,7 +178,7 @@ pub fn run(settings: &Settings, older_than: Option<&str>, dry_run: bool) -> anyh
             "freed_bytes": freed,
             "errors": failed,
         }));
-    } else {
+    } else if !settings.quiet {
         if !items.is_empty() {
             println!("{}:", if dry_run { "would remove" } else { "removed" });
         }

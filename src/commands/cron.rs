@@ -549,6 +549,9 @@ fn install(
         }));
         return Ok(0);
     }
+    if settings.quiet {
+        return Ok(0);
+    }
     println!("{action}: {}", redact_urls(&line));
     println!(
         "  runs `nfslurm sync` {} from the crontab of `{}` on `{}`",
@@ -678,6 +681,7 @@ fn remove(settings: &Settings, file: &Path) -> anyhow::Result<i32> {
             "action": if removed.is_empty() { "absent" } else { "removed" },
             "lines": removed.iter().map(|l| redact_urls(l)).collect::<Vec<_>>(),
         }));
+    } else if settings.quiet {
     } else if removed.is_empty() {
         println!(
             "nothing to remove: no crontab line for `{}`",

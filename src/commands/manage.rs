@@ -25,23 +25,23 @@ pub fn cancel(
     let sel = (!selection.is_all() || all).then_some(&selection);
     let report = engine::manage::cancel(&config, &mut store, &lock, runs, sel)?;
     drop(lock);
-    if settings.json {
-        output::print_json(&json!({ "cancelled": crate::views::cancel_json(&report) }));
-    } else if !settings.quiet {
-        for r in &report.runs {
-            println!(
-                "cancelled {} (job {})",
-                r.key,
-                r.job_id.as_deref().unwrap_or("-")
-            );
-        }
-        for (key, state) in &report.idle {
-            println!("cancelled {key} (was {})", state.as_str());
-        }
-        if report.runs.is_empty() && report.idle.is_empty() {
-            println!("nothing to cancel");
-        }
-    }
+    settings.printer().result(
+        || json!({ "cancelled": crate::views::cancel_json(&report) }),
+        || {
+            let mut out = String::new();
+            for r in &report.runs {
+                let job = r.job_id.as_deref().unwrap_or("-");
+                out.push_str(&format!("cancelled {} (job {job})\n", r.key));
+            }
+            for (key, state) in &report.idle {
+                out.push_str(&format!("cancelled {key} (was {})\n", state.as_str()));
+            }
+            if report.runs.is_empty() && report.idle.is_empty() {
+                out.push_str("nothing to cancel\n");
+            }
+            out
+        },
+    );
     Ok(0)
 }
 
@@ -71,21 +71,21 @@ pub fn retry(
         failed,
     };
     let report = engine::manage::retry(&config, &mut store, lock, &request)?;
-    if settings.json {
-        output::print_json(&crate::views::retry_json(&report));
-    } else if !settings.quiet {
-        if report.retried.is_empty() {
-            println!("nothing to retry");
-        } else {
-            for k in &report.retried {
-                println!("retrying {k}");
+    settings.printer().result(
+        || crate::views::retry_json(&report),
+        || {
+            if report.retried.is_empty() {
+                return "nothing to retry\n".to_string();
             }
-            println!(
-                "{} submitted",
-                output::count(report.submitted.rows.len(), "run", "runs")
-            );
-        }
-    }
+            let mut out = String::new();
+            for k in &report.retried {
+                out.push_str(&format!("retrying {k}\n"));
+            }
+            let n = output::count(report.submitted.rows.len(), "run", "runs");
+            out.push_str(&format!("{n} submitted\n"));
+            out
+        },
+    );
     if report.retried.is_empty() {
         return Ok(0);
     }

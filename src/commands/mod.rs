@@ -38,6 +38,13 @@ pub struct Settings {
     pub reset_state: bool,
 }
 
+impl Settings {
+    /// The output layer for this command's mode (`--json`, `-q`, default).
+    pub fn printer(&self) -> crate::output::Printer {
+        crate::output::Printer::new(self.json, self.quiet)
+    }
+}
+
 pub use crate::engine::selection::{SelectionSpec, read_participant_file, resolve_selection};
 pub use crate::engine::{executor_of, make_executor, open_store, read_snapshot};
 pub use crate::error::{Failure, error_chain};

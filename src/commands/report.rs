@@ -14,7 +14,6 @@ use serde_json::json;
 
 use super::{Failure, Settings, display_path, json_path};
 use crate::dashboard;
-use crate::output;
 use crate::state::Store;
 
 pub fn run(settings: &Settings, out: &Path) -> anyhow::Result<i32> {
@@ -24,11 +23,10 @@ pub fn run(settings: &Settings, out: &Path) -> anyhow::Result<i32> {
     let page = dashboard::page(Some(&data));
     let path = absolute(out)?;
     write_atomically(&path, page.as_bytes())?;
-    if settings.json {
-        output::print_json(&json!({ "report": json_path(&path) }));
-    } else {
-        println!("{}", display_path(&path));
-    }
+    settings.printer().result(
+        || json!({ "report": json_path(&path) }),
+        || format!("{}\n", display_path(&path)),
+    );
     Ok(0)
 }
 

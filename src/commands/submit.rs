@@ -502,49 +502,49 @@ pub(super) fn describe_change(key: &UnitKey, row: &state::AuditRow) -> String {
 
 pub fn run_sync(settings: &Settings) -> anyhow::Result<i32> {
     let config = super::load_config(settings)?;
+    let printer = settings.printer();
     let Some(lock) = engine::plan_lock(&config, false)? else {
-        if settings.json {
-            output::print_json(&json!({"locked": true}));
-        } else if !settings.quiet {
-            println!("another sync holds the lock; leaving this one to it");
-        }
+        printer.result(
+            || json!({"locked": true}),
+            || "another sync holds the lock; leaving this one to it\n".into(),
+        );
         return Ok(0);
     };
     let mut store = super::open_store(&config)?;
     let done = engine::sync::sync(&config, &mut store, lock)?;
-    if settings.json {
-        output::print_json(&crate::views::sync_json(&done));
-    }
-    let engine::sync::SyncReport {
-        changes: audit,
-        keys,
-        unmapped,
-        problems,
-        submitted,
-        ..
-    } = done;
-    if !settings.json && !settings.quiet {
-        for a in &audit {
-            match (a.unit_id.and_then(|u| keys.get(&u)), &a.scan_id) {
-                (Some(key), _) => println!("{}", describe_change(key, a)),
-                (None, Some(scan)) => println!("session `{scan}`: {} ({})", a.new_state, a.reason),
-                _ => {}
+    printer.result(
+        || crate::views::sync_json(&done),
+        || {
+            let mut out = String::new();
+            for a in &done.changes {
+                match (a.unit_id.and_then(|u| done.keys.get(&u)), &a.scan_id) {
+                    (Some(key), _) => out.push_str(&format!("{}\n", describe_change(key, a))),
+                    (None, Some(scan)) => out.push_str(&format!(
+                        "session `{scan}`: {} ({})\n",
+                        a.new_state, a.reason
+                    )),
+                    _ => {}
+                }
             }
-        }
-        if !submitted.rows.is_empty() {
-            let n = submitted.rows.len();
-            println!("{n} {} submitted", if n == 1 { "run" } else { "runs" });
-        }
-        // Standing conditions are not changes: shown with -v (and by `discover`).
-        if settings.verbose > 0 {
-            for scan_id in &unmapped {
-                println!("unmapped session folder `{scan_id}`: add it to the mapping CSV");
+            let n = done.submitted.rows.len();
+            if n > 0 {
+                out.push_str(&format!("{} submitted\n", output::count(n, "run", "runs")));
             }
-            for p in &problems {
-                println!("mapping: {p}");
+            // Standing conditions are not changes: shown with -v (and by `discover`).
+            if settings.verbose > 0 {
+                for scan_id in &done.unmapped {
+                    out.push_str(&format!(
+                        "unmapped session folder `{scan_id}`: add it to the mapping CSV\n"
+                    ));
+                }
+                for p in &done.problems {
+                    out.push_str(&format!("mapping: {p}\n"));
+                }
             }
-        }
-    }
+            out
+        },
+    );
+    let submitted = done.submitted;
     report_problems(settings, &submitted);
     if let Some(err) = submitted
         .failure("state is unchanged for what could not be checked; the next sync picks it up")

@@ -3,6 +3,10 @@
 //! Colour only on a terminal and never with `NO_COLOR` or `--no-color`;
 //! stdout is data, logs and progress go to stderr.
 
+mod printer;
+
+pub use printer::{Mode, Printer};
+
 use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -189,3 +189,39 @@ fn report_of_a_study_that_never_ran_is_written_without_creating_its_state() {
     );
     assert!(err.contains("hint: check that its folder exists"), "{err}");
 }
+
+/// The three output modes read the same for every command: `-q` keeps a
+/// view's data and silences an action; `--json` is one document.
+#[test]
+fn quiet_silences_actions_and_keeps_views() {
+    let study = crate::common::chain_study("local", 1, 1, "");
+    let quiet = |args: &[&str]| {
+        let mut all = vec!["-q"];
+        all.extend_from_slice(args);
+        study.ok(&all)
+    };
+    assert_eq!(quiet(&["discover"]), "");
+    assert_eq!(quiet(&["sync"]), "", "sync -q prints nothing but errors");
+    // Wait for the local worker, then every action is quiet.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while study.unit_states().values().any(|s| s != "done") {
+        assert!(std::time::Instant::now() < deadline);
+        study.ok(&["sync"]);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert_eq!(quiet(&["sync"]), "");
+    assert_eq!(quiet(&["retry", "--all"]), "");
+    assert_eq!(quiet(&["cancel", "--all"]), "");
+    assert_eq!(quiet(&["retry", "--all"]), "");
+    let report = study.path().join("r.html");
+    assert_eq!(quiet(&["report", "-o", report.to_str().unwrap()]), "");
+    assert_eq!(quiet(&["clean", "--dry-run"]), "");
+    // Views still show their data.
+    assert!(quiet(&["status"]).contains("bids"));
+    assert!(quiet(&["status", "runs"]).contains("bids/sub-01/ses-1"));
+    assert!(quiet(&["show", "bids/sub-01/ses-1"]).contains("bids/sub-01/ses-1"));
+    // --json wins over -q: one document.
+    let out = study.ok(&["-q", "--json", "sync"]);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(doc["changes"].is_array(), "{out}");
+}
