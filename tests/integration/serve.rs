@@ -482,6 +482,21 @@ fn a_job_that_fails_ends_its_websocket_with_an_error() {
     );
     let log = server.get(&format!("/api/v1/jobs/{id}/log?tail=20"));
     assert!(log.body.contains("no DICOM found"), "{}", log.body);
+    // Its unit, once its retries are spent, is retried through the API.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while study.unit_states()["bids/sub-01/ses-1"] != "failed" {
+        assert!(Instant::now() < deadline, "{:?}", study.unit_states());
+        study.ok(&["sync"]);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let retry = server.post("/api/v1/units/bids/01/1/retry", &json!({}));
+    assert_eq!(retry.status, 200, "{}", retry.body);
+    let retry = retry.json();
+    assert_eq!(
+        retry["retried"],
+        json!([{"pipeline": "bids", "subject": "01", "session": "1"}])
+    );
+    assert_eq!(retry["submitted"][0]["pipeline"], "bids", "{retry}");
 }
 
 #[test]
