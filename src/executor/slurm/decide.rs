@@ -23,23 +23,59 @@ pub struct Accounting {
     pub ok: bool,
 }
 
+/// The tasks an array's remainder row stands for: sacct keeps the tasks
+/// that never started (cancelled while pending, by `--kill-on-invalid-dep`
+/// or `scancel`) as one row `123_[2,5-7]`, and `sacct --jobs=123_2` finds
+/// nothing for them. Each task gets the row under its own ID `123_2`.
+fn remainder_tasks(job: &SacctJob) -> Vec<(String, SacctJob)> {
+    let Some((array, _)) = job.job_id.split_once("_[") else {
+        return Vec::new();
+    };
+    let Some(indices) = super::arrays::summary_indices(&job.job_id, array) else {
+        return Vec::new();
+    };
+    indices
+        .into_iter()
+        .map(|task| {
+            let mut one = job.clone();
+            one.job_id = format!("{array}_{task}");
+            (task.to_string(), one)
+        })
+        .collect()
+}
+
 impl Accounting {
     pub fn add_jobs(&mut self, list: Vec<SacctJob>) {
+        let mut remainders = Vec::new();
         for job in list {
+            remainders.extend(remainder_tasks(&job));
             self.jobs.insert(job.job_id.clone(), job);
+        }
+        // A task's own row, when it has one, says more than the remainder
+        // row (which can still name a task split out and run meanwhile).
+        for (_, one) in remainders {
+            self.jobs.entry(one.job_id.clone()).or_insert(one);
         }
     }
 
     pub fn add_token_jobs(&mut self, list: Vec<SacctJob>) {
+        let mut remainders = Vec::new();
         for job in list {
-            if !job.comment.is_empty() {
-                // Array tasks carry the array's token: `<comment>_<task>`.
-                let token = match job.job_id.split_once('_') {
-                    Some((_, task)) => format!("{}_{task}", job.comment),
-                    None => job.comment.clone(),
-                };
-                self.token_jobs.insert(token, job);
+            if job.comment.is_empty() {
+                continue;
             }
+            for (task, one) in remainder_tasks(&job) {
+                remainders.push((format!("{}_{task}", job.comment), one));
+            }
+            // Array tasks carry the array's token: `<comment>_<task>`.
+            let token = match job.job_id.split_once('_') {
+                Some((_, task)) => format!("{}_{task}", job.comment),
+                None => job.comment.clone(),
+            };
+            self.token_jobs.insert(token, job);
+        }
+        for (token, one) in remainders {
+            self.token_jobs.entry(token).or_insert(one);
         }
     }
 }
@@ -136,11 +172,20 @@ fn from_queue<'r>(open: &'r [RunRow], queue: &[SqueueRow]) -> FromQueue<'r> {
 pub fn sacct_requests(open: &[RunRow], queue: &[SqueueRow]) -> SacctRequests {
     let q = from_queue(open, queue);
     SacctRequests {
-        job_ids: q
-            .ask_sacct
-            .iter()
-            .filter_map(|r| r.job_id.clone())
-            .collect(),
+        // An array task also by its array's ID: a task cancelled before it
+        // started is only in the array's remainder row (see `remainder_tasks`).
+        job_ids: {
+            let mut ids: Vec<String> = Vec::new();
+            for id in q.ask_sacct.iter().filter_map(|r| r.job_id.as_deref()) {
+                ids.push(id.to_string());
+                if let Some((array, _)) = id.split_once('_') {
+                    ids.push(array.to_string());
+                }
+            }
+            let mut seen = std::collections::HashSet::new();
+            ids.retain(|id| seen.insert(id.clone()));
+            ids
+        },
         // A little before the oldest intent: its job may have been queued
         // just before the intent's time was read.
         tokens_since: q
@@ -431,5 +476,57 @@ mod tests {
             LOST_AFTER,
         );
         assert_eq!(state_of(&later, 10), Some(RunState::Lost));
+    }
+
+    /// Captured: `--kill-on-invalid-dep` cancelled task 2 of array 5871
+    /// before it started; sacct keeps it only in the remainder row
+    /// `5871_[1-2]` (task 1 was split out and ran), and `sacct
+    /// --jobs=5871_2` finds nothing. Found by the full suite: the unit stayed
+    /// `queued` for good.
+    #[test]
+    fn a_pending_array_task_cancelled_by_its_dependency_is_read_from_the_remainder_row() {
+        const REMAINDER: &str = include_str!(
+            "../../../tests/fixtures/slurm/sacct_array_remainder_cancelled_by_dependency.txt"
+        );
+        let open = vec![
+            run(
+                1,
+                Some("5871_1"),
+                "nfslurm-b2a38fd963f0316a_1",
+                RunState::Pending,
+            ),
+            run(
+                2,
+                Some("5871_2"),
+                "nfslurm-b2a38fd963f0316a_2",
+                RunState::Pending,
+            ),
+        ];
+        // Neither is in squeue: both go to sacct, asked by the array's ID too.
+        let ask = sacct_requests(&open, &[]);
+        assert_eq!(ask.job_ids, vec!["5871_1", "5871", "5871_2"]);
+        let mut acct = Accounting {
+            ok: true,
+            ..Default::default()
+        };
+        acct.add_jobs(parse_sacct(REMAINDER).unwrap());
+        let updates = decide(&open, &[], &acct, NOW, LOST_AFTER);
+        // Task 1's own row wins over the remainder that still names it.
+        assert_eq!(state_of(&updates, 1), Some(RunState::Succeeded));
+        assert_eq!(state_of(&updates, 2), Some(RunState::UpstreamFailed));
+        // Found by token too (a run whose job ID was never recorded).
+        let mut by_token = Accounting {
+            ok: true,
+            ..Default::default()
+        };
+        by_token.add_token_jobs(parse_sacct(REMAINDER).unwrap());
+        assert_eq!(
+            by_token.token_jobs["nfslurm-b2a38fd963f0316a_2"].job_id,
+            "5871_2"
+        );
+        assert_eq!(
+            by_token.token_jobs["nfslurm-b2a38fd963f0316a_1"].job_id,
+            "5871_1"
+        );
     }
 }
