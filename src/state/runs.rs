@@ -279,6 +279,20 @@ impl Store {
         self.query_runs("", &[])
     }
 
+    /// Every run, oldest first, as [`Store::all_runs`] reads them, handed to
+    /// `f` one at a time: a large study's runs are never all in memory.
+    pub fn each_run(&self, mut f: impl FnMut(RunRow)) -> Result<()> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs r JOIN units u ON u.id = r.unit_id ORDER BY r.id"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            f(run_from_row(row)?);
+        }
+        Ok(())
+    }
+
     /// Every run of these units, oldest first, in one query.
     pub fn runs_of_units(&self, unit_ids: &[i64]) -> Result<Vec<RunRow>> {
         if unit_ids.is_empty() {
