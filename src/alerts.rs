@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::model::UnitKey;
 use crate::plan::Plan;
-use crate::state::RunRow;
+use crate::state::SnapshotRun;
 
 /// How much of the end of a log is searched.
 pub const SCAN_BYTES: u64 = 256 * 1024;
@@ -56,7 +56,7 @@ pub fn tally<'a>(
     config: &Config,
     plan: &Plan,
     keep: impl Fn(&UnitKey) -> bool,
-    last_run: impl Fn(i64) -> Option<&'a RunRow>,
+    last_run: impl Fn(i64) -> Option<&'a SnapshotRun>,
 ) -> Vec<Tally> {
     let mut out = Vec::new();
     for pipeline in config

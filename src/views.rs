@@ -29,6 +29,79 @@ pub fn status_document(
     ))
 }
 
+/// Writes [`status_document`] to `out` as `serde_json::to_string_pretty`
+/// would print it (the same bytes), one unit at a time: tens of thousands
+/// of units built as `Value`s first are tens of MB and a good part of the
+/// time of `status --json`.
+pub fn write_status_document(
+    config: &Config,
+    selection: &Selection,
+    states: &[String],
+    out: impl std::io::Write,
+) -> anyhow::Result<()> {
+    let (_store, snapshot) = crate::commands::read_snapshot(config)?;
+    let plan = plan::plan(config, &snapshot, engine::now(), &Request::default());
+    let (units, counts, alerts) = status_parts(config, &snapshot, &plan, selection, states);
+    drop(snapshot);
+    /// The units, serialized as [`status_unit_json`] gives them.
+    struct Units<'a>(&'a [&'a UnitPlan]);
+    impl serde::Serialize for Units<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(|u| StatusUnit::of(u)))
+        }
+    }
+    // Keys in the order a `Value`'s map keeps them (sorted).
+    #[derive(serde::Serialize)]
+    struct Document<'a> {
+        alerts: Value,
+        counts: Value,
+        units: Units<'a>,
+    }
+    let doc = Document {
+        alerts,
+        counts,
+        units: Units(&units),
+    };
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
+    serde::Serialize::serialize(&doc, &mut serde_json::Serializer::pretty(&mut out))?;
+    std::io::Write::write_all(&mut out, b"\n")?;
+    std::io::Write::flush(&mut out)?;
+    Ok(())
+}
+
+/// One unit of the status document, with the fields of [`status_unit_json`]
+/// in the same (sorted) order, borrowed rather than copied into a `Value`.
+#[derive(serde::Serialize)]
+struct StatusUnit<'a> {
+    attempts: u32,
+    blocked_by: Option<String>,
+    detail: &'a Option<String>,
+    job_id: &'a Option<String>,
+    next_attempt_at: Option<String>,
+    pipeline: &'a str,
+    reason: Option<&'static str>,
+    session: &'a Option<crate::model::Label>,
+    state: &'static str,
+    subject: &'a crate::model::Label,
+}
+
+impl<'a> StatusUnit<'a> {
+    fn of(u: &'a UnitPlan) -> StatusUnit<'a> {
+        StatusUnit {
+            attempts: u.attempts,
+            blocked_by: u.blocked_by.as_ref().map(|k| k.to_string()),
+            detail: &u.detail,
+            job_id: &u.job_id,
+            next_attempt_at: output::rfc3339(u.next_attempt_at),
+            pipeline: &u.key.pipeline,
+            reason: u.reason.map(|r| r.as_str()),
+            session: &u.key.session,
+            state: u.state.as_str(),
+            subject: &u.key.subject,
+        }
+    }
+}
+
 /// [`status_document`] from a snapshot and its plan already made.
 pub fn status_document_of(
     config: &Config,
@@ -219,4 +292,51 @@ pub fn sync_json(done: &engine::sync::SyncReport) -> serde_json::Value {
     json!({"changes": changes, "submitted": submitted.rows.len(),
         "deferred": submitted.deferred, "unmapped": done.unmapped.len(),
         "unreachable": submitted.unreachable})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Level, Reason, UnitKey, UnitState};
+
+    /// The streamed unit is the `Value` of `status_unit_json`, byte for
+    /// byte, with every field set and with every optional field empty.
+    #[test]
+    fn a_streamed_status_unit_is_the_value_one() {
+        let key = UnitKey::parse("qsiprep/sub-01/ses-2").unwrap();
+        let full = UnitPlan {
+            key: key.clone(),
+            level: Level::Session,
+            state: UnitState::Retrying,
+            reason: Some(Reason::Retry),
+            detail: Some("next attempt \"soon\"".into()),
+            blocked_by: UnitKey::parse("bids/sub-01/ses-2"),
+            attempts: 2,
+            job_id: Some("123_4".into()),
+            next_attempt_at: Some(1_700_000_000),
+            last_run_id: Some(7),
+            upstream: vec![],
+            due: false,
+            held: false,
+        };
+        let bare = UnitPlan {
+            key: UnitKey::parse("qsiprep/sub-01").unwrap(),
+            level: Level::Subject,
+            state: UnitState::Done,
+            reason: None,
+            detail: None,
+            blocked_by: None,
+            attempts: 0,
+            job_id: None,
+            next_attempt_at: None,
+            last_run_id: None,
+            ..full.clone()
+        };
+        for u in [&full, &bare] {
+            assert_eq!(
+                serde_json::to_string_pretty(&StatusUnit::of(u)).unwrap(),
+                serde_json::to_string_pretty(&status_unit_json(u)).unwrap()
+            );
+        }
+    }
 }

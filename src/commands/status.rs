@@ -65,6 +65,11 @@ pub fn run(
         }
     }
     let Some(secs) = watch else {
+        if settings.json && view == View::Summary {
+            views::write_status_document(&config, &selection, states, std::io::stdout().lock())?;
+            output::mark_json_printed();
+            return Ok(0);
+        }
         match render(settings, &config, view, &selection, states)? {
             Rendered::Text(text) => print!("{text}"),
             Rendered::Json(value) => output::print_json(&value),

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use crate::config::{Config, Pipeline};
 use crate::model::{Label, Level, Reason, RunState, UnitKey, UnitState};
-use crate::state::{RunRow, SessionRow, Snapshot, UnitRow};
+use crate::state::{SessionRow, Snapshot, SnapshotRun, UnitRow};
 
 /// Which units a command is about (the shared selection flags).
 #[derive(Debug, Clone, Default)]
@@ -191,7 +191,7 @@ fn retrying_detail(at: i64) -> String {
     format!("next attempt at {time}")
 }
 
-fn failure_detail(run: &RunRow) -> String {
+fn failure_detail(run: &SnapshotRun) -> String {
     if let Some(code) = run.exit_code.filter(|&c| crate::model::cannot_run(c))
         && run.state == RunState::Failed
     {
@@ -402,13 +402,13 @@ pub fn plan(config: &Config, snapshot: &Snapshot, now: i64, request: &Request) -
 struct Facts<'a>(Option<&'a UnitRow>);
 
 impl<'a> Facts<'a> {
-    fn last(self, snapshot: &'a Snapshot) -> Option<&'a RunRow> {
+    fn last(self, snapshot: &'a Snapshot) -> Option<&'a SnapshotRun> {
         self.0
             .and_then(|r| r.last_run_id)
             .and_then(|id| snapshot.runs.get(&id))
     }
 
-    fn success(self, snapshot: &'a Snapshot) -> Option<&'a RunRow> {
+    fn success(self, snapshot: &'a Snapshot) -> Option<&'a SnapshotRun> {
         self.success_id().and_then(|id| snapshot.runs.get(&id))
     }
 
@@ -530,8 +530,11 @@ fn evaluate<'s>(
     let need = if forced {
         Some(Reason::Forced)
     } else if let Some(s) = success {
-        if s.config_hash != pipeline.config_hash
-            && !pipeline.config_hash_aliases.contains(&s.config_hash)
+        if *s.config_hash != *pipeline.config_hash
+            && !pipeline
+                .config_hash_aliases
+                .iter()
+                .any(|a| **a == *s.config_hash)
         {
             Some(Reason::ConfigChanged)
         } else if upstream_moving || inputs_changed {

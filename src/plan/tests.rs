@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::*;
-use crate::state::UnitRow;
+use crate::state::{RunRow, UnitRow};
 
 const CONFIG: &str = r#"
 version: 1
@@ -115,7 +115,7 @@ impl World {
             pid: None,
             cluster: None,
         };
-        self.snap.runs.insert(id, run);
+        self.snap.runs.insert(id, run.into());
         let unit = self
             .snap
             .units
@@ -537,17 +537,22 @@ fn units_done_under_an_earlier_bundled_template_are_not_stale() {
     );
     assert_ne!(old, p.config_hash, "the bundled template changed since");
     assert!(p.config_hash_aliases.contains(&old));
-    for run in world.snap.runs.values_mut() {
-        if run.key.pipeline == "bids" {
-            run.config_hash = old.clone();
-        }
+    // The runs the planner reads for `bids` units: their last and last
+    // successful runs.
+    let bids: Vec<i64> = world
+        .snap
+        .units
+        .iter()
+        .filter(|(k, _)| k.pipeline == "bids")
+        .flat_map(|(_, u)| u.last_run_id.into_iter().chain(u.success_run_id))
+        .collect();
+    for id in &bids {
+        world.snap.runs.get_mut(id).unwrap().config_hash = old.as_str().into();
     }
     assert!(world.plan(&Request::default()).actions.is_empty());
     // A hash no template of nfslurm ever gave is a config change.
-    for run in world.snap.runs.values_mut() {
-        if run.key.pipeline == "bids" {
-            run.config_hash = "a site's older template".into();
-        }
+    for id in &bids {
+        world.snap.runs.get_mut(id).unwrap().config_hash = "a site's older template".into();
     }
     let plan = world.plan(&Request::default());
     assert_eq!(plan.actions[0].reason, Reason::ConfigChanged);

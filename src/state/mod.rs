@@ -38,7 +38,7 @@ pub use housekeeping::{RunSummary, Summarised};
 pub use lock::{LockGuard, ensure_state_dir, lock_with_timeout, try_lock};
 pub use runs::{NewRun, RunRow, RunUpdate, UnitUpdate};
 pub use sessions::{SessionChanges, SessionRow};
-pub use snapshot::Snapshot;
+pub use snapshot::{Snapshot, SnapshotRun};
 pub use units::UnitRow;
 
 use std::fs;

@@ -161,13 +161,6 @@ pub struct UnitUpdate {
     pub audit: Option<crate::model::UnitAudit>,
 }
 
-/// A run's own columns, in the order [`run_fields`] reads them.
-pub(super) const RUN_FIELDS: &str = "r.id, r.unit_id, r.attempt, r.token, r.executor, r.job_id, r.state, \
-     r.slurm_state, r.exit_code, r.reason, r.plan_reason, r.node, r.created_at, r.submitted_at, \
-     r.started_at, r.ended_at, r.elapsed_s, r.max_rss_mb, r.cpus, r.mem_mb, r.time_limit_s, \
-     r.gpus, r.config_hash, r.inputs, r.depends_on, r.script_path, r.log_path, r.unseen_since, \
-     r.pid, r.cluster";
-
 /// The unit's key, then the run's own columns: what [`run_from_row`] reads.
 pub(super) const RUN_COLUMNS: &str = "u.pipeline, u.subject, u.session, r.id, r.unit_id, r.attempt, \
      r.token, r.executor, r.job_id, r.state, r.slurm_state, r.exit_code, r.reason, \
@@ -203,12 +196,9 @@ pub(super) fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> 
     run_fields(row, 3, key_at(row, 0)?)
 }
 
-/// A run from [`RUN_FIELDS`], starting at column `at`, for the unit `key`.
-pub(super) fn run_fields(
-    row: &rusqlite::Row<'_>,
-    at: usize,
-    key: UnitKey,
-) -> rusqlite::Result<RunRow> {
+/// A run from the run columns of [`RUN_COLUMNS`] (after the key), starting
+/// at column `at`, for the unit `key`.
+fn run_fields(row: &rusqlite::Row<'_>, at: usize, key: UnitKey) -> rusqlite::Result<RunRow> {
     let state_text = row.get_ref(at + 6)?.as_str()?;
     let state = RunState::parse(state_text).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(
@@ -287,6 +277,20 @@ impl Store {
 
     pub fn all_runs(&self) -> Result<Vec<RunRow>> {
         self.query_runs("", &[])
+    }
+
+    /// Every run, oldest first, as [`Store::all_runs`] reads them, handed to
+    /// `f` one at a time: a large study's runs are never all in memory.
+    pub fn each_run(&self, mut f: impl FnMut(RunRow)) -> Result<()> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs r JOIN units u ON u.id = r.unit_id ORDER BY r.id"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            f(run_from_row(row)?);
+        }
+        Ok(())
     }
 
     /// Every run of these units, oldest first, in one query.

@@ -1,10 +1,12 @@
 //! The snapshot: everything the planner reads, in one read transaction.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use super::runs::{RUN_COLUMNS, RUN_FIELDS, run_fields, run_from_row};
+use super::runs::ids_from_json;
 use super::{Result, RunRow, SessionRow, Store, UnitRow, key_at};
-use crate::model::UnitKey;
+use crate::model::{Reason, RunState, UnitKey};
 
 /// Everything the planner needs, read in one go.
 #[derive(Debug, Clone, Default)]
@@ -12,19 +14,104 @@ pub struct Snapshot {
     pub sessions: Vec<SessionRow>,
     pub units: HashMap<UnitKey, UnitRow>,
     /// The last run and the last successful run of every unit, by run ID.
-    pub runs: HashMap<i64, RunRow>,
+    pub runs: HashMap<i64, SnapshotRun>,
+}
+
+/// A run as the snapshot holds it: the columns its readers (the planner,
+/// the status document, alerts, notifications, `clean`) use, and nothing
+/// else. A reader that needs more reads the [`RunRow`] from the store
+/// ([`Store::run`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotRun {
+    pub id: i64,
+    pub attempt: u32,
+    pub state: RunState,
+    pub job_id: Option<String>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub plan_reason: Reason,
+    pub ended_at: Option<i64>,
+    /// Shared between the runs of a snapshot (few distinct values).
+    pub config_hash: Arc<str>,
+    pub inputs: Vec<i64>,
+    pub log_path: PathBuf,
+}
+
+impl From<RunRow> for SnapshotRun {
+    fn from(run: RunRow) -> SnapshotRun {
+        SnapshotRun {
+            id: run.id,
+            attempt: run.attempt,
+            state: run.state,
+            job_id: run.job_id,
+            exit_code: run.exit_code,
+            reason: run.reason,
+            plan_reason: run.plan_reason,
+            ended_at: run.ended_at,
+            config_hash: run.config_hash.into(),
+            inputs: run.inputs,
+            log_path: run.log_path,
+        }
+    }
 }
 
 impl Snapshot {
-    pub fn last_run(&self, key: &UnitKey) -> Option<&RunRow> {
+    pub fn last_run(&self, key: &UnitKey) -> Option<&SnapshotRun> {
         let id = self.units.get(key)?.last_run_id?;
         self.runs.get(&id)
     }
 
-    pub fn success_run(&self, key: &UnitKey) -> Option<&RunRow> {
+    pub fn success_run(&self, key: &UnitKey) -> Option<&SnapshotRun> {
         let id = self.units.get(key)?.success_run_id?;
         self.runs.get(&id)
     }
+}
+
+/// The run columns [`snapshot_run`] reads, from the table aliased `r`.
+const SNAPSHOT_RUN_FIELDS: &str = "r.id, r.attempt, r.state, r.job_id, r.exit_code, r.reason, \
+     r.plan_reason, r.ended_at, r.config_hash, r.inputs, r.log_path";
+
+/// A run from [`SNAPSHOT_RUN_FIELDS`], starting at column `at`; `hashes`
+/// interns the configuration hashes.
+fn snapshot_run(
+    row: &rusqlite::Row<'_>,
+    at: usize,
+    hashes: &mut HashMap<String, Arc<str>>,
+) -> rusqlite::Result<SnapshotRun> {
+    let bad = |i: usize, what: &str, text: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("unknown {what} `{text}`").into(),
+        )
+    };
+    let state_text = row.get_ref(at + 2)?.as_str()?;
+    let state = RunState::parse(state_text).ok_or_else(|| bad(at + 2, "run state", state_text))?;
+    let reason_text = row.get_ref(at + 6)?.as_str()?;
+    let plan_reason = Reason::from_plan_text(reason_text)
+        .ok_or_else(|| bad(at + 6, "plan reason", reason_text))?;
+    let hash = row.get_ref(at + 8)?.as_str()?;
+    let config_hash = match hashes.get(hash) {
+        Some(h) => h.clone(),
+        None => {
+            let h: Arc<str> = hash.into();
+            hashes.insert(hash.to_string(), h.clone());
+            h
+        }
+    };
+    Ok(SnapshotRun {
+        id: row.get(at)?,
+        attempt: row.get(at + 1)?,
+        state,
+        job_id: row.get(at + 3)?,
+        exit_code: row.get(at + 4)?,
+        reason: row.get(at + 5)?,
+        plan_reason,
+        ended_at: row.get(at + 7)?,
+        config_hash,
+        inputs: ids_from_json(row.get_ref(at + 9)?.as_str()?),
+        log_path: PathBuf::from(row.get_ref(at + 10)?.as_str()?),
+    })
 }
 
 impl Store {
@@ -34,19 +121,24 @@ impl Store {
     /// cannot give a unit a last run the snapshot does not hold. Each unit is
     /// read with its last run in one join, whose key the run shares; the few
     /// last successes that are not the last run come in a second query.
+    /// Only the run columns the snapshot's readers use are read
+    /// ([`SnapshotRun`]).
     pub fn snapshot(&self) -> Result<Snapshot> {
         let tx = self.conn.unchecked_transaction()?;
         let sessions = self.sessions()?;
-        let n_units: usize =
-            tx.query_row("SELECT COUNT(*) FROM units", [], |r| r.get::<_, i64>(0))? as usize;
+        let n_units: usize = tx
+            .prepare_cached("SELECT COUNT(*) FROM units")?
+            .query_row([], |r| r.get::<_, i64>(0))? as usize;
         let mut units = HashMap::with_capacity(n_units);
         let mut runs = HashMap::with_capacity(n_units);
+        let mut hashes: HashMap<String, Arc<str>> = HashMap::new();
         let sql = format!(
             "SELECT u.id, u.pipeline, u.subject, u.session, u.attempts, u.infra_attempts, \
              u.next_attempt_at, u.mem_mb, u.time_s, u.cancelled, u.last_run_id, \
-             u.success_run_id, {RUN_FIELDS} FROM units u LEFT JOIN runs r ON r.id = u.last_run_id"
+             u.success_run_id, {SNAPSHOT_RUN_FIELDS} FROM units u \
+             LEFT JOIN runs r ON r.id = u.last_run_id"
         );
-        let mut stmt = tx.prepare(&sql)?;
+        let mut stmt = tx.prepare_cached(&sql)?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let key = key_at(r, 1)?;
@@ -63,7 +155,7 @@ impl Store {
             };
             // NULL run columns: the unit has no run (or its last run is gone).
             if r.get_ref(12)? != rusqlite::types::ValueRef::Null {
-                let run = run_fields(r, 12, key.clone())?;
+                let run = snapshot_run(r, 12, &mut hashes)?;
                 runs.insert(run.id, run);
             }
             units.insert(key, unit);
@@ -71,14 +163,16 @@ impl Store {
         drop(rows);
         drop(stmt);
         let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM units u JOIN runs r ON r.id = u.success_run_id \
+            "SELECT {SNAPSHOT_RUN_FIELDS} FROM units u JOIN runs r ON r.id = u.success_run_id \
              WHERE u.last_run_id IS NULL OR u.last_run_id != u.success_run_id"
         );
-        let mut stmt = tx.prepare(&sql)?;
-        for run in stmt.query_map([], run_from_row)? {
-            let run = run?;
+        let mut stmt = tx.prepare_cached(&sql)?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let run = snapshot_run(r, 0, &mut hashes)?;
             runs.insert(run.id, run);
         }
+        drop(rows);
         drop(stmt);
         tx.commit()?;
         Ok(Snapshot {
