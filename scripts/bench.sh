@@ -278,6 +278,33 @@ bench_slurm_mode() {
     figure "$p: peak RSS of a sync" "$(awk -v k="$rss_kb" 'BEGIN { printf "%.1f", k / 1024 }')" MB
 }
 
+# `submit --all --wait` of 50 subjects x 2 sessions x 4 pipelines in arrays:
+# the client's own CPU (user + sys, sbatch and squeue not counted), its
+# sbatch calls, and squeue calls per poll of the wait.
+bench_slurm_wait() {
+    local dir="$work/slurm-wait" saved=$subjects
+    subjects=50
+    write_study "$dir" arrays
+    subjects=$saved
+    "$nfslurm" --config "$dir/nfslurm.yaml" discover > /dev/null
+    if ! /usr/bin/time -o "$work/time" -f '%U %S %M %e' \
+        "$nfslurm" -v --config "$dir/nfslurm.yaml" submit --all --wait > /dev/null 2> "$work/stderr"; then
+        echo "slurm wait: submit --all --wait failed:" >&2
+        grep -v 'slurm calls' "$work/stderr" | tail -5 >&2
+        figure "slurm submit --all --wait: could not be measured" "" ""
+        return
+    fi
+    local line polls u s m e
+    line=$(grep 'slurm calls' "$work/stderr" | tail -1 || true)
+    polls=$(sed -n 's/.*wait: [0-9]* runs followed in \([0-9]*\) polls.*/\1/p' "$work/stderr" | tail -1)
+    read -r u s m e < <(tail -1 "$work/time")
+    local p="slurm submit --all --wait (50 x 2 x 4 = 350 units, arrays)"
+    figure "$p: client CPU, user + sys" "$(awk -v u="$u" -v s="$s" 'BEGIN { printf "%.2f", u + s }')" s 0.1
+    figure "$p: wall" "$e" s
+    figure "$p: sbatch calls" "$(calls sbatch "$line")" "" 8
+    figure "$p: squeue calls per poll ($polls polls)" "$(awk -v q="$(calls squeue "$line")" -v n="${polls:-0}" 'BEGIN { printf "%.2f", (n > 0) ? q / n : q }')" "" 1
+}
+
 if [ "$run_slurm" = 1 ]; then
     if ! scripts/slurm-test-cluster.sh status > /dev/null 2>&1; then
         echo "starting the Slurm test cluster..." >&2
@@ -294,6 +321,7 @@ if [ "$run_slurm" = 1 ]; then
     for mode in "${mode_list[@]}"; do
         bench_slurm_mode "$mode"
     done
+    bench_slurm_wait
 fi
 
 [ -f "$work/slurm.tsv" ] && cat "$work/slurm.tsv" >> "$table"

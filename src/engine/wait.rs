@@ -73,7 +73,9 @@ pub fn wait(
     let cap = if local { base * 2 } else { base * 8 };
     let mut interval = base;
     let mut last_done = 0;
+    let mut polls = 0u32;
     loop {
+        polls += 1;
         {
             let _lock = super::lock::acquire(config)?;
             super::reconcile_all(config, store)?;
@@ -123,6 +125,7 @@ pub fn wait(
                         Some(Instant::now() + Duration::from_secs((t - now).max(1) as u64));
                 }
                 None => {
+                    tracing::info!("wait: {} runs followed in {polls} polls", ids.len());
                     let units = plan
                         .units
                         .into_iter()
