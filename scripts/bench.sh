@@ -298,11 +298,11 @@ bench_slurm_wait() {
     line=$(grep 'slurm calls' "$work/stderr" | tail -1 || true)
     polls=$(sed -n 's/.*wait: [0-9]* runs followed in \([0-9]*\) polls.*/\1/p' "$work/stderr" | tail -1)
     read -r u s m e < <(tail -1 "$work/time")
-    local p="slurm submit --all --wait (50 x 2 x 4 = 350 units, arrays)"
+    local p="slurm submit --all --wait (50x2x4, arrays)"
     figure "$p: client CPU, user + sys" "$(awk -v u="$u" -v s="$s" 'BEGIN { printf "%.2f", u + s }')" s 0.1
     figure "$p: wall" "$e" s
     figure "$p: sbatch calls" "$(calls sbatch "$line")" "" 8
-    figure "$p: squeue calls per poll ($polls polls)" "$(awk -v q="$(calls squeue "$line")" -v n="${polls:-0}" 'BEGIN { printf "%.2f", (n > 0) ? q / n : q }')" "" 1
+    figure "$p: squeue per poll ($polls polls)" "$(awk -v q="$(calls squeue "$line")" -v n="${polls:-0}" 'BEGIN { printf "%.2f", (n > 0) ? q / n : q }')" "" 1
 }
 
 if [ "$run_slurm" = 1 ]; then
