@@ -39,7 +39,7 @@ pub fn write_status_document(
     states: &[String],
     out: impl std::io::Write,
 ) -> anyhow::Result<()> {
-    let (_store, snapshot) = crate::commands::read_snapshot(config)?;
+    let (_store, snapshot) = crate::engine::read_snapshot(config)?;
     let plan = plan::plan(config, &snapshot, engine::now(), &Request::default());
     let (units, counts, alerts) = status_parts(config, &snapshot, &plan, selection, states);
     drop(snapshot);
