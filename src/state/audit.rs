@@ -37,22 +37,11 @@ pub(super) fn audit(
 
 impl Store {
     pub fn audit_of_unit(&self, unit_id: i64) -> Result<Vec<AuditRow>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT at, unit_id, run_id, scan_id, old_state, new_state, reason FROM audit \
-             WHERE unit_id = ?1 ORDER BY id",
-        )?;
-        let rows = stmt.query_map([unit_id], |r| {
-            Ok(AuditRow {
-                at: r.get(0)?,
-                unit_id: r.get(1)?,
-                run_id: r.get(2)?,
-                scan_id: r.get(3)?,
-                old_state: r.get(4)?,
-                new_state: r.get(5)?,
-                reason: r.get(6)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(self
+            .audit_where("unit_id = ?1", unit_id)?
+            .into_iter()
+            .map(|(_, row)| row)
+            .collect())
     }
 
     pub fn audit_since(&self, since_id: i64) -> Result<Vec<(i64, AuditRow)>> {

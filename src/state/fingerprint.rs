@@ -101,7 +101,7 @@ pub fn skipped(
         });
         writes.push((MARK_KEY.into(), kept.map(|m| mark_text(&m))));
     }
-    write(&tx, &writes)?;
+    super::meta::write_meta_in(&tx, &writes)?;
     tx.commit()?;
     Ok(())
 }
@@ -143,7 +143,7 @@ pub fn record(store: &mut Store, check: SyncCheck, end: SyncEnd) -> Result<()> {
     } else {
         None
     };
-    write(&tx, &[(MARK_KEY.into(), mark.as_ref().map(mark_text))])?;
+    super::meta::write_meta_in(&tx, &[(MARK_KEY.into(), mark.as_ref().map(mark_text))])?;
     tx.commit()?;
     Ok(())
 }
@@ -158,21 +158,6 @@ fn forget(store: &mut Store) -> Result<()> {
 
 fn mark_text(mark: &SyncMark) -> String {
     serde_json::to_string(mark).expect("a mark is strings and integers")
-}
-
-fn write(tx: &rusqlite::Transaction<'_>, writes: &[(String, Option<String>)]) -> Result<()> {
-    let mut set = tx.prepare_cached(
-        "INSERT INTO meta (key, value) VALUES (?1, ?2) \
-         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-    )?;
-    let mut del = tx.prepare_cached("DELETE FROM meta WHERE key = ?1")?;
-    for (key, value) in writes {
-        match value {
-            Some(v) => set.execute([key, v])?,
-            None => del.execute([key])?,
-        };
-    }
-    Ok(())
 }
 
 /// SQLite's file change counter of `<dir>/state.db`, as on disk.
@@ -212,8 +197,8 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::ExecutorKind;
-    use crate::model::{Label, Reason, RunState, UnitKey};
+
+    use crate::model::{Label, UnitKey};
     use crate::state::{NewRun, UnitUpdate};
 
     const NOW: i64 = 2_000_000_000;
@@ -287,23 +272,7 @@ mod tests {
     }
 
     fn new_run(key: &UnitKey) -> NewRun {
-        NewRun {
-            key: key.clone(),
-            token: "t".into(),
-            executor: ExecutorKind::Local,
-            state: RunState::Submitting,
-            plan_reason: Reason::New,
-            cpus: 1,
-            mem_mb: 100,
-            time_limit_s: 60,
-            gpus: 0,
-            config_hash: "h".into(),
-            inputs: vec![],
-            depends_on: vec![],
-            script_path: "s".into(),
-            log_path: "l".into(),
-            cluster: None,
-        }
+        NewRun::example(key, "t")
     }
 
     #[test]

@@ -159,21 +159,10 @@ mod tests {
 
     fn new_run(key: &UnitKey, token: &str, inputs: Vec<i64>) -> NewRun {
         NewRun {
-            key: key.clone(),
-            token: token.into(),
-            executor: crate::config::ExecutorKind::Local,
-            state: RunState::Submitting,
-            plan_reason: crate::model::Reason::New,
-            cpus: 1,
-            mem_mb: 100,
-            time_limit_s: 60,
-            gpus: 0,
-            config_hash: "h".into(),
             inputs,
-            depends_on: vec![],
             script_path: format!("/s/{token}").into(),
             log_path: format!("/l/{token}").into(),
-            cluster: None,
+            ..NewRun::example(key, token)
         }
     }
 

@@ -45,19 +45,7 @@ impl Store {
         // Its first statement writes, so it waits for the lock like an
         // immediate one.
         let tx = self.conn.unchecked_transaction()?;
-        {
-            let mut set = tx.prepare_cached(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2) \
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            )?;
-            let mut del = tx.prepare_cached("DELETE FROM meta WHERE key = ?1")?;
-            for (key, value) in writes {
-                match value {
-                    Some(v) => set.execute([key, v])?,
-                    None => del.execute([key])?,
-                };
-            }
-        }
+        write_meta_in(&tx, writes)?;
         tx.commit()?;
         Ok(())
     }
@@ -83,4 +71,24 @@ impl Store {
         )?;
         Ok(())
     }
+}
+
+/// Writes (or, for `None`, deletes) `meta` keys inside a transaction the
+/// caller holds (and commits).
+pub(super) fn write_meta_in(
+    tx: &rusqlite::Transaction<'_>,
+    writes: &[(String, Option<String>)],
+) -> Result<()> {
+    let mut set = tx.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    )?;
+    let mut del = tx.prepare_cached("DELETE FROM meta WHERE key = ?1")?;
+    for (key, value) in writes {
+        match value {
+            Some(v) => set.execute([key, v])?,
+            None => del.execute([key])?,
+        };
+    }
+    Ok(())
 }

@@ -49,6 +49,31 @@ pub struct RunRow {
 }
 
 #[cfg(test)]
+impl NewRun {
+    /// A local run intent of `key` for unit tests: 1 CPU, 100 MB, 60 s;
+    /// tests change what they look at.
+    pub(crate) fn example(key: &UnitKey, token: &str) -> NewRun {
+        NewRun {
+            key: key.clone(),
+            token: token.into(),
+            executor: ExecutorKind::Local,
+            state: RunState::Submitting,
+            plan_reason: Reason::New,
+            cpus: 1,
+            mem_mb: 100,
+            time_limit_s: 60,
+            gpus: 0,
+            config_hash: "h".into(),
+            inputs: vec![],
+            depends_on: vec![],
+            script_path: "s".into(),
+            log_path: "l".into(),
+            cluster: None,
+        }
+    }
+}
+
+#[cfg(test)]
 impl RunRow {
     /// A Slurm run of `key` for unit tests: running job `0`, 1 CPU, 100 MB,
     /// 60 s; tests change what they look at.

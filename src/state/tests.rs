@@ -1,7 +1,6 @@
 use super::runs::{ids_from_json, ids_to_json};
 use super::*;
-use crate::config::ExecutorKind;
-use crate::model::{Reason, RunState};
+use crate::model::RunState;
 
 fn label(s: &str) -> Label {
     Label::new(s).unwrap()
@@ -9,21 +8,9 @@ fn label(s: &str) -> Label {
 
 fn new_run(key: &UnitKey, token: &str) -> NewRun {
     NewRun {
-        key: key.clone(),
-        token: token.into(),
-        executor: ExecutorKind::Local,
-        state: RunState::Submitting,
-        plan_reason: Reason::New,
-        cpus: 1,
         mem_mb: 1024,
         time_limit_s: 3600,
-        gpus: 0,
-        config_hash: "h".into(),
-        inputs: vec![],
-        depends_on: vec![],
-        script_path: "s".into(),
-        log_path: "l".into(),
-        cluster: None,
+        ..NewRun::example(key, token)
     }
 }
 
