@@ -6,7 +6,6 @@
 //! is near where the job stopped, and a multi-gigabyte log must not make
 //! `status` slow. Matching is separate from reading: [`matches`] is pure.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use serde::Serialize;
@@ -40,13 +39,7 @@ pub fn matches(text: &str, patterns: &[regex::Regex]) -> Vec<usize> {
 
 /// The last [`SCAN_BYTES`] of a log, lossily decoded; `None` if unreadable.
 pub fn read_end(path: &Path) -> Option<String> {
-    let mut file = std::fs::File::open(path).ok()?;
-    let len = file.metadata().ok()?.len();
-    file.seek(SeekFrom::Start(len.saturating_sub(SCAN_BYTES)))
-        .ok()?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).ok()?;
-    Some(String::from_utf8_lossy(&bytes).into_owned())
+    crate::output::file_end(path, SCAN_BYTES).map(|(text, _)| text)
 }
 
 /// Tallies the patterns over the units of `plan` kept by `keep` whose last

@@ -297,16 +297,9 @@ pub const LOG_TAIL_LINES: usize = 5;
 /// control characters shown as escapes (a job's output never reaches the
 /// terminal raw); `None` when the file cannot be read.
 pub fn log_tail(path: &std::path::Path, lines: usize) -> Option<Vec<String>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = std::fs::File::open(path).ok()?;
-    let len = file.metadata().ok()?.len();
-    let from = len.saturating_sub(16 * 1024);
-    file.seek(SeekFrom::Start(from)).ok()?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).ok()?;
-    let text = String::from_utf8_lossy(&bytes);
+    let (text, cut) = file_end(path, 16 * 1024)?;
     let mut all: Vec<&str> = text.lines().collect();
-    if from > 0 && !all.is_empty() {
+    if cut && !all.is_empty() {
         // The first line read may be cut.
         all.remove(0);
     }
@@ -318,6 +311,21 @@ pub fn log_tail(path: &std::path::Path, lines: usize) -> Option<Vec<String>> {
         .map(|l| escape_controls(l).into_owned())
         .collect();
     Some(kept.into_iter().rev().collect())
+}
+
+/// The last `bytes` bytes of a file (all of it when it is shorter), lossily
+/// decoded, and whether the read began inside the file (so its first line
+/// may be cut); `None` when the file cannot be read. A log can be large:
+/// only its end is read.
+pub fn file_end(path: &std::path::Path, bytes: u64) -> Option<(String, bool)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    let from = len.saturating_sub(bytes);
+    file.seek(SeekFrom::Start(from)).ok()?;
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf).ok()?;
+    Some((String::from_utf8_lossy(&buf).into_owned(), from > 0))
 }
 
 pub fn print_json(value: &serde_json::Value) {

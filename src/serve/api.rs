@@ -141,7 +141,7 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     })
 }
 
-fn job_id(id: &str) -> Result<i64, ApiError> {
+pub(super) fn job_id(id: &str) -> Result<i64, ApiError> {
     id.parse::<i64>()
         .ok()
         .filter(|&n| n > 0)
@@ -300,16 +300,9 @@ pub async fn job_log(
 
 /// The last `lines` lines of a file, read from its end (a log can be large).
 fn read_tail(path: &std::path::Path, lines: usize) -> Option<String> {
-    use std::io::{Read as _, Seek as _, SeekFrom};
-    let mut file = std::fs::File::open(path).ok()?;
-    let len = file.metadata().ok()?.len();
     // 256 bytes a line is generous for a pipeline's log; capped at 4 MiB.
     let window = (lines as u64 * 256).clamp(16 * 1024, 4 * 1024 * 1024);
-    file.seek(SeekFrom::Start(len.saturating_sub(window)))
-        .ok()?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).ok()?;
-    let text = String::from_utf8_lossy(&bytes);
+    let (text, _) = crate::output::file_end(path, window)?;
     let all: Vec<&str> = text.lines().collect();
     let from = all.len().saturating_sub(lines);
     let mut out = all[from..].join("\n");

@@ -68,9 +68,9 @@ pub async fn job(
     Path(id): Path<String>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let Some(id) = id.parse::<i64>().ok() else {
-        return ApiError::new(axum::http::StatusCode::NOT_FOUND, "no such job", None)
-            .into_response();
+    let id = match super::api::job_id(&id) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
     };
     if state.job(id).await.is_none() {
         return ApiError::new(axum::http::StatusCode::NOT_FOUND, "no such job", None)
@@ -110,18 +110,30 @@ fn ending(job: &Value) -> Option<String> {
     Some(msg.to_string())
 }
 
+/// Sends the job's `status`, then, when it has ended, its last message and
+/// the close. `false` when the socket is done with (the job ended, or the
+/// client left).
+async fn send_job(socket: &mut WebSocket, job: &Value) -> bool {
+    if !send(socket, &message("status", job)).await {
+        return false;
+    }
+    match ending(job) {
+        Some(end) => {
+            send(socket, &end).await;
+            let _ = socket.send(Message::Close(None)).await;
+            false
+        }
+        None => true,
+    }
+}
+
 async fn job_loop(state: Arc<AppState>, id: i64, mut socket: WebSocket) {
     // Subscribe before reading the job: no change falls in between.
     let mut rx = state.events.subscribe();
     let Some(job) = state.job(id).await else {
         return;
     };
-    if !send(&mut socket, &message("status", &job)).await {
-        return;
-    }
-    if let Some(end) = ending(&job) {
-        send(&mut socket, &end).await;
-        let _ = socket.send(Message::Close(None)).await;
+    if !send_job(&mut socket, &job).await {
         return;
     }
     loop {
@@ -129,12 +141,7 @@ async fn job_loop(state: Arc<AppState>, id: i64, mut socket: WebSocket) {
             event = rx.recv() => match event {
                 Ok(event) if event.run_id == Some(id) => {
                     let Some(job) = &event.run else { continue };
-                    if !send(&mut socket, &message("status", job)).await {
-                        return;
-                    }
-                    if let Some(end) = ending(job) {
-                        send(&mut socket, &end).await;
-                        let _ = socket.send(Message::Close(None)).await;
+                    if !send_job(&mut socket, job).await {
                         return;
                     }
                 }
@@ -142,12 +149,7 @@ async fn job_loop(state: Arc<AppState>, id: i64, mut socket: WebSocket) {
                 Err(RecvError::Lagged(_)) => {
                     // Missed changes: the job as it is now.
                     let Some(job) = state.cache().job(id) else { return };
-                    if !send(&mut socket, &message("status", &job)).await {
-                        return;
-                    }
-                    if let Some(end) = ending(&job) {
-                        send(&mut socket, &end).await;
-                        let _ = socket.send(Message::Close(None)).await;
+                    if !send_job(&mut socket, &job).await {
                         return;
                     }
                 }
