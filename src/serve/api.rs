@@ -358,13 +358,17 @@ pub struct JobsBody {
     force: bool,
 }
 
-/// What a submission's problems mean to the API (none: `None`).
-fn submitted_problem(submitted: &engine::Submitted) -> Option<Value> {
-    let err = submitted.failure(
-        "the runs that reached the cluster are recorded; the next sync submits the rest",
-    )?;
-    let f = err.downcast_ref::<Failure>()?;
-    Some(json!({"error": f.message, "hint": f.hint, "unreachable": f.code == 2}))
+/// The hint of a submission's problem (what reached the cluster is kept).
+const PROBLEM_HINT: &str =
+    "the runs that reached the cluster are recorded; the next sync submits the rest";
+
+/// A submission's problem ([`engine::Submitted::failure`]) as the `problem`
+/// of an answer.
+fn problem_json(err: &anyhow::Error) -> Value {
+    match err.downcast_ref::<Failure>() {
+        Some(f) => json!({"error": f.message, "hint": f.hint, "unreachable": f.code == 2}),
+        None => json!({"error": err.to_string(), "hint": null, "unreachable": false}),
+    }
 }
 
 pub async fn create_jobs(
@@ -412,26 +416,19 @@ pub async fn create_jobs(
                        "state": states.get(&r.run_id)})
             })
             .collect();
-        let problem = submitted_problem(&report.submitted);
+        let problem = report.submitted.failure(PROBLEM_HINT);
         if jobs.is_empty()
-            && let Some(p) = &problem
+            && let Some(err) = problem
         {
-            let status = if p["unreachable"] == true {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::UNPROCESSABLE_ENTITY
-            };
-            return Err(ApiError::new(
-                status,
-                p["error"].as_str().unwrap_or_default(),
-                p["hint"].as_str(),
-            ));
+            // Nothing reached the cluster: the problem is the answer (422
+            // for a refusal, 503 for an unreachable cluster).
+            return Err(err.into());
         }
         Ok(json!({
             "jobs": jobs,
             "deferred": report.submitted.deferred,
             "made_stale": report.made_stale.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
-            "problem": problem,
+            "problem": problem.as_ref().map(problem_json),
         }))
     })
     .await?;
@@ -514,7 +511,13 @@ async fn retry(
         };
         let report = engine::manage::retry(&config, &mut store, lock, &request)?;
         let mut doc = crate::views::retry_json(&report);
-        doc["problem"] = submitted_problem(&report.submitted).unwrap_or(Value::Null);
+        doc["problem"] = json!(
+            report
+                .submitted
+                .failure(PROBLEM_HINT)
+                .as_ref()
+                .map(problem_json)
+        );
         Ok(doc)
     })
     .await?;
