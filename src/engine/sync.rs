@@ -27,15 +27,12 @@ pub struct SyncReport {
     /// Problems of the mapping sheet.
     pub problems: Vec<String>,
     pub submitted: Submitted,
-    /// Nothing had changed since the last sync (no folder, sheet, config or
-    /// template, no run in flight, no backoff ended, no write by anyone):
-    /// nothing was reconciled, discovered or planned.
-    pub skipped: bool,
 }
 
 /// One sync, under the plan lock the caller took (a cron `sync` does not
 /// wait for it: another holder is doing the same work). The lock is released
-/// before notifying.
+/// before notifying. When nothing changed since the last quiet sync, nothing
+/// is reconciled, discovered or planned, and the report is empty.
 pub fn sync(
     config: &Config,
     store: &mut Store,
@@ -61,7 +58,6 @@ pub fn sync(
             unmapped,
             problems,
             submitted: Submitted::default(),
-            skipped: true,
         });
     }
     // Reconcile first: what Slurm did is recorded even when the mapping sheet
@@ -123,6 +119,5 @@ pub fn sync(
         unmapped,
         problems,
         submitted,
-        skipped: false,
     })
 }
