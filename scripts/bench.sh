@@ -279,8 +279,10 @@ bench_slurm_mode() {
 }
 
 # `submit --all --wait` of 50 subjects x 2 sessions x 4 pipelines in arrays:
-# the client's own CPU (user + sys, sbatch and squeue not counted), its
-# sbatch calls, and squeue calls per poll of the wait.
+# the client's own CPU (user + sys of nfslurm itself, from its getrusage at
+# exit), the same with the Slurm tools it ran (sbatch, squeue, sacct: what
+# /usr/bin/time sees, since it counts waited-for children), its sbatch calls,
+# and squeue calls per poll of the wait.
 bench_slurm_wait() {
     local dir="$work/slurm-wait" saved=$subjects
     subjects=50
@@ -299,7 +301,8 @@ bench_slurm_wait() {
     polls=$(sed -n 's/.*wait: [0-9]* runs followed in \([0-9]*\) polls.*/\1/p' "$work/stderr" | tail -1)
     read -r u s m e < <(tail -1 "$work/time")
     local p="slurm submit --all --wait (50x2x4, arrays)"
-    figure "$p: client CPU, user + sys" "$(awk -v u="$u" -v s="$s" 'BEGIN { printf "%.2f", u + s }')" s 0.1
+    figure "$p: client CPU (nfslurm itself), user + sys" "$(awk -v c="$(calls cpu_ms "$line")" 'BEGIN { printf "%.2f", c / 1000 }')" s 0.1
+    figure "$p: CPU with the Slurm tools it ran" "$(awk -v u="$u" -v s="$s" 'BEGIN { printf "%.2f", u + s }')" s
     figure "$p: wall" "$e" s
     figure "$p: sbatch calls" "$(calls sbatch "$line")" "" 8
     figure "$p: squeue per poll ($polls polls)" "$(awk -v q="$(calls squeue "$line")" -v n="${polls:-0}" 'BEGIN { printf "%.2f", (n > 0) ? q / n : q }')" "" 1

@@ -52,18 +52,40 @@ results=()
 failed=0
 
 # A random delay in seconds, 0 to $1 ms.
-rand_delay() { printf '0.%03d' $(( RANDOM % $1 )); }
+rand_delay() { local ms=$((RANDOM % $1)); printf '%d.%03d' $((ms / 1000)) $((ms % 1000)); }
+
+# The window a kill is drawn from, in ms, per command: it adapts to how long
+# the command lives on this machine, so kills keep landing on a fast machine
+# and stay spread over the whole life on a slow one. A kill that came after
+# the command had ended halves the window; one that landed widens it by a
+# quarter (capped at the first window's 4x). About three kills in four land.
+declare -A window=()
 
 # Runs `nfslurm $@` in the study, in the background, and SIGKILLs it after a
-# random delay up to $max ms; counts a kill when it was still alive. `exec`:
-# the PID killed is nfslurm itself, not a subshell around it.
+# random delay within the command's window (first $1 ms); counts a kill when
+# it died of it. `exec`: the PID killed is nfslurm itself, not a
+# subshell around it.
 kill_at_random() {
-  local max="$1"; shift
+  local first="$1"; shift
+  local key="$1" max
+  max="${window[$key]:-$first}"
   (cd "$study" && NO_COLOR=1 exec "$bin" "$@") >>"$study/chaos-out.log" 2>&1 &
   local pid=$!
   sleep "$(rand_delay "$max")"
-  if kill -9 "$pid" 2>/dev/null; then kills=$((kills + 1)); fi
-  wait "$pid" 2>/dev/null || true
+  kill -9 "$pid" 2>/dev/null || true
+  # The exit status says whether the kill landed (137: died of SIGKILL), not
+  # `kill`'s, which succeeds on a process that ended but is not yet reaped.
+  local rc=0
+  wait "$pid" 2>/dev/null || rc=$?
+  if [ "$rc" = 137 ]; then
+    kills=$((kills + 1))
+    max=$(( max + max / 4 + 1 ))
+    [ "$max" -le $((first * 4)) ] || max=$((first * 4))
+  else
+    max=$(( max / 2 ))
+    [ "$max" -ge 2 ] || max=2
+  fi
+  window[$key]=$max
 }
 
 new_study() {
@@ -205,6 +227,7 @@ print(sum(1 for u in json.load(sys.stdin)["units"] if u["state"] != "done"))')
 run_target() {
   local target="$1"
   kills=0
+  window=()
   case "$target" in
     concurrency)
       new_study "$target" local arrays

@@ -80,6 +80,8 @@ fn main() -> ExitCode {
         sacct = calls.sacct,
         scancel = calls.scancel,
         elapsed_ms = start.elapsed().as_millis() as u64,
+        cpu_ms = cpu_ms(libc::RUSAGE_SELF),
+        tools_cpu_ms = cpu_ms(libc::RUSAGE_CHILDREN),
         "slurm calls"
     );
     let code = match result {
@@ -90,6 +92,19 @@ fn main() -> ExitCode {
         log.finish();
     }
     code
+}
+
+/// User + system CPU in ms of this process (`RUSAGE_SELF`) or of the
+/// programs it ran and waited for (`RUSAGE_CHILDREN`: sbatch, squeue, local
+/// jobs), for `-v`'s last line and the benchmarks.
+fn cpu_ms(who: libc::c_int) -> u64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(who, &mut usage) } != 0 {
+        return 0;
+    }
+    let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
+    ms(usage.ru_utime) + ms(usage.ru_stime)
 }
 
 fn init_tracing(verbose: u8, quiet: bool, no_color: bool) {
