@@ -287,15 +287,18 @@ fn document_of(
 /// Writes again the provenance files of runs that ended, reading their
 /// rows and their units' runs in two queries for all of them.
 pub fn refresh_files(store: &Store, run_ids: &[i64]) -> Result<(), StateError> {
-    let runs = store.runs_by_ids(run_ids)?;
-    let mut unit_ids: Vec<i64> = runs.iter().map(|r| r.unit_id).collect();
-    unit_ids.sort_unstable();
-    unit_ids.dedup();
+    let unit_ids = store.unit_ids_of_runs(run_ids)?;
     let mut by_unit: std::collections::HashMap<i64, Vec<RunRow>> = Default::default();
     for r in store.runs_of_units(&unit_ids)? {
         by_unit.entry(r.unit_id).or_default().push(r);
     }
-    for run in &runs {
+    // The runs themselves are among their units' runs: not read twice.
+    let wanted: std::collections::HashSet<i64> = run_ids.iter().copied().collect();
+    let runs = by_unit
+        .values()
+        .flatten()
+        .filter(|r| wanted.contains(&r.id));
+    for run in runs {
         let submitted = submitted_of(store, run.id)?;
         let chain = by_unit.get(&run.unit_id).map(Vec::as_slice).unwrap_or(&[]);
         let doc = document_of(run, submitted, chain);

@@ -27,7 +27,7 @@ use crate::executor::{ExecError, Executor, Prepared, SubmitOutcome};
 use crate::model::{Label, RunState, UnitKey};
 use crate::plan::{Dependency, Plan, policy};
 use crate::render::{Renderer, ScriptInput, SessionInfo};
-use crate::state::{NewRun, RunUpdate, Snapshot, StateError, Store};
+use crate::state::{NewRun, RunRow, RunUpdate, Snapshot, StateError, Store};
 
 /// Opens (and creates) the study's state.
 pub fn open_store(config: &Config) -> anyhow::Result<Store> {
@@ -110,11 +110,27 @@ pub fn apply_updates(
         return Ok(());
     }
     let ids: Vec<i64> = updates.iter().map(|u| u.run_id).collect();
-    let before: HashMap<i64, _> = store
+    let before: HashMap<i64, RunRow> = store
         .runs_by_ids(&ids)?
         .into_iter()
         .map(|r| (r.id, r))
         .collect();
+    apply_updates_to(config, store, updates, &before, now)
+}
+
+/// [`apply_updates`] to runs whose rows the caller has just read (`before`,
+/// by run ID): reconciling reads the open runs anyway, and reading them
+/// again for every poll of a `--wait` was a third of its CPU.
+fn apply_updates_to(
+    config: &Config,
+    store: &mut Store,
+    updates: &[RunUpdate],
+    before: &HashMap<i64, RunRow>,
+    now: i64,
+) -> Result<(), StateError> {
+    if updates.is_empty() {
+        return Ok(());
+    }
     let mut unit_ids: Vec<i64> = before.values().map(|r| r.unit_id).collect();
     unit_ids.sort_unstable();
     unit_ids.dedup();
@@ -167,8 +183,20 @@ pub fn reconcile(
     executor: &mut dyn Executor,
     now: i64,
 ) -> Result<Vec<RunUpdate>, ExecError> {
-    let open: Vec<_> = store
-        .open_runs()?
+    let open = store.open_runs()?;
+    reconcile_open(config, store, executor, open, now)
+}
+
+/// [`reconcile`] with the open runs already read (`open`: of any executor;
+/// this one's are kept): [`submit::reconcile_all`] reads them once for all.
+pub(crate) fn reconcile_open(
+    config: &Config,
+    store: &mut Store,
+    executor: &mut dyn Executor,
+    open: Vec<RunRow>,
+    now: i64,
+) -> Result<Vec<RunUpdate>, ExecError> {
+    let open: Vec<RunRow> = open
         .into_iter()
         .filter(|r| r.executor == executor.kind())
         .collect();
@@ -176,7 +204,9 @@ pub fn reconcile(
         return Ok(Vec::new());
     }
     let updates = executor.reconcile(store, &open, now)?;
-    apply_updates(config, store, &updates, now)?;
+    // The executor only read the store: the rows are still the runs' own.
+    let before: HashMap<i64, RunRow> = open.into_iter().map(|r| (r.id, r)).collect();
+    apply_updates_to(config, store, &updates, &before, now)?;
     Ok(updates)
 }
 

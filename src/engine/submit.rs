@@ -35,8 +35,14 @@ pub fn reconcile_all(
             continue;
         }
         let mut exec = super::executor_of(config, kind);
+        let mine = open
+            .iter()
+            .filter(|r| r.executor == kind)
+            .cloned()
+            .collect();
         all.extend(
-            super::reconcile(config, store, exec.as_mut(), super::now()).map_err(exec_failure)?,
+            super::reconcile_open(config, store, exec.as_mut(), mine, super::now())
+                .map_err(exec_failure)?,
         );
     }
     Ok(all)

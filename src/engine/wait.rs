@@ -74,13 +74,14 @@ pub fn wait(
     let mut interval = base;
     let mut last_done = 0;
     let mut polls = 0u32;
+    let mut runs: Vec<RunRow> = Vec::new();
     loop {
         polls += 1;
         {
             let _lock = super::lock::acquire(config)?;
             super::reconcile_all(config, store)?;
         }
-        let runs = store.runs_by_ids(&ids)?;
+        refresh_followed(store, &ids, &mut runs)?;
         observer.runs(&runs);
         let done = runs.iter().filter(|r| !r.state.in_flight()).count();
         let mut wait_until: Option<Instant> = None;
@@ -148,4 +149,23 @@ pub fn wait(
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Brings `runs` (the followed runs, by ID) up to date with the store: reads
+/// the runs of `ids` not yet in it and those still in flight. A run that
+/// ended keeps its state, so a long wait does not read the whole followed
+/// set at every poll.
+fn refresh_followed(store: &Store, ids: &[i64], runs: &mut Vec<RunRow>) -> anyhow::Result<()> {
+    let known: HashSet<i64> = runs.iter().map(|r| r.id).collect();
+    let mut read: Vec<i64> = runs
+        .iter()
+        .filter(|r| r.state.in_flight())
+        .map(|r| r.id)
+        .collect();
+    read.extend(ids.iter().filter(|id| !known.contains(id)));
+    let fresh = store.runs_by_ids(&read)?;
+    runs.retain(|r| !r.state.in_flight());
+    runs.extend(fresh);
+    runs.sort_unstable_by_key(|r| r.id);
+    Ok(())
 }

@@ -323,12 +323,20 @@ impl Store {
         if unit_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let list = unit_ids
-            .iter()
-            .map(i64::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        self.query_runs(&format!("WHERE r.unit_id IN ({list})"), &[])
+        self.query_runs(
+            "WHERE r.unit_id IN (SELECT value FROM json_each(?1))",
+            &[&ids_to_json(unit_ids)],
+        )
+    }
+
+    /// The units of these runs, in ascending order, each once.
+    pub fn unit_ids_of_runs(&self, run_ids: &[i64]) -> Result<Vec<i64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT DISTINCT unit_id FROM runs \
+             WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY unit_id",
+        )?;
+        let ids = stmt.query_map([ids_to_json(run_ids)], |row| row.get(0))?;
+        Ok(ids.collect::<rusqlite::Result<_>>()?)
     }
 
     pub fn runs_of_unit(&self, unit_id: i64) -> Result<Vec<RunRow>> {
@@ -345,8 +353,12 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-        self.query_runs(&format!("WHERE r.id IN ({list})"), &[])
+        // One statement text for any list (a JSON array as its parameter),
+        // so it is prepared once and the statement cache keeps the others.
+        self.query_runs(
+            "WHERE r.id IN (SELECT value FROM json_each(?1))",
+            &[&ids_to_json(ids)],
+        )
     }
 
     pub fn run_by_job_id(&self, job_id: &str) -> Result<Option<RunRow>> {
