@@ -1,53 +1,18 @@
 //! `nfslurm clean [--older-than 30d] [--dry-run]`: frees what a study no
-//! longer needs.
-//!
-//! - the work directories of `done` units (their success ended before the
-//!   cut-off);
-//! - the scripts and logs of old attempts: runs that ended before the
-//!   cut-off and are neither a unit's last run nor its last success, nor in
-//!   flight;
-//! - run rows older than `housekeeping.summarise_runs_after`, folded into
-//!   per-unit summaries (see `state::housekeeping`: never a run the planner
-//!   or the worker reads), and their files.
+//! longer needs (`engine::clean` says what), and says what it freed.
 //!
 //! It holds the plan lock (a `sync` cannot submit a unit whose work
 //! directory is being removed); `--dry-run` takes no lock and writes nothing.
 
-use std::collections::HashSet;
-use std::fs;
-use std::path::{Path, PathBuf};
-
 use serde_json::json;
 
 use super::{Failure, Settings, display_path, json_path};
-use crate::engine;
-use crate::model::UnitState;
+use crate::engine::{self, clean};
 use crate::output;
-use crate::plan::{self, Request};
 use crate::state::Store;
 
 /// The default of `--older-than`.
 pub const DEFAULT_AGE: &str = "30d";
-
-/// Bytes under `path`, symlinks counted as themselves (never followed).
-fn size_of(path: &Path) -> u64 {
-    let Ok(meta) = fs::symlink_metadata(path) else {
-        return 0;
-    };
-    if !meta.is_dir() {
-        return meta.len();
-    }
-    fs::read_dir(path)
-        .map(|entries| entries.flatten().map(|e| size_of(&e.path())).sum())
-        .unwrap_or(0)
-}
-
-struct Item {
-    what: String,
-    path: PathBuf,
-    bytes: u64,
-    dir: bool,
-}
 
 pub fn run(settings: &Settings, older_than: Option<&str>, dry_run: bool) -> anyhow::Result<i32> {
     let config = super::load_config(settings)?;
@@ -62,110 +27,27 @@ pub fn run(settings: &Settings, older_than: Option<&str>, dry_run: bool) -> anyh
         println!("nothing to clean: nothing has run in this study");
         return Ok(0);
     };
-    let _lock = if dry_run {
+    let lock = if dry_run {
         None
     } else {
-        crate::engine::plan_lock(&config, true)?
+        Some(engine::lock::acquire(&config)?)
     };
-    let now = engine::now();
-    let cutoff = now - age as i64;
-    let snapshot = store.snapshot()?;
-    let plan = plan::plan(&config, &snapshot, now, &Request::default());
-    let mut items: Vec<Item> = Vec::new();
-
-    // Work directories of done units.
-    for unit in plan.units.iter().filter(|u| u.state == UnitState::Done) {
-        let Some(success) = snapshot.success_run(&unit.key) else {
-            continue;
-        };
-        if success.ended_at.is_none_or(|t| t >= cutoff) {
-            continue;
-        }
-        let dir = crate::render::work_dir_for(&config, &unit.key);
-        if dir.is_dir() {
-            items.push(Item {
-                what: format!("work dir of {}", unit.key),
-                bytes: size_of(&dir),
-                path: dir,
-                dir: true,
-            });
-        }
-    }
-
-    // Scripts and logs of old attempts.
-    let mut keep: HashSet<i64> = HashSet::new();
-    for u in snapshot.units.values() {
-        keep.extend(u.last_run_id);
-        keep.extend(u.success_run_id);
-    }
-    let runs = store.all_runs()?;
-    let mut listed: HashSet<PathBuf> = HashSet::new();
-    let mut add_files = |items: &mut Vec<Item>, what: String, [script, log]: [&Path; 2]| {
-        // An attempt's files: its script and log, the local job's lock and
-        // status beside the log, its provenance beside the script.
-        let files = [
-            script.to_path_buf(),
-            log.to_path_buf(),
-            crate::executor::local::JobFiles::of_log(log).lock,
-            crate::executor::local::JobFiles::of_log(log).status,
-            crate::provenance::file_of(script),
-        ];
-        for path in &files {
-            if path.is_file() && listed.insert(path.clone()) {
-                items.push(Item {
-                    what: what.clone(),
-                    bytes: size_of(path),
-                    path: path.clone(),
-                    dir: false,
-                });
-            }
-        }
+    let mode = match &lock {
+        Some(lock) => clean::Mode::Apply(lock),
+        None => clean::Mode::DryRun,
     };
-    for run in &runs {
-        if keep.contains(&run.id) || run.state.in_flight() {
-            continue;
-        }
-        if run.ended_at.is_none_or(|t| t >= cutoff) {
-            continue;
-        }
-        add_files(
-            &mut items,
-            format!("attempt {} of {}", run.attempt, run.key),
-            [&run.script_path, &run.log_path],
-        );
-    }
-
-    // Run rows folded into summaries, and their files.
-    let summarised = match config.housekeeping.summarise_runs_after_s {
-        Some(after) => {
-            let s = store.summarise_runs(now - after as i64, dry_run)?;
-            for pair in s.files.chunks(2) {
-                if let [script, log] = pair {
-                    add_files(&mut items, "a summarised run".into(), [script, log]);
-                }
-            }
-            s.run_ids.len()
-        }
-        None => 0,
-    };
-
-    let mut freed = 0u64;
-    let mut failed = Vec::new();
-    if !dry_run {
-        for item in &items {
-            let result = if item.dir {
-                fs::remove_dir_all(&item.path)
-            } else {
-                fs::remove_file(&item.path)
-            };
-            match result {
-                Ok(()) => freed += item.bytes,
-                Err(e) => failed.push(format!("`{}`: {e}", display_path(&item.path))),
-            }
-        }
-    } else {
-        freed = items.iter().map(|i| i.bytes).sum();
-    }
+    let report = clean::clean(&config, &mut store, age, mode)?;
+    drop(lock);
+    let clean::CleanReport {
+        items,
+        summarised,
+        freed,
+        failed,
+    } = report;
+    let failed: Vec<String> = failed
+        .iter()
+        .map(|(path, e)| format!("`{}`: {e}", display_path(path)))
+        .collect();
 
     if settings.json {
         output::print_json(&json!({

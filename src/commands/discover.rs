@@ -9,7 +9,7 @@ use crate::study::{self, DiscoveryReport};
 
 pub fn run(settings: &Settings) -> anyhow::Result<i32> {
     let config = super::load_config(settings)?;
-    let _lock = crate::engine::plan_lock(&config, true)?;
+    let _lock = crate::engine::lock::acquire(&config)?;
     let mut store = super::open_store(&config)?;
     let (report, changes) =
         crate::engine::discover_and_register(&config, &mut store, crate::engine::now())?;

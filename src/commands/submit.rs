@@ -503,7 +503,7 @@ pub(super) fn describe_change(key: &UnitKey, row: &state::AuditRow) -> String {
 pub fn run_sync(settings: &Settings) -> anyhow::Result<i32> {
     let config = super::load_config(settings)?;
     let printer = settings.printer();
-    let Some(lock) = engine::plan_lock(&config, false)? else {
+    let Some(lock) = engine::lock::try_acquire(&config)? else {
         printer.result(
             || json!({"locked": true}),
             || "another sync holds the lock; leaving this one to it\n".into(),

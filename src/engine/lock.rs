@@ -10,15 +10,9 @@ use crate::state::{self, LockGuard};
 /// How long a command that must act waits for the lock.
 pub const COMMAND_WAIT: Duration = Duration::from_secs(60);
 
-/// Takes the plan lock: with `wait`, for up to a minute (then a user error);
-/// without, `None` at once when another command holds it.
-pub fn plan_lock(config: &Config, wait: bool) -> anyhow::Result<Option<LockGuard>> {
-    let timeout = if wait { COMMAND_WAIT } else { Duration::ZERO };
-    match plan_lock_within(config, timeout)? {
-        Some(guard) => Ok(Some(guard)),
-        None if wait => Err(lock_busy(config)),
-        None => Ok(None),
-    }
+/// Takes the plan lock if no other command holds it, at once.
+pub fn try_acquire(config: &Config) -> anyhow::Result<Option<LockGuard>> {
+    plan_lock_within(config, Duration::ZERO)
 }
 
 /// Takes the plan lock, waiting up to a minute for it (a user error then).

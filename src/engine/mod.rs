@@ -2,6 +2,7 @@
 //! policy, prepare and submit the planned actions. Shared by `submit`, `sync`,
 //! `retry` and the local worker, so every path records state the same way.
 
+pub mod clean;
 pub mod discover;
 pub mod lock;
 pub mod manage;
@@ -11,7 +12,6 @@ pub mod sync;
 pub mod wait;
 
 pub use discover::discover_and_register;
-pub use lock::plan_lock;
 pub use submit::{Submitted, reconcile_all, submit_request};
 
 use std::collections::HashMap;
