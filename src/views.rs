@@ -315,7 +315,6 @@ mod tests {
             job_id: Some("123_4".into()),
             next_attempt_at: Some(1_700_000_000),
             last_run_id: Some(7),
-            upstream: vec![],
             due: false,
             held: false,
         };
