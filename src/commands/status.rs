@@ -5,7 +5,7 @@
 //! cleared) without the flicker of clearing the whole screen. Colour only on
 //! a terminal (see `output`). The JSON fields are a contract (docs/json.md).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{IsTerminal, Write};
 
 use comfy_table::{CellAlignment, Table};
@@ -202,6 +202,19 @@ fn ago(secs: i64) -> String {
     }
 }
 
+/// How many of `units` each pipeline has in each state, counted in one
+/// pass: the summary asks for every pipeline and state, for each table
+/// width it tries, and 35,000 units each time added up.
+fn state_counts<'a>(units: &[&'a UnitPlan]) -> HashMap<(&'a str, UnitState), usize> {
+    let mut counts = HashMap::new();
+    for u in units {
+        *counts
+            .entry((u.key.pipeline.as_str(), u.state))
+            .or_default() += 1;
+    }
+    counts
+}
+
 fn summary(
     config: &Config,
     plan: &Plan,
@@ -225,12 +238,9 @@ fn summary(
         .iter()
         .filter(|p| selection.pipelines.is_empty() || selection.pipelines.contains(&p.name))
         .collect();
-    let count = |pipeline: &str, state: UnitState| {
-        units
-            .iter()
-            .filter(|u| u.key.pipeline == pipeline && u.state == state)
-            .count()
-    };
+    let counts = state_counts(&units);
+    let count =
+        |pipeline: &str, state: UnitState| counts.get(&(pipeline, state)).copied().unwrap_or(0);
     // Only the states some pipeline has: the table stays narrow.
     let shown: Vec<UnitState> = SUMMARY_STATES
         .into_iter()
@@ -263,7 +273,7 @@ fn summary(
                     output::unit_state(s).replace(s.as_str(), &n.to_string())
                 });
             }
-            let total = units.iter().filter(|u| u.key.pipeline == p.name).count();
+            let total: usize = UnitState::ALL.iter().map(|&s| count(&p.name, s)).sum();
             row.push(total.to_string());
             table.add_row(row);
         }
