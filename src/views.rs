@@ -39,7 +39,11 @@ pub fn write_status_document(
     states: &[String],
     out: impl std::io::Write,
 ) -> anyhow::Result<()> {
-    let (_store, snapshot) = crate::engine::read_snapshot(config)?;
+    let (store, snapshot) = crate::engine::read_snapshot(config)?;
+    // Closed before the plan: the connection frees its page cache in large
+    // blocks, and each large free makes the allocator walk every small block
+    // freed before it (the snapshot's and the plan's, when it came last).
+    drop(store);
     let plan = plan::plan(config, &snapshot, engine::now(), &Request::default());
     let (units, counts, alerts) = status_parts(config, &snapshot, &plan, selection, states);
     drop(snapshot);
