@@ -133,21 +133,32 @@ fn render(
     }
     let (store, snapshot) = super::read_snapshot(config)?;
     let now = engine::now();
+    // The runs view reads runs, not the plan.
+    if view == View::Runs {
+        return runs(config, store.as_ref(), selection, states, now);
+    }
+    let last_sync = store
+        .as_ref()
+        .map(crate::notify::last_sync)
+        .unwrap_or_default();
+    // Closed before the plan: the connection frees its page cache in large
+    // blocks, and each large free makes the allocator walk every small block
+    // freed before it (the snapshot's and the plan's, were it closed last).
+    drop(store);
     let plan = plan::plan(config, &snapshot, now, &Request::default());
     let wanted = |state: UnitState| states.is_empty() || states.iter().any(|s| s == state.as_str());
-    Ok(match view {
-        View::Summary => {
-            let alerts = crate::alerts::tally(
-                config,
-                &plan,
-                |k| selection.matches(k),
-                |id| snapshot.runs.get(&id),
-            );
-            summary(config, &plan, store.as_ref(), selection, &wanted, &alerts)
-        }
-        View::Matrix => matrix(settings, config, &plan, selection, &wanted),
-        View::Runs => runs(config, store.as_ref(), selection, states, now)?,
-    })
+    if view == View::Matrix {
+        return Ok(matrix(settings, config, &plan, selection, &wanted));
+    }
+    let alerts = crate::alerts::tally(
+        config,
+        &plan,
+        |k| selection.matches(k),
+        |id| snapshot.runs.get(&id),
+    );
+    Ok(summary(
+        config, &plan, &last_sync, selection, &wanted, &alerts,
+    ))
 }
 
 /// The summary's state columns, in reading order (the run and unit states' words).
@@ -218,7 +229,7 @@ fn state_counts<'a>(units: &[&'a UnitPlan]) -> HashMap<(&'a str, UnitState), usi
 fn summary(
     config: &Config,
     plan: &Plan,
-    store: Option<&Store>,
+    last: &crate::notify::LastSync,
     selection: &Selection,
     wanted: &dyn Fn(UnitState) -> bool,
     alerts: &[crate::alerts::Tally],
@@ -392,7 +403,6 @@ fn summary(
         if in_flight == 1 { "job" } else { "jobs" },
         config.site.scheduler.max_submitted
     )];
-    let last = store.map(crate::notify::last_sync).unwrap_or_default();
     match last.at {
         Some(at) => footer.push(format!(
             "last sync {} ({})",
