@@ -110,6 +110,13 @@ impl Label {
     }
 }
 
+/// A label is looked up by its text (the store's interned labels).
+impl std::borrow::Borrow<str> for Label {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for Label {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

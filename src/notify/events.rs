@@ -261,7 +261,6 @@ mod tests {
             job_id: None,
             next_attempt_at: None,
             last_run_id: run,
-            upstream: vec![],
             due: false,
             held: false,
         }

@@ -72,8 +72,6 @@ pub struct UnitPlan {
     pub job_id: Option<String>,
     pub next_attempt_at: Option<i64>,
     pub last_run_id: Option<i64>,
-    /// Upstream units, in a stable order.
-    pub upstream: Vec<UnitKey>,
     /// Would run now if requested.
     pub due: bool,
     /// Held by nfslurm, not by Slurm: its upstream (`blocked_by`) runs on
@@ -419,15 +417,11 @@ impl<'a> Facts<'a> {
 }
 
 /// Whether `ids` and `other` hold the same run IDs, as sets. Both are a
-/// unit's upstream count long (one or a few), so sorting beats hashing.
-fn same_set(ids: impl Iterator<Item = i64>, other: &[i64]) -> bool {
-    let mut a: Vec<i64> = ids.collect();
-    let mut b = other.to_vec();
-    a.sort_unstable();
-    a.dedup();
-    b.sort_unstable();
-    b.dedup();
-    a == b
+/// unit's upstream count long (one or a few), so looking each one up in the
+/// other beats sorting copies (two allocations per unit of a large study).
+fn same_set(ids: impl Iterator<Item = i64> + Clone, other: &[i64]) -> bool {
+    ids.clone().all(|id| other.contains(&id))
+        && other.iter().all(|&id| ids.clone().any(|x| x == id))
 }
 
 /// Gives one unit its state, reason and due-ness; upstream units (`up_idx`,
@@ -451,7 +445,6 @@ fn evaluate<'s>(
     let facts = Facts(rec);
     let last = facts.last(snapshot);
     let success = facts.success(snapshot);
-    let upstream = up_idx.iter().map(|&i| done_units[i].key.clone()).collect();
     let mut unit = UnitPlan {
         key,
         level: pipeline.level,
@@ -463,7 +456,6 @@ fn evaluate<'s>(
         job_id: last.and_then(|r| r.job_id.clone()),
         next_attempt_at: None,
         last_run_id: last.map(|r| r.id),
-        upstream,
         due: false,
         held: false,
     };
@@ -498,7 +490,6 @@ fn evaluate<'s>(
     }
 
     let forced = request.force && request.selection.matches(&unit.key);
-    let upstream_units: Vec<&UnitPlan> = up_idx.iter().map(|&i| &done_units[i]).collect();
     // An upstream unit that is anything but done will produce new output
     // (or is stuck trying to): this unit's output is out of date with it.
     // An upstream run that this unit's last success consumed (its job ran
@@ -593,7 +584,8 @@ fn evaluate<'s>(
     }
 
     // Upstream units must be done, in flight, or due with this one.
-    for (&i, up) in up_idx.iter().zip(&upstream_units) {
+    for &i in up_idx {
+        let up = &done_units[i];
         // Slurm dependencies do not cross clusters: a unit whose upstream
         // runs on another cluster waits until that upstream is done, and the
         // sync that sees it done submits this one.

@@ -627,3 +627,15 @@ fn a_disabled_pipeline_that_succeeded_before_still_feeds_its_downstream() {
         Some("waiting for bids/sub-01/ses-2 (disabled)")
     );
 }
+
+/// Run IDs compare as sets: order and repeats do not matter, a missing or
+/// extra ID does.
+#[test]
+fn same_set_ignores_order_and_repeats() {
+    assert!(same_set([1, 2].into_iter(), &[2, 1]));
+    assert!(same_set([1, 1, 2].into_iter(), &[2, 1, 2]));
+    assert!(same_set([].into_iter(), &[]));
+    assert!(!same_set([1].into_iter(), &[1, 2]));
+    assert!(!same_set([1, 2].into_iter(), &[1]));
+    assert!(!same_set([1, 3].into_iter(), &[1, 2]));
+}

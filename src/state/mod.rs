@@ -38,9 +38,10 @@ pub use housekeeping::{RunSummary, Summarised};
 pub use lock::{LockGuard, ensure_state_dir, lock_with_timeout, try_lock};
 pub use runs::{NewRun, RunRow, RunUpdate, UnitUpdate};
 pub use sessions::{SessionChanges, SessionRow};
-pub use snapshot::{Snapshot, SnapshotRun};
+pub use snapshot::{Snapshot, SnapshotHasher, SnapshotRun};
 pub use units::UnitRow;
 
+use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -142,6 +143,40 @@ fn label_at(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Label> {
     Label::new(row.get_ref(i)?.as_str()?).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
     })
+}
+
+/// The labels read from many rows, each distinct text validated and
+/// allocated once and then shared: the 35,000 units of 10,000 sessions name
+/// 5,000 subjects and a few session labels, and a fresh `Label` per column
+/// per row is an allocation to make and to free.
+#[derive(Default)]
+struct Labels(HashSet<Label, SnapshotHasher>);
+
+impl Labels {
+    /// The label in column `i`, read in place.
+    fn at(&mut self, row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Label> {
+        let text = row.get_ref(i)?.as_str()?;
+        if let Some(label) = self.0.get(text) {
+            return Ok(label.clone());
+        }
+        let label = label_at(row, i)?;
+        self.0.insert(label.clone());
+        Ok(label)
+    }
+
+    /// [`key_at`] with the labels shared.
+    fn key_at(&mut self, row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<UnitKey> {
+        let session = row.get_ref(at + 2)?.as_str()?;
+        Ok(UnitKey {
+            pipeline: row.get_ref(at)?.as_str()?.to_string(),
+            subject: self.at(row, at + 1)?,
+            session: if session.is_empty() {
+                None
+            } else {
+                Some(self.at(row, at + 2)?)
+            },
+        })
+    }
 }
 
 fn session_text(key: &UnitKey) -> &str {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use rusqlite::params;
 
 use super::audit::audit;
-use super::{Result, Store, label_at, label_from_db};
+use super::{Labels, Result, Store, label_from_db};
 use crate::model::Label;
 
 /// A session as registered by discovery.
@@ -180,6 +180,12 @@ impl Store {
     }
 
     pub fn sessions(&self) -> Result<Vec<SessionRow>> {
+        self.sessions_with(&mut Labels::default())
+    }
+
+    /// [`Store::sessions`], its labels shared through `labels` (which the
+    /// snapshot goes on using for its units).
+    pub(super) fn sessions_with(&self, labels: &mut Labels) -> Result<Vec<SessionRow>> {
         let mut stmt = self.conn.prepare(
             "SELECT scan_id, subject, session, dicom_dir, valid, problem, n_files FROM sessions \
              ORDER BY subject, session",
@@ -192,8 +198,8 @@ impl Store {
         let rows = stmt.query_map([], |r| {
             Ok(SessionRow {
                 scan_id: r.get(0)?,
-                subject: label_at(r, 1)?,
-                session: label_at(r, 2)?,
+                subject: labels.at(r, 1)?,
+                session: labels.at(r, 2)?,
                 dicom_dir: PathBuf::from(r.get::<_, String>(3)?),
                 valid: r.get(4)?,
                 problem: r.get(5)?,

@@ -164,6 +164,15 @@ const SHELL_SPECIAL: &[char] = &[
 /// Why a session folder name is refused, or `None` when it is safe to put in
 /// a script: no control characters, no [`SHELL_SPECIAL`] characters.
 pub(crate) fn unsafe_name(name: &str) -> Option<String> {
+    // Almost every name is safe: one pass over it says so (every sessions
+    // read checks each registered folder again), before the slower search
+    // for what to report.
+    if !name
+        .chars()
+        .any(|c| c.is_control() || SHELL_SPECIAL.contains(&c))
+    {
+        return None;
+    }
     if let Some(c) = name.chars().find(|c| c.is_control()) {
         return Some(format!(
             "name contains the control character `{}`: rename the folder",
