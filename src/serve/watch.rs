@@ -100,8 +100,6 @@ struct Seen {
 
 /// Builds the documents from one read of the state, and the changes since
 /// `seen`, in order: runs first (a unit's change follows from its run's).
-/// The large intermediate documents are dropped as soon as they are
-/// serialized, so that a rebuild of a large study stays small.
 fn build(
     config: &Config,
     snapshot: Snapshot,
@@ -116,13 +114,34 @@ fn build(
         .enumerate()
         .map(|(i, j)| (j.run_id, i))
         .collect();
-    let now = engine::now();
-    let plan = plan::plan(config, &snapshot, now, &Request::default());
+    let status = status_document(config, snapshot, seen, announce, &mut events);
+    let cache = Cache {
+        status,
+        jobs,
+        by_id,
+    };
+    (cache, events)
+}
+
+/// `status --json`'s document (keys in order), serialized, with the units
+/// that changed since `seen` added to `events`.
+///
+/// The document is written one unit at a time rather than built whole (tens
+/// of thousands of units as `Value`s are tens of MB), and the snapshot, the
+/// largest thing a rebuild reads, is dropped as soon as the plan and the
+/// alerts are made from it: it and the new document are never in memory
+/// together, on top of the documents still served.
+fn status_document(
+    config: &Config,
+    snapshot: Snapshot,
+    seen: &mut Seen,
+    announce: bool,
+    events: &mut Vec<Event>,
+) -> axum::body::Bytes {
+    let plan = plan::plan(config, &snapshot, engine::now(), &Request::default());
     let (units, counts, alerts) =
         crate::views::status_parts(config, &snapshot, &plan, &Selection::default(), &[]);
-    // `status --json`'s document (keys in order), written one unit at a time
-    // rather than built whole: tens of thousands of units as `Value`s are
-    // tens of MB.
+    drop(snapshot);
     let mut out = Vec::with_capacity(seen.status_len + 4096);
     out.extend_from_slice(b"{\"alerts\":");
     let _ = serde_json::to_writer(&mut out, &alerts);
@@ -142,15 +161,11 @@ fn build(
         }
     }
     out.extend_from_slice(b"]}");
-    drop(plan);
-    drop(snapshot);
     seen.status_len = out.len();
-    let cache = Cache {
-        status: axum::body::Bytes::from(out),
-        jobs,
-        by_id,
-    };
-    (cache, events)
+    // Kept as long as it is served: without the room it grew into (up to
+    // twice its size on the first look, which has no size to start from).
+    out.shrink_to_fit();
+    axum::body::Bytes::from(out)
 }
 
 fn unit_key(u: &Value) -> String {
