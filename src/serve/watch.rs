@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use crate::config::Config;
 use crate::engine;
+use crate::model::{UnitKey, UnitState};
 use crate::plan::{self, Request, Selection};
 use crate::state::{Snapshot, Store};
 
@@ -91,7 +92,9 @@ pub struct Event {
 /// hash of its object.
 #[derive(Default)]
 struct Seen {
-    units: HashMap<String, (String, u64)>,
+    /// By the hash of the unit's key ([`key_hash`]): tens of thousands of
+    /// keys as strings would be several MB more in every rebuild's peak.
+    units: HashMap<u64, (UnitState, u64)>,
     runs: HashMap<i64, Arc<Job>>,
     seq: u64,
     /// The status document's size, to allocate the next one at once.
@@ -156,7 +159,7 @@ fn status_document(
         let start = out.len();
         let _ = serde_json::to_writer(&mut out, &unit);
         let hash = hash_of(&out[start..]);
-        if let Some(event) = diff_unit(seen, unit, hash, announce) {
+        if let Some(event) = diff_unit(seen, &u.key, u.state, unit, hash, announce) {
             events.push(event);
         }
     }
@@ -168,13 +171,14 @@ fn status_document(
     axum::body::Bytes::from(out)
 }
 
-fn unit_key(u: &Value) -> String {
-    let pipeline = u["pipeline"].as_str().unwrap_or("");
-    let subject = u["subject"].as_str().unwrap_or("");
-    match u["session"].as_str() {
-        Some(s) => format!("{pipeline}/sub-{subject}/ses-{s}"),
-        None => format!("{pipeline}/sub-{subject}"),
-    }
+/// The key of a unit in [`Seen::units`]. Two of a study's units would
+/// share one with a chance of about n² / 2⁶⁵ (3·10⁻¹¹ for 35,000 units);
+/// they would then see each other's changes as their own.
+fn key_hash(key: &UnitKey) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish()
 }
 
 fn hash_of(bytes: &[u8]) -> u64 {
@@ -218,24 +222,25 @@ fn diff_runs(seen: &mut Seen, jobs: &mut [Arc<Job>], announce: bool) -> Vec<Even
     events
 }
 
-/// The unit's event if its state changed since `seen` (`hash`: of its
-/// object serialized).
-fn diff_unit(seen: &mut Seen, mut unit: Value, hash: u64, announce: bool) -> Option<Event> {
-    let key = unit_key(&unit);
-    let state = unit["state"].as_str().unwrap_or("").to_string();
-    let old = seen.units.get(&key);
-    if old.is_some_and(|(s, h)| *s == state && *h == hash) {
-        return None;
-    }
-    let old_state = old.map(|(s, _)| json!(s)).unwrap_or(Value::Null);
-    let state_changed = old.is_none_or(|(s, _)| *s != state);
-    seen.units.insert(key.clone(), (state, hash));
+/// The unit's event if its state changed since `seen` (`unit`: its object,
+/// `hash`: of its object serialized).
+fn diff_unit(
+    seen: &mut Seen,
+    key: &UnitKey,
+    state: UnitState,
+    mut unit: Value,
+    hash: u64,
+    announce: bool,
+) -> Option<Event> {
+    let old = seen.units.insert(key_hash(key), (state, hash));
+    let state_changed = old.is_none_or(|(s, _)| s != state);
     if !announce || !state_changed {
         return None;
     }
+    let old_state = old.map(|(s, _)| json!(s.as_str())).unwrap_or(Value::Null);
     seen.seq += 1;
     unit["type"] = json!("unit");
-    unit["unit"] = json!(key);
+    unit["unit"] = json!(key.to_string());
     unit["seq"] = json!(seen.seq);
     unit["old_state"] = old_state;
     Some(Event {
