@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 use super::AppState;
 use crate::config::Config;
 use crate::engine;
-use crate::model::{UnitKey, UnitState};
+use crate::model::{RunState, UnitKey, UnitState};
 use crate::plan::{self, Request, Selection};
-use crate::state::{Snapshot, Store};
+use crate::state::{RunRow, Snapshot, Store};
 
 /// How often the watcher looks for a write.
 pub const POLL: Duration = Duration::from_millis(200);
@@ -30,44 +30,66 @@ const REFRESH: Duration = Duration::from_secs(15);
 pub struct Cache {
     /// `status --json`, serialized.
     pub status: axum::body::Bytes,
-    /// Every run as in `status runs --json`, newest first.
+    /// Every run as in `status runs --json`, newest first (by ID:
+    /// [`find_job`]).
     pub jobs: Vec<Arc<Job>>,
-    /// Index into `jobs` by run ID.
-    pub by_id: HashMap<i64, usize>,
 }
 
 impl Cache {
     pub fn job(&self, id: i64) -> Option<Arc<Value>> {
-        self.by_id.get(&id).map(|&i| Arc::new(self.jobs[i].value()))
+        find_job(&self.jobs, id).map(|j| Arc::new(j.value()))
     }
+}
+
+/// The run `id` in `jobs`, newest first: a binary search, where an index
+/// by ID would be one more MB-sized table in every rebuild's peak.
+fn find_job(jobs: &[Arc<Job>], id: i64) -> Option<&Arc<Job>> {
+    jobs.binary_search_by(|j| id.cmp(&j.run_id))
+        .ok()
+        .map(|i| &jobs[i])
 }
 
 /// One run as the API serves it: its object serialized (a study's tens of
 /// thousands of runs as `Value`s would take over 100 MB), and the fields
-/// the job list filters on.
+/// the job list filters on, in as few allocations as they fit.
 #[derive(Debug)]
 pub struct Job {
     pub run_id: i64,
-    pub state: String,
-    pub pipeline: String,
-    pub subject: String,
-    pub session: Option<String>,
+    pub state: RunState,
+    /// Shared by the runs of a pipeline.
+    pub pipeline: Arc<str>,
+    /// `subject` or `subject/session` (labels have no `/`): one allocation
+    /// for the two.
+    labels: Box<str>,
     /// `status runs --json`'s object for the run, serialized.
     pub json: Box<str>,
 }
 
 impl Job {
-    fn of(run: &crate::state::RunRow) -> Job {
-        let value = crate::views::run_json(run);
-        let text = |key: &str| value[key].as_str().map(str::to_string);
+    /// The run with its object serialized (`json`); `pipelines` holds the
+    /// pipeline names that runs share.
+    fn new(run: &RunRow, json: String, pipelines: &mut Vec<Arc<str>>) -> Job {
+        let labels = match &run.key.session {
+            Some(session) => format!("{}/{session}", run.key.subject),
+            None => run.key.subject.to_string(),
+        };
         Job {
             run_id: run.id,
-            state: text("state").unwrap_or_default(),
-            pipeline: text("pipeline").unwrap_or_default(),
-            subject: text("subject").unwrap_or_default(),
-            session: text("session"),
-            json: value.to_string().into_boxed_str(),
+            state: run.state,
+            pipeline: shared(pipelines, &run.key.pipeline),
+            labels: labels.into_boxed_str(),
+            json: json.into_boxed_str(),
         }
+    }
+
+    pub fn subject(&self) -> &str {
+        self.labels
+            .split_once('/')
+            .map_or(&*self.labels, |(subject, _)| subject)
+    }
+
+    pub fn session(&self) -> Option<&str> {
+        self.labels.split_once('/').map(|(_, session)| session)
     }
 
     /// The run's object.
@@ -87,6 +109,17 @@ pub struct Event {
     pub run: Option<Arc<Value>>,
 }
 
+/// `name` from `names`, added if it is not there yet (a study has a few
+/// pipelines and tens of thousands of runs).
+fn shared(names: &mut Vec<Arc<str>>, name: &str) -> Arc<str> {
+    if let Some(n) = names.iter().find(|n| ***n == *name) {
+        return n.clone();
+    }
+    let n: Arc<str> = Arc::from(name);
+    names.push(n.clone());
+    n
+}
+
 /// What the watcher remembers between looks, to send only what changed:
 /// each run as cached (shared with the cache), each unit's state and a
 /// hash of its object.
@@ -95,7 +128,8 @@ struct Seen {
     /// By the hash of the unit's key ([`key_hash`]): tens of thousands of
     /// keys as strings would be several MB more in every rebuild's peak.
     units: HashMap<u64, (UnitState, u64)>,
-    runs: HashMap<i64, Arc<Job>>,
+    /// The cache's runs, newest first.
+    runs: Vec<Arc<Job>>,
     seq: u64,
     /// The status document's size, to allocate the next one at once.
     status_len: usize,
@@ -112,18 +146,9 @@ fn build(
 ) -> (Cache, Vec<Event>) {
     jobs.sort_by_key(|j| std::cmp::Reverse(j.run_id));
     let mut events = diff_runs(seen, &mut jobs, announce);
-    let by_id = jobs
-        .iter()
-        .enumerate()
-        .map(|(i, j)| (j.run_id, i))
-        .collect();
+    seen.runs = jobs.clone();
     let status = status_document(config, snapshot, seen, announce, &mut events);
-    let cache = Cache {
-        status,
-        jobs,
-        by_id,
-    };
-    (cache, events)
+    (Cache { status, jobs }, events)
 }
 
 /// `status --json`'s document (keys in order), serialized, with the units
@@ -195,18 +220,17 @@ fn diff_runs(seen: &mut Seen, jobs: &mut [Arc<Job>], announce: bool) -> Vec<Even
     let mut events = Vec::new();
     for job in jobs.iter_mut().rev() {
         let id = job.run_id;
-        let old = seen.runs.get(&id);
+        let old = find_job(&seen.runs, id);
         if let Some(old) = old
-            && old.json == job.json
+            && (Arc::ptr_eq(old, job) || old.json == job.json)
         {
             *job = old.clone();
             continue;
         }
-        let old_state = old.map(|o| json!(o.state)).unwrap_or(Value::Null);
-        seen.runs.insert(id, job.clone());
         if !announce {
             continue;
         }
+        let old_state = old.map(|o| json!(o.state.as_str())).unwrap_or(Value::Null);
         seen.seq += 1;
         let run = Arc::new(job.value());
         let mut msg = (*run).clone();
@@ -256,11 +280,12 @@ fn diff_unit(
 /// since `seen` is the one seen.
 fn read(store: &Store, seen: &Seen) -> anyhow::Result<(Snapshot, Vec<Arc<Job>>)> {
     let mut jobs = Vec::with_capacity(seen.runs.len());
+    let mut pipelines = Vec::new();
     store.each_run(|run| {
-        let job = Job::of(&run);
-        jobs.push(match seen.runs.get(&job.run_id) {
-            Some(old) if old.json == job.json => old.clone(),
-            _ => Arc::new(job),
+        let json = crate::views::run_json(&run).to_string();
+        jobs.push(match find_job(&seen.runs, run.id) {
+            Some(old) if *old.json == *json => old.clone(),
+            _ => Arc::new(Job::new(&run, json, &mut pipelines)),
         });
     })?;
     Ok((store.snapshot()?, jobs))
