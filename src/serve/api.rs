@@ -228,10 +228,10 @@ pub async fn list_jobs(
         .jobs
         .iter()
         .filter(|j| q.after.is_none_or(|a| j.run_id < a))
-        .filter(|j| states.is_empty() || states.iter().any(|s| j.state == *s))
-        .filter(|j| q.pipeline.as_deref().is_none_or(|p| j.pipeline == p))
-        .filter(|j| subject.is_none_or(|s| j.subject == s))
-        .filter(|j| session.is_none_or(|s| j.session.as_deref() == Some(s)))
+        .filter(|j| states.is_empty() || states.contains(&j.state.as_str()))
+        .filter(|j| q.pipeline.as_deref().is_none_or(|p| *j.pipeline == *p))
+        .filter(|j| subject.is_none_or(|s| j.subject() == s))
+        .filter(|j| session.is_none_or(|s| j.session() == Some(s)))
         .take(limit)
         .map(|j| j.value())
         .collect();

@@ -164,6 +164,7 @@ pub fn run(
     options: &Options,
     started: impl FnOnce(&Started),
 ) -> anyhow::Result<()> {
+    watch::map_large_blocks_apart();
     let token = auth::load_or_create(&config.paths.state_dir)?;
     let (cache, start) = watch::first_look(&config)?;
     let (events, _) = broadcast::channel(16 * 1024);
