@@ -151,13 +151,12 @@ fn shared(names: &mut Vec<Arc<str>>, name: &str) -> Arc<str> {
 }
 
 /// What the watcher remembers between looks, to send only what changed:
-/// each run as cached (shared with the cache), each unit's state and a
-/// hash of its object.
+/// each run as cached (shared with the cache), each unit's state.
 #[derive(Default)]
 struct Seen {
     /// By the hash of the unit's key ([`key_hash`]): tens of thousands of
     /// keys as strings would be several MB more in every rebuild's peak.
-    units: HashMap<u64, (UnitState, u64)>,
+    units: HashMap<u64, UnitState>,
     /// The cache's runs, newest first.
     runs: Vec<Arc<Job>>,
     seq: u64,
@@ -211,10 +210,8 @@ fn status_document(
             out.push(b',');
         }
         let unit = crate::views::status_unit_json(u);
-        let start = out.len();
         let _ = serde_json::to_writer(&mut out, &unit);
-        let hash = hash_of(&out[start..]);
-        if let Some(event) = diff_unit(seen, &u.key, u.state, unit, hash, announce) {
+        if let Some(event) = diff_unit(seen, &u.key, u.state, unit, announce) {
             events.push(event);
         }
     }
@@ -233,13 +230,6 @@ fn key_hash(key: &UnitKey) -> u64 {
     use std::hash::{Hash as _, Hasher as _};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut hasher);
-    hasher.finish()
-}
-
-fn hash_of(bytes: &[u8]) -> u64 {
-    use std::hash::{Hash as _, Hasher as _};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut hasher);
     hasher.finish()
 }
 
@@ -276,22 +266,19 @@ fn diff_runs(seen: &mut Seen, jobs: &mut [Arc<Job>], announce: bool) -> Vec<Even
     events
 }
 
-/// The unit's event if its state changed since `seen` (`unit`: its object,
-/// `hash`: of its object serialized).
+/// The unit's event if its state changed since `seen` (`unit`: its object).
 fn diff_unit(
     seen: &mut Seen,
     key: &UnitKey,
     state: UnitState,
     mut unit: Value,
-    hash: u64,
     announce: bool,
 ) -> Option<Event> {
-    let old = seen.units.insert(key_hash(key), (state, hash));
-    let state_changed = old.is_none_or(|(s, _)| s != state);
-    if !announce || !state_changed {
+    let old = seen.units.insert(key_hash(key), state);
+    if !announce || old == Some(state) {
         return None;
     }
-    let old_state = old.map(|(s, _)| json!(s.as_str())).unwrap_or(Value::Null);
+    let old_state = old.map(|s| json!(s.as_str())).unwrap_or(Value::Null);
     seen.seq += 1;
     unit["type"] = json!("unit");
     unit["unit"] = json!(key.to_string());
