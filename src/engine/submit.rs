@@ -28,20 +28,18 @@ pub fn reconcile_all(
     config: &Config,
     store: &mut Store,
 ) -> anyhow::Result<Vec<crate::state::RunUpdate>> {
-    let open = store.open_runs()?;
+    let (local, slurm): (Vec<_>, Vec<_>) = store
+        .open_runs()?
+        .into_iter()
+        .partition(|r| r.executor == ExecutorKind::Local);
     let mut all = Vec::new();
-    for kind in [ExecutorKind::Local, ExecutorKind::Slurm] {
-        if !open.iter().any(|r| r.executor == kind) {
+    for (kind, open) in [(ExecutorKind::Local, local), (ExecutorKind::Slurm, slurm)] {
+        if open.is_empty() {
             continue;
         }
         let mut exec = super::executor_of(config, kind);
-        let mine = open
-            .iter()
-            .filter(|r| r.executor == kind)
-            .cloned()
-            .collect();
         all.extend(
-            super::reconcile_open(config, store, exec.as_mut(), mine, super::now())
+            super::reconcile_open(config, store, exec.as_mut(), open, super::now())
                 .map_err(exec_failure)?,
         );
     }
