@@ -126,14 +126,23 @@ fn label_from_db(text: String) -> rusqlite::Result<Label> {
 /// (session, empty for a subject-level unit), read in place: the snapshot
 /// reads one per unit, and a temporary `String` per label adds up.
 fn key_at(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<UnitKey> {
+    key_with(row, at, label_at)
+}
+
+/// [`key_at`] with the labels read by `label` (column index in, label out).
+fn key_with(
+    row: &rusqlite::Row<'_>,
+    at: usize,
+    mut label: impl FnMut(&rusqlite::Row<'_>, usize) -> rusqlite::Result<Label>,
+) -> rusqlite::Result<UnitKey> {
     let session = row.get_ref(at + 2)?.as_str()?;
     Ok(UnitKey {
         pipeline: row.get_ref(at)?.as_str()?.to_string(),
-        subject: label_at(row, at + 1)?,
+        subject: label(row, at + 1)?,
         session: if session.is_empty() {
             None
         } else {
-            Some(label_at(row, at + 2)?)
+            Some(label(row, at + 2)?)
         },
     })
 }
@@ -166,16 +175,7 @@ impl Labels {
 
     /// [`key_at`] with the labels shared.
     fn key_at(&mut self, row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<UnitKey> {
-        let session = row.get_ref(at + 2)?.as_str()?;
-        Ok(UnitKey {
-            pipeline: row.get_ref(at)?.as_str()?.to_string(),
-            subject: self.at(row, at + 1)?,
-            session: if session.is_empty() {
-                None
-            } else {
-                Some(self.at(row, at + 2)?)
-            },
-        })
+        key_with(row, at, |row, i| self.at(row, i))
     }
 }
 
