@@ -285,7 +285,8 @@ fn document_of(
 }
 
 /// Writes again the provenance files of runs that ended, reading their
-/// rows and their units' runs in two queries for all of them.
+/// units and every run of those units (the runs themselves among them) in
+/// two queries for all of them.
 pub fn refresh_files(store: &Store, run_ids: &[i64]) -> Result<(), StateError> {
     let unit_ids = store.unit_ids_of_runs(run_ids)?;
     let mut by_unit: std::collections::HashMap<i64, Vec<RunRow>> = Default::default();

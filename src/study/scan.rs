@@ -184,9 +184,7 @@ pub(crate) fn unsafe_name(name: &str) -> Option<String> {
         .filter(|c| name.contains(**c))
         .map(|c| format!("`{c}`"))
         .collect();
-    if special.is_empty() {
-        return None;
-    }
+    // Not empty: the pass above found a special character.
     Some(format!(
         "name contains {}, which a shell could run as code: rename the folder \
          (letters, digits, spaces and `_ - . + , = @ % :` are fine)",
